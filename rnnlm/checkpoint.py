@@ -1,0 +1,118 @@
+"""Checkpoints: the only `torch.save` and `torch.load` in rnnlm, atomic writes, version checks.
+
+A checkpoint is a plain dict of tensors and Python values, loadable with `weights_only=True`:
+format marker and version, rnnlm version, config dict, tokenizer state, model state_dict and,
+for resuming, the optimizer, schedule, data position, hidden state and RNG states.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnlm import __version__
+from rnnlm.config import Config, build_config
+from rnnlm.data.tokenizers import Tokenizer, from_state
+from rnnlm.errors import CheckpointError, ConfigError
+from rnnlm.models.lm import RNNLM
+
+FORMAT = "rnnlm-checkpoint"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
+    """Write `payload` to `path` atomically: a temp file in the same folder, fsync, then rename."""
+    path = Path(path)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "rnnlm_version": __version__, **payload}
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}; the previous "
+                              f"checkpoint there (if any) is intact") from None
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and check a checkpoint; every way it can be unusable becomes one CheckpointError."""
+    path = Path(path)
+    if path.is_dir():
+        hint = " (did you mean " + str(path / "best.pt") + "?)" if (path / "best.pt").exists() else ""
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file{hint}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the write that made it did not finish")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError):
+        raise CheckpointError(f"{path} cannot be read as a checkpoint: it is truncated, damaged, or not a "
+                              f"checkpoint file") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path} is not an rnnlm checkpoint: it holds Python objects rnnlm does not load") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a PyTorch file but not an rnnlm checkpoint")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer rnnlm ({payload.get('rnnlm_version')}, checkpoint "
+                              f"format {version}); this rnnlm {__version__} reads format {FORMAT_VERSION} and older: "
+                              f"upgrade rnnlm")
+    return payload
+
+
+@dataclass
+class Loaded:
+    model: RNNLM
+    tokenizer: Tokenizer
+    config: Config
+    payload: dict[str, Any]
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> Loaded:
+    """A ready model (eval mode, on `device`), its tokenizer and config, from the checkpoint alone."""
+    payload = load_checkpoint(path)
+    try:
+        config = build_config(payload["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path} holds a configuration this rnnlm cannot use: {exc}") from None
+    except KeyError:
+        raise CheckpointError(f"{path} lacks its configuration") from None
+    tokenizer = from_state(payload.get("tokenizer"))
+    model = RNNLM(tokenizer.vocab_size, config.model)
+    try:
+        model.load_state_dict(payload["model"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: the saved weights do not fit the saved configuration ({_first_line(exc)})") from None
+    model.to(device).eval()
+    return Loaded(model, tokenizer, config, payload)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

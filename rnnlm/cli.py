@@ -1,0 +1,177 @@
+"""The `rnnlm` command line: train, sample, eval. Every user-facing print and exit code lives here.
+
+Exit codes: 0 success, 1 a known failure (data, checkpoint, non-finite loss), 2 a usage or
+configuration error, 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import secrets
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from rnnlm import __version__
+from rnnlm.errors import RnnlmError
+
+SPLITS = ("train", "valid", "test")
+
+
+class CommandError(click.ClickException):
+    """A known rnnlm failure shown as one `Error: ...` line, with rnnlm's exit code."""
+
+    def __init__(self, error: RnnlmError) -> None:
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+        self.prefix = error.prefix
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"{self.prefix}: {self.format_message()}", err=True)
+
+
+def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn RnnlmError into one clean line and Ctrl-C outside training into exit 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except RnnlmError as exc:
+            raise CommandError(exc) from None
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted: stopped at once; checkpoints on disk are intact", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rnnlm")
+def cli() -> None:
+    """Train, sample and evaluate recurrent language models (RNN, GRU, LSTM)."""
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="YAML recipe, e.g. configs/shakespeare-char.yaml.")
+@click.option("--run-dir", type=click.Path(file_okay=False),
+              help="Folder for best.pt, last.pt, config.yaml and TensorBoard events [default: runs/<config name>].")
+@click.option("--device", help="auto, cpu, cuda, cuda:N or mps (same as train.device=...).")
+@click.option("--seed", type=int, help="Random seed (same as train.seed=...).")
+@click.option("--resume", metavar="RUN_DIR|auto",
+              help="Continue the run in RUN_DIR exactly where it stopped; 'auto' resumes --run-dir if it holds a run.")
+@click.option("--overwrite", is_flag=True, help="Replace the run already in --run-dir.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: only on a terminal].")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@reports_errors
+def train(config_path: str | None, run_dir: str | None, device: str | None, seed: int | None, resume: str | None,
+          overwrite: bool, progress: bool | None, overrides: tuple[str, ...]) -> None:
+    """Train a model; KEY=VALUE pairs such as model.hidden_size=256 override the config."""
+    from rnnlm.train import Trainer, plan_run
+
+    flags = [f"train.device={device}"] * bool(device) + [f"train.seed={seed}"] * (seed is not None)
+    config, folder, saved = plan_run(config_path, [*overrides, *flags], run_dir, resume, overwrite)
+    trainer = Trainer(config, folder, resume_from=saved, overwrite=overwrite, progress=progress)
+    try:
+        trainer.setup()
+        summary = trainer.fit()
+    finally:
+        trainer.close()
+    best = f"best validation perplexity {math.exp(summary.best_val_loss):.2f}" if summary.best_val_loss else ""
+    click.echo(f"Done: {summary.steps:,} steps ({summary.tokens_per_sec:,.0f} tokens/s), {best}. Checkpoints in "
+               f"{folder}/", err=True)
+    click.echo(f"Next: rnnlm sample {folder}/best.pt   |   rnnlm eval {folder}/best.pt --split test", err=True)
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--prompt", default="", help="Text to continue [default: start at a line start].")
+@click.option("--length", default=500, show_default=True, type=click.IntRange(min=0), help="Tokens to generate.")
+@click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="Sharpness of the distribution; 0 always takes the most likely token.")
+@click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Sample among the k most likely tokens only (0: all).")
+@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+              help="Sample among the most likely tokens holding this probability mass (1: all).")
+@click.option("--seed", type=int, help="Same seed, same text [default: a random seed, printed].")
+@click.option("--num-samples", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Independent samples, generated together.")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@reports_errors
+def sample(checkpoint: str, prompt: str, length: int, temperature: float, top_k: int, top_p: float,
+           seed: int | None, num_samples: int, device: str) -> None:
+    """Generate text from a checkpoint."""
+    from rnnlm import runtime
+    from rnnlm.checkpoint import load_model
+    from rnnlm.sample import generate
+
+    loaded = load_model(checkpoint, runtime.resolve_device(device))
+    unknown = loaded.tokenizer.unknown(prompt)
+    if unknown:
+        click.echo(f"Warning: the vocabulary lacks {', '.join(map(repr, unknown[:10]))}"
+                   f"{' ...' if len(unknown) > 10 else ''}; read as <unk>", err=True)
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+        click.echo(f"(seed {seed})", err=True)
+    stream = functools.partial(click.echo, nl=False) if num_samples == 1 else None
+    texts = generate(loaded.model, loaded.tokenizer, prompt=prompt, length=length, temperature=temperature,
+                     top_k=top_k, top_p=top_p, num_samples=num_samples, seed=seed,
+                     device=runtime.resolve_device(device), on_text=stream)
+    for i, text in enumerate(texts if num_samples > 1 else []):
+        click.echo(f"{'' if i == 0 else chr(10)}----- sample {i + 1} -----\n{text}")
+    click.echo()
+
+
+@cli.command(name="eval")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
+              help="Split of the corpus the model was trained on.")
+@click.option("--text", type=click.Path(exists=True, dir_okay=False), help="Score this text file instead.")
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Parallel streams; 1 gives every token its full left context.")
+@click.option("--bptt", default=256, show_default=True, type=click.IntRange(min=1), help="Tokens per window.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@reports_errors
+def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: int, bptt: int, as_json: bool,
+                     device: str) -> None:
+    """Perplexity and bits per token, character and byte of a checkpoint on a split or a text."""
+    from rnnlm import runtime
+    from rnnlm.checkpoint import load_model
+    from rnnlm.data import corpus, registry
+    from rnnlm.evaluate import evaluate
+
+    torch_device = runtime.resolve_device(device)
+    loaded = load_model(checkpoint, torch_device)
+    data = loaded.config.data
+    if text:
+        scored = corpus.encode_text_file(Path(text), loaded.tokenizer, registry.default_cache_dir(data.cache_dir))
+        source = text
+    else:
+        scored = corpus.load_corpus(data, loaded.config.tokenizer, loaded.tokenizer, splits=(split,)).splits.get(split)
+        source = f"{data.corpus} ({split} split)"
+        if scored is None:
+            raise CommandError(RnnlmError(f"corpus {data.corpus!r} has no {split} split"))
+    if len(scored.ids) == 0:
+        raise CommandError(RnnlmError(f"{source} holds no text to score"))
+    result = evaluate(loaded.model, scored, boundary_id=loaded.tokenizer.boundary_id, batch_size=batch_size,
+                      bptt=bptt, device=torch_device)
+    if as_json:
+        click.echo(json.dumps({**result.to_dict(), "source": source, "batch_size": batch_size}))
+        return
+    context = "full left context" if batch_size == 1 else f"{batch_size} parallel streams"
+    click.echo(f"{source}: {result.tokens:,} tokens, {result.chars:,} characters, batch size {batch_size} ({context})")
+    click.echo(f"loss {result.loss:.4f} nats/token | perplexity {result.ppl:.2f} | {result.bits_per_token:.4f} bits/token"
+               f" | {result.bits_per_char:.4f} bits/char | {result.bits_per_byte:.4f} bits/byte")
+    if loaded.tokenizer.kind == "word":
+        click.echo("note: word tokens; <unk> stands for every rare word, so bits per character and byte are "
+                   "lower than a lossless model of the raw text would get")
+
+
+def main() -> None:
+    cli(prog_name="rnnlm")

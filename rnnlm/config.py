@@ -1,0 +1,328 @@
+"""Run configuration: frozen dataclasses, YAML loading, `key=value` overrides and validation.
+
+Precedence is dataclass default < YAML file < `key=value` override. Every problem found is
+reported at once, in one ConfigError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from rnnlm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    corpus: str = "tinyshakespeare"  # a text file, a folder with train/valid/test.txt, or a registry name
+    valid_fraction: float = 0.05  # single-file corpora: share of bytes for validation (cut at a line end)
+    test_fraction: float = 0.05
+    cache_dir: str = ""  # "" means $RNNLM_CACHE, else ~/.cache/rnnlm
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    kind: Literal["char", "word"] = "char"
+    vocab_size: int = 0  # word: keep the most frequent words, specials included (0: no cap)
+    min_count: int = 1  # word: drop words seen fewer times in the training split
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    cell: Literal["rnn", "gru", "lstm"] = "lstm"
+    nonlinearity: Literal["tanh", "relu"] = "tanh"  # rnn only
+    num_layers: int = 2
+    embed_size: int = 128
+    hidden_size: int = 128
+    dropout: float = 0.0  # on the embedding output, between layers and on the top layer's output
+    tie_weights: bool = False  # decoder shares the embedding matrix (Press & Wolf 2017)
+    forget_bias: float = 1.0  # lstm only (Jozefowicz et al. 2015)
+    init: Literal["default", "uniform"] = "default"  # uniform: every weight ~ U(-init_range, init_range)
+    init_range: float = 0.1  # embedding and decoder always; recurrent weights too with init=uniform
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 20
+    bptt: int = 35
+    epochs: int = 1
+    max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs)
+    eval_every: int = 0  # validate every N steps (0: at the end of each epoch only)
+    eval_batch_size: int = 10
+    log_every: int = 20  # steps between progress-bar and TensorBoard updates
+    seed: int = 1234
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    num_threads: int = 0  # CPU threads for torch (0: torch's default)
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = 20.0
+    momentum: float = 0.0  # sgd only
+    weight_decay: float = 0.0
+    clip: float = 0.25  # max gradient norm (0: no clipping)
+    schedule: Literal["plateau", "step", "constant"] = "plateau"
+    lr_decay: float = 0.25  # plateau: factor when validation loss does not improve; step: per epoch
+    decay_start: int = 0  # step: the last epoch (1-based) run at the initial learning rate
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def replace(self, changes: dict[str, Any]) -> Config:
+        """A copy with `section.key` values replaced, validated like the original."""
+        values = self.to_dict()
+        for key, value in changes.items():
+            section, _, name = key.partition(".")
+            values.setdefault(section, {})[name] = value
+        return build_config(values)
+
+
+SECTIONS: dict[str, type] = typing.get_type_hints(Config)
+
+# Keys that may differ between a run and its resumption: they change how long and where a run goes,
+# never what it computes.
+RESUMABLE_KEYS = frozenset(
+    {
+        "train.epochs",
+        "train.max_steps",
+        "train.eval_every",
+        "train.eval_batch_size",
+        "train.log_every",
+        "train.device",
+        "train.num_threads",
+        "train.tensorboard",
+        "data.cache_dir",
+    }
+)
+
+
+def all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a Config from defaults, an optional YAML file and `key=value` overrides."""
+    base = Config().to_dict()
+    problems: list[str] = []
+    if path is not None:
+        _merge(base, _read_yaml(path), problems)
+    return build_config(base, overrides, problems)
+
+
+def build_config(
+    values: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), problems: list[str] | None = None
+) -> Config:
+    """Validate a nested dict plus overrides into a Config, raising one error for all problems."""
+    problems = [] if problems is None else problems
+    merged = {s: dict(v) for s, v in Config().to_dict().items()}
+    _merge(merged, values, problems)
+    _merge(merged, parse_overrides(overrides, problems), problems)
+    sections = {}
+    for name, cls in SECTIONS.items():
+        kwargs = {}
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            value, error = _coerce(merged[name][f.name], hints[f.name])
+            if error:
+                problems.append(f"{name}.{f.name} {error}")
+            else:
+                kwargs[f.name] = value
+        if len(kwargs) == len(dataclasses.fields(cls)):
+            sections[name] = cls(**kwargs)
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
+    config = Config(**sections)
+    problems.extend(_check_ranges(config))
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
+    return config
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...], problems: list[str]) -> dict[str, dict[str, Any]]:
+    """Turn `section.key=value` strings into a nested dict; values are read as YAML scalars."""
+    nested: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            problems.append(f"override {item!r} is not of the form section.key=value")
+            continue
+        section, _, name = key.strip().partition(".")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def resume_config(saved: Config, requested: dict[str, Any]) -> Config:
+    """The saved run's config with only RESUMABLE_KEYS changed; any other change is refused."""
+    current = flatten(saved.to_dict())
+    refused = [
+        f"{key} (run has {current[key]!r}, asked for {value!r})"
+        for key, value in requested.items()
+        if key in current and current[key] != value and key not in RESUMABLE_KEYS
+    ]
+    if refused:
+        raise ConfigError(
+            "cannot change these settings when resuming a run: "
+            + "; ".join(refused)
+            + " (only " + ", ".join(sorted(RESUMABLE_KEYS)) + " may change)"
+        )
+    changes = {k: v for k, v in requested.items() if k in RESUMABLE_KEYS and current.get(k) != v}
+    return saved.replace(changes) if changes else saved
+
+
+def requested_changes(path: str | Path | None, overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """The validated values of only those keys the YAML file and the overrides mention."""
+    config = flatten(load_config(path, overrides).to_dict())
+    mentioned = {o.partition("=")[0].strip() for o in overrides}
+    if path is not None:
+        mentioned |= {f"{s}.{k}" for s, values in _read_yaml(path).items() if isinstance(values, dict) for k in values}
+    return {key: config[key] for key in mentioned if key in config}
+
+
+def flatten(nested: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, values in nested.items() for k, v in values.items()}
+
+
+def dump_yaml(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of sections (data, model, ...)")
+    return data
+
+
+def _merge(target: dict[str, dict[str, Any]], source: dict[str, Any], problems: list[str]) -> None:
+    for section, values in source.items():
+        if section not in SECTIONS:
+            problems.append(f"unknown section {section!r}{_suggest(str(section), list(SECTIONS))}")
+            continue
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            problems.append(f"section {section!r} must be a mapping of keys to values")
+            continue
+        for key, value in values.items():
+            if key not in target[section]:
+                dotted = f"{section}.{key}"
+                problems.append(f"unknown key {dotted!r}{_suggest(dotted, all_keys())}")
+                continue
+            target[section][key] = value
+
+
+def _suggest(name: str, candidates: list[str]) -> str:
+    tail = name.rpartition(".")[2]
+    by_tail = [c for c in candidates if c.rpartition(".")[2] == tail]
+    close = by_tail or difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    if not close:
+        close = [c for c in candidates if difflib.get_close_matches(tail, [c.rpartition(".")[2]], cutoff=0.75)]
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(value: Any, hint: Any) -> tuple[Any, str | None]:
+    """Check one value against its field type; YAML and override strings are converted where safe."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value in choices:
+            return value, None
+        return None, f"must be one of {', '.join(map(str, choices))} (got {value!r})"
+    if hint is bool:
+        if isinstance(value, bool):
+            return value, None
+        return None, f"must be true or false (got {value!r})"
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, None
+        if isinstance(value, float) and value.is_integer():
+            return int(value), None
+        return None, f"must be an integer (got {value!r})"
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value), None
+        if isinstance(value, str):
+            try:
+                return float(value), None
+            except ValueError:
+                pass
+        return None, f"must be a number (got {value!r})"
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value), None
+        return None, f"must be a string (got {value!r})"
+    raise TypeError(f"unsupported config type {hint!r}")
+
+
+def _check_ranges(c: Config) -> list[str]:
+    problems = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    d, t, m, tr, o = c.data, c.tokenizer, c.model, c.train, c.optim
+    for key, value in (("data.valid_fraction", d.valid_fraction), ("data.test_fraction", d.test_fraction)):
+        need(0.0 <= value < 1.0, f"{key} must be in [0, 1) (got {value})")
+    need(d.valid_fraction + d.test_fraction < 1.0,
+         f"data.valid_fraction + data.test_fraction must be below 1 (got {d.valid_fraction + d.test_fraction})")
+    need(d.corpus.strip() != "", "data.corpus must name a file, a folder or a registry corpus")
+    need(t.vocab_size == 0 or t.vocab_size >= 3, f"tokenizer.vocab_size must be 0 or at least 3 (got {t.vocab_size})")
+    need(t.min_count >= 1, f"tokenizer.min_count must be at least 1 (got {t.min_count})")
+    for key in ("num_layers", "embed_size", "hidden_size"):
+        need(getattr(m, key) >= 1, f"model.{key} must be at least 1 (got {getattr(m, key)})")
+    need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1) (got {m.dropout})")
+    need(not m.tie_weights or m.embed_size == m.hidden_size,
+         f"model.tie_weights needs model.embed_size == model.hidden_size (got {m.embed_size} and {m.hidden_size})")
+    need(m.init_range > 0 and math.isfinite(m.init_range), f"model.init_range must be positive (got {m.init_range})")
+    need(math.isfinite(m.forget_bias), f"model.forget_bias must be finite (got {m.forget_bias})")
+    for key in ("batch_size", "bptt", "eval_batch_size", "log_every"):
+        need(getattr(tr, key) >= 1, f"train.{key} must be at least 1 (got {getattr(tr, key)})")
+    for key in ("epochs", "max_steps", "eval_every", "num_threads"):
+        need(getattr(tr, key) >= 0, f"train.{key} must be 0 or more (got {getattr(tr, key)})")
+    need(tr.epochs > 0 or tr.max_steps > 0, "train.epochs and train.max_steps cannot both be 0")
+    need(o.lr > 0 and math.isfinite(o.lr), f"optim.lr must be positive (got {o.lr})")
+    need(o.clip >= 0, f"optim.clip must be 0 (off) or positive (got {o.clip})")
+    need(o.weight_decay >= 0, f"optim.weight_decay must be 0 or positive (got {o.weight_decay})")
+    need(0.0 <= o.momentum < 1.0, f"optim.momentum must be in [0, 1) (got {o.momentum})")
+    need(o.name == "sgd" or o.momentum == 0.0, f"optim.momentum applies to sgd only (optimizer is {o.name})")
+    need(0.0 < o.lr_decay <= 1.0, f"optim.lr_decay must be in (0, 1] (got {o.lr_decay})")
+    need(o.decay_start >= 0, f"optim.decay_start must be 0 or more (got {o.decay_start})")
+    return problems
+

@@ -1,0 +1,208 @@
+"""Corpus text: read and validate it streaming, cut it into splits, encode it once into cached ids.
+
+Token ids are written to a flat binary file (uint16 when the vocabulary fits, else uint32) under
+`<cache>/ids/`, keyed by the text's file, byte range and modification time and by the tokenizer's
+fingerprint, and read back as a memory map: later runs skip encoding and memory stays flat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from rnnlm.config import DataConfig, TokenizerConfig
+from rnnlm.data import registry
+from rnnlm.data.tokenizers import Tokenizer, fingerprint, vocab_builder
+from rnnlm.errors import DataError
+
+BLOCK = 4 << 20  # bytes read at a time
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A byte range of a file that holds one split's text."""
+
+    path: Path
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class Split:
+    ids: np.ndarray  # (N,) token ids, usually a read-only memory map
+    chars: int  # Unicode characters of the text the ids encode
+    bytes: int  # UTF-8 bytes of that text
+
+
+@dataclass
+class Corpus:
+    tokenizer: Tokenizer
+    splits: dict[str, Split]
+
+
+def load_corpus(data: DataConfig, tokenizer_config: TokenizerConfig, tokenizer: Tokenizer | None = None,
+                splits: tuple[str, ...] = registry.SPLITS) -> Corpus:
+    """Resolve the corpus, build the tokenizer on its training split unless given, encode `splits`."""
+    cache_dir = registry.default_cache_dir(data.cache_dir)
+    segments = split_segments(registry.resolve(data.corpus, cache_dir), data)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(tokenizer_config, segments["train"])
+    encoded = {}
+    for name in splits:
+        if name not in segments:
+            if name == "train" or name == "valid":
+                raise DataError(f"corpus {data.corpus!r} has no {name} split")
+            continue
+        encoded[name] = encode_segment(segments[name], tokenizer, cache_dir)
+    return Corpus(tokenizer, encoded)
+
+
+def build_tokenizer(config: TokenizerConfig, segment: Segment) -> Tokenizer:
+    builder = vocab_builder(config.kind, config.vocab_size, config.min_count)
+    for text in iter_text(segment):
+        builder.add(text)
+    return builder.build()
+
+
+def split_segments(source: registry.Source, data: DataConfig) -> dict[str, Segment]:
+    """One Segment per split; a single file is cut contiguously at line ends (train, valid, test)."""
+    if source.single is None:
+        return {name: Segment(path, 0, path.stat().st_size) for name, path in source.files.items()}
+    path = source.single
+    size = path.stat().st_size
+    if source.byte_splits is not None:
+        cuts = [_char_boundary(path, min(c, size)) for c in source.byte_splits]
+    else:
+        train_share = 1.0 - data.valid_fraction - data.test_fraction
+        cuts = [_line_end(path, int(size * train_share)), _line_end(path, int(size * (1.0 - data.test_fraction)))]
+    cuts[1] = max(cuts)
+    bounds = [0, *cuts, size]
+    return {name: Segment(path, bounds[i], bounds[i + 1]) for i, name in enumerate(registry.SPLITS)}
+
+
+def _line_end(path: Path, offset: int) -> int:
+    """The offset just after the first newline at or after `offset` (else a character boundary)."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        position = offset
+        while block := f.read(1 << 16):
+            found = block.find(b"\n")
+            if found >= 0:
+                return position + found + 1
+            position += len(block)
+    return _char_boundary(path, offset)
+
+
+def _char_boundary(path: Path, offset: int) -> int:
+    """The first offset at or after `offset` that does not fall inside a UTF-8 sequence."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        tail = f.read(4)
+    skip = 0
+    while skip < len(tail) and tail[skip] & 0xC0 == 0x80:
+        skip += 1
+    return offset + skip
+
+
+def iter_text(segment: Segment, block_size: int = BLOCK) -> Iterator[str]:
+    """The segment's text in pieces that end at line ends, checked to be UTF-8 without NUL bytes."""
+    carry_bytes = b""
+    carry_text = ""
+    with open(segment.path, "rb") as f:
+        f.seek(segment.start)
+        position = segment.start  # file offset of carry_bytes[0]
+        remaining = segment.size
+        while remaining > 0 or carry_bytes:
+            block = f.read(min(block_size, remaining)) if remaining > 0 else b""
+            remaining -= len(block)
+            final = remaining <= 0
+            data = carry_bytes + block
+            nul = data.find(b"\0")
+            if nul >= 0:
+                raise DataError(f"{segment.path} holds a NUL byte at byte offset {position + nul}: it looks like a "
+                                f"binary file, not text")
+            try:
+                text, used = data.decode("utf-8"), len(data)
+            except UnicodeDecodeError as exc:
+                if final or exc.reason != "unexpected end of data" or exc.start < len(data) - 3:
+                    raise DataError(f"{segment.path} is not UTF-8 text: invalid byte 0x{data[exc.start]:02x} at byte "
+                                    f"offset {position + exc.start}") from None
+                text, used = data[: exc.start].decode("utf-8"), exc.start
+            carry_bytes = data[used:]
+            position += used
+            text = carry_text + text
+            cut = len(text) if final else text.rfind("\n") + 1
+            if cut > 0:
+                yield text[:cut]
+            carry_text = text[cut:]
+            if final:
+                break
+
+
+def encode_segment(segment: Segment, tokenizer: Tokenizer, cache_dir: Path) -> Split:
+    """Token ids of a segment, from the cache when a complete, matching entry exists."""
+    stat = segment.path.stat()
+    key_fields = {"version": CACHE_VERSION, "path": str(segment.path.resolve()), "size": stat.st_size,
+                  "mtime_ns": stat.st_mtime_ns, "start": segment.start, "end": segment.end,
+                  "tokenizer": fingerprint(tokenizer)}
+    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:32]
+    ids_path = cache_dir / "ids" / f"{key}.ids"
+    meta_path = ids_path.with_suffix(".json")
+    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
+    meta = _read_meta(meta_path, ids_path, dtype)
+    if meta is None:
+        meta = _encode_to_file(segment, tokenizer, ids_path, dtype)
+        meta_path.write_text(json.dumps(meta))
+    ids = _open_ids(ids_path, dtype, meta["count"])
+    return Split(ids, meta["chars"], meta["bytes"])
+
+
+def encode_text_file(path: Path, tokenizer: Tokenizer, cache_dir: Path) -> Split:
+    """Encode a whole text file (for `rnnlm eval --text`)."""
+    return encode_segment(Segment(path, 0, path.stat().st_size), tokenizer, cache_dir)
+
+
+def _read_meta(meta_path: Path, ids_path: Path, dtype: np.dtype) -> dict | None:
+    """The cache entry's metadata if it is complete and consistent; None means rebuild it."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        complete = meta["dtype"] == dtype.name and ids_path.stat().st_size == meta["count"] * dtype.itemsize
+        return meta if complete else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _encode_to_file(segment: Segment, tokenizer: Tokenizer, ids_path: Path, dtype: np.dtype) -> dict:
+    ids_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = ids_path.with_name(f"{ids_path.name}.{os.getpid()}.part")
+    count = chars = 0
+    show = segment.size > 32 << 20
+    with open(partial, "wb") as out, tqdm(total=segment.size, unit="B", unit_scale=True, desc="encoding",
+                                          file=sys.stderr, disable=None if show else True, leave=False) as bar:
+        for text in iter_text(segment):
+            ids = tokenizer.encode(text)
+            out.write(ids.astype(dtype, copy=False).tobytes())
+            count += len(ids)
+            chars += len(text)
+            bar.update(len(text.encode("utf-8")) if show else 0)
+    os.replace(partial, ids_path)
+    return {"dtype": dtype.name, "count": count, "chars": chars, "bytes": segment.size}
+
+
+def _open_ids(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
+    if count == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=(count,))

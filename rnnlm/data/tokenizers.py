@@ -1,0 +1,231 @@
+"""Tokenizers behind one protocol: characters and whitespace-separated words.
+
+A tokenizer's whole state is a plain dict (`state_dict`), so it travels inside a checkpoint and
+`rnnlm sample` / `rnnlm eval` rebuild it without the corpus.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from typing import Any, Callable, Iterable, Protocol
+
+import numpy as np
+
+from rnnlm.errors import CheckpointError, DataError
+
+UNK = "<unk>"
+EOS = "<eos>"
+REPLACEMENT = "\ufffd"  # how an unknown character is printed
+
+
+class Tokenizer(Protocol):
+    kind: str
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def unk_id(self) -> int: ...
+
+    @property
+    def boundary_id(self) -> int:
+        """The token a text is conditioned on before its first token (a line end)."""
+
+    def encode(self, text: str, partial: bool = False) -> np.ndarray:
+        """Ids of `text`; `partial` means the text goes on (a prompt), so its last line is not closed."""
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def stream_decoder(self) -> Callable[[int], str]:
+        """A function fed one id at a time that returns the text to print for it."""
+
+    def unknown(self, text: str) -> list[str]:
+        """The distinct characters or words of `text` that the vocabulary lacks."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+
+class CharTokenizer:
+    """One id per Unicode character seen in training, sorted by code point, plus `<unk>` last.
+
+    Any text made of known characters round-trips exactly: newlines, tabs, emoji and CJK included.
+    """
+
+    kind = "char"
+
+    def __init__(self, chars: Iterable[str]) -> None:
+        self.chars = sorted(set(chars))
+        if any(len(c) != 1 for c in self.chars):
+            raise ValueError("character vocabulary entries must be single characters")
+        self._codepoints = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        self._index = {c: i for i, c in enumerate(self.chars)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars) + 1
+
+    @property
+    def unk_id(self) -> int:
+        return len(self.chars)
+
+    @property
+    def boundary_id(self) -> int:
+        return self._index.get("\n", self.unk_id)
+
+    def encode(self, text: str, partial: bool = False) -> np.ndarray:
+        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        if len(self._codepoints) == 0:
+            return np.full(len(points), self.unk_id, dtype=np.int64)
+        ids = np.searchsorted(self._codepoints, points)
+        found = self._codepoints[np.minimum(ids, len(self._codepoints) - 1)] == points
+        return np.where(found, ids, self.unk_id).astype(np.int64)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.token(int(i)) for i in ids)
+
+    def token(self, i: int) -> str:
+        return self.chars[i] if i < len(self.chars) else REPLACEMENT
+
+    def stream_decoder(self) -> Callable[[int], str]:
+        return self.token
+
+    def unknown(self, text: str) -> list[str]:
+        return sorted(set(text) - set(self._index))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "chars": list(self.chars)}
+
+
+class WordTokenizer:
+    """Whitespace-separated words with one `<eos>` per line (the PTB / WikiText convention).
+
+    Ids are sorted by training frequency, most frequent first. Lossy by design: runs of spaces
+    collapse and rare words become `<unk>`.
+    """
+
+    kind = "word"
+
+    def __init__(self, words: list[str]) -> None:
+        if EOS not in words or UNK not in words:
+            raise ValueError("word vocabulary must contain <eos> and <unk>")
+        self.words = list(words)
+        self._index = {w: i for i, w in enumerate(self.words)}
+        self._eos = self._index[EOS]
+        self._unk = self._index[UNK]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.words)
+
+    @property
+    def unk_id(self) -> int:
+        return self._unk
+
+    @property
+    def boundary_id(self) -> int:
+        return self._eos
+
+    def encode(self, text: str, partial: bool = False) -> np.ndarray:
+        get, unk, eos = self._index.get, self._unk, self._eos
+        ids: list[int] = []
+        for line in _lines(text):
+            ids.extend([get(w, unk) for w in line.split()])
+            ids.append(eos)
+        if partial and text and not text.endswith("\n"):
+            ids.pop()
+        return np.array(ids, dtype=np.int64)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        piece = self.stream_decoder()
+        return "".join(piece(int(i)) for i in ids)
+
+    def stream_decoder(self) -> Callable[[int], str]:
+        at_line_start = True
+
+        def piece(i: int) -> str:
+            nonlocal at_line_start
+            if i == self._eos:
+                at_line_start = True
+                return "\n"
+            text = self.words[i] if at_line_start else " " + self.words[i]
+            at_line_start = False
+            return text
+
+        return piece
+
+    def unknown(self, text: str) -> list[str]:
+        return sorted({w for w in text.split() if w not in self._index})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "words": list(self.words)}
+
+
+def _lines(text: str) -> list[str]:
+    """Lines of `text`; a final line without a newline still counts, an empty tail does not."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+class CharVocabBuilder:
+    def __init__(self) -> None:
+        self.chars: set[str] = set()
+
+    def add(self, text: str) -> None:
+        self.chars.update(text)
+
+    def build(self) -> CharTokenizer:
+        return CharTokenizer(self.chars)
+
+
+class WordVocabBuilder:
+    def __init__(self, vocab_size: int = 0, min_count: int = 1) -> None:
+        self.counts: Counter[str] = Counter()
+        self.vocab_size = vocab_size
+        self.min_count = min_count
+
+    def add(self, text: str) -> None:
+        lines = _lines(text)
+        self.counts[EOS] += len(lines)
+        for line in lines:
+            self.counts.update(line.split())
+
+    def build(self) -> WordTokenizer:
+        ranked = sorted(self.counts.items(), key=lambda item: (-item[1], item[0]))
+        words = [w for w, n in ranked if n >= self.min_count or w in (EOS, UNK)]
+        if UNK not in words:
+            words.append(UNK)
+        if self.vocab_size and len(words) > self.vocab_size:
+            kept = set([w for w in words if w not in (EOS, UNK)][: self.vocab_size - 2])
+            words = [w for w in words if w in kept or w in (EOS, UNK)]
+        return WordTokenizer(words)
+
+
+def vocab_builder(kind: str, vocab_size: int = 0, min_count: int = 1) -> CharVocabBuilder | WordVocabBuilder:
+    if kind == "char":
+        return CharVocabBuilder()
+    if kind == "word":
+        return WordVocabBuilder(vocab_size, min_count)
+    raise DataError(f"unknown tokenizer kind {kind!r}")
+
+
+def from_state(state: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from its `state_dict`."""
+    kind = state.get("kind") if isinstance(state, dict) else None
+    try:
+        if kind == "char":
+            return CharTokenizer(state["chars"])
+        if kind == "word":
+            return WordTokenizer(state["words"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"the checkpoint's {kind} tokenizer is damaged: {exc}") from None
+    raise CheckpointError(f"the checkpoint holds an unknown tokenizer kind {kind!r}")
+
+
+def fingerprint(tokenizer: Tokenizer) -> str:
+    """A short hash of the tokenizer's state: the same vocabulary gives the same fingerprint."""
+    blob = json.dumps(tokenizer.state_dict(), sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]

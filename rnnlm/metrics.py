@@ -1,0 +1,25 @@
+"""Scalar logging to TensorBoard, with a do-nothing writer for tests and `train.tensorboard: false`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class NullWriter:
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def open_writer(run_dir: Path, enabled: bool) -> NullWriter:
+    """A TensorBoard SummaryWriter writing event files into `run_dir`, or a NullWriter."""
+    if not enabled:
+        return NullWriter()
+    from torch.utils.tensorboard import SummaryWriter  # imported late: it takes a second to load
+
+    return SummaryWriter(log_dir=str(run_dir))

@@ -1,0 +1,96 @@
+"""`RNNLM`: token embedding -> recurrent stack -> dropout -> decoder, with the loss inside.
+
+Tensors are time-major everywhere, as the fused kernels expect: token ids are `(T, B)`, hidden
+activations `(T, B, H)`. The trainer and the evaluator never see logits: `forward` returns the summed
+negative log-likelihood and the number of scored tokens, so the output layer can change freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnlm.config import ModelConfig
+from rnnlm.data.batching import PAD
+from rnnlm.models.stack import State, build_stack, state_size
+
+
+@dataclass
+class LMOutput:
+    nll: torch.Tensor  # summed negative log-likelihood over the scored targets, in nats
+    tokens: torch.Tensor  # number of scored targets
+    state: State
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class RNNLM(nn.Module):
+    def __init__(self, vocab_size: int, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(vocab_size, config.embed_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.rnn = build_stack(config)
+        self.decoder = nn.Linear(config.hidden_size, vocab_size)
+        if config.tie_weights:  # Press & Wolf 2017; Inan et al. 2017
+            self.decoder.weight = self.embedding.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        c = self.config
+        nn.init.uniform_(self.embedding.weight, -c.init_range, c.init_range)
+        nn.init.uniform_(self.decoder.weight, -c.init_range, c.init_range)
+        nn.init.zeros_(self.decoder.bias)
+        if c.init == "uniform":  # Zaremba et al. 2014: every parameter ~ U(-r, r)
+            for p in self.rnn.parameters():
+                nn.init.uniform_(p, -c.init_range, c.init_range)
+        if c.cell == "lstm":  # gate order i, f, g, o: a forget gate open at the start remembers
+            H = c.hidden_size
+            with torch.no_grad():
+                for layer in range(c.num_layers):
+                    bias_ih = getattr(self.rnn, f"bias_ih_l{layer}")
+                    bias_hh = getattr(self.rnn, f"bias_hh_l{layer}")
+                    if c.init == "default":
+                        bias_ih[H: 2 * H] = c.forget_bias
+                        bias_hh[H: 2 * H] = 0.0
+                    else:
+                        bias_ih[H: 2 * H] += c.forget_bias
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        shape = (self.config.num_layers, batch_size, self.config.hidden_size)
+        device = device or self.embedding.weight.device
+        return tuple(torch.zeros(shape, device=device) for _ in range(state_size(self.config.cell)))
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, state: State) -> LMOutput:
+        """Score `targets` (T, B) given `inputs` (T, B); PAD targets are not scored."""
+        hidden, state = self.encode(inputs, state)  # (T, B, H)
+        logits = self.decoder(hidden)  # (T, B, V)
+        nll = F.cross_entropy(logits.view(-1, self.vocab_size), targets.reshape(-1), ignore_index=PAD,
+                              reduction="sum")
+        return LMOutput(nll, (targets != PAD).sum(), state)
+
+    def encode(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        embedded = self.dropout(self.embedding(inputs))  # (T, B, E)
+        hidden, state = self.rnn(embedded, state)  # (T, B, H)
+        return self.dropout(hidden), state
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One generation step: tokens (B,) -> log-probabilities (B, V) of the next token, new state."""
+        return self.prefill(tokens.unsqueeze(0), state)
+
+    def prefill(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """Read tokens (T, B); return log-probabilities (B, V) for the token after the last one."""
+        hidden, state = self.encode(tokens, state)
+        logits = self.decoder(hidden[-1])  # (B, V)
+        return F.log_softmax(logits.float(), dim=-1), state
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # tied weights are one parameter
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph between BPTT windows; the values carry over, the gradients do not."""
+    return tuple(s.detach() for s in state)

@@ -1,0 +1,62 @@
+"""Text generation through the model's one-step function: prompt, temperature, top-k, top-p, seed."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from rnnlm.data.tokenizers import Tokenizer
+from rnnlm.models.lm import RNNLM
+
+
+def generate(model: RNNLM, tokenizer: Tokenizer, *, prompt: str = "", length: int = 200, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, num_samples: int = 1, seed: int = 0,
+             device: torch.device | str = "cpu", on_text: Callable[[str], None] | None = None) -> list[str]:
+    """Continue `prompt` by `length` tokens, `num_samples` times in one batch; returns the full texts.
+
+    The model first reads a line end and then the prompt, as evaluation conditions the first token.
+    `on_text`, if given, receives the first sample's text piece by piece as it is generated.
+    The same seed, device and settings give the same text.
+    """
+    generator = torch.Generator(device=device).manual_seed(seed)
+    context = [tokenizer.boundary_id, *tokenizer.encode(prompt, partial=True).tolist()]
+    decoders = [tokenizer.stream_decoder() for _ in range(num_samples)]
+    for piece in decoders:
+        for i in context[1:]:
+            piece(i)  # bring the decoder's spacing state up to the end of the prompt
+    texts = [[prompt] for _ in range(num_samples)]
+    if on_text and prompt:
+        on_text(prompt)
+    model.eval()
+    with torch.inference_mode():
+        tokens = torch.tensor(context, device=device).unsqueeze(1).expand(-1, num_samples)  # (T, B)
+        log_probs, state = model.prefill(tokens, model.init_state(num_samples, device))
+        for _ in range(length):
+            next_tokens = choose(log_probs, temperature, top_k, top_p, generator)  # (B,)
+            for b, token in enumerate(next_tokens.tolist()):
+                texts[b].append(decoders[b](token))
+            if on_text:
+                on_text(texts[0][-1])
+            log_probs, state = model.step(next_tokens, state)
+    return ["".join(t) for t in texts]
+
+
+def choose(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: float,
+           generator: torch.Generator) -> torch.Tensor:
+    """Pick the next token per row of log_probs (B, V): argmax at temperature 0, else sample."""
+    if temperature == 0:
+        return log_probs.argmax(dim=-1)
+    logits = log_probs / temperature
+    if 0 < top_k < logits.size(-1):
+        logits, candidates = logits.topk(top_k, dim=-1)  # (B, k), sorted: only k are ranked
+    elif top_p < 1.0:
+        logits, candidates = logits.sort(dim=-1, descending=True)
+    else:
+        candidates = None
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:  # nucleus (Holtzman et al. 2020): the fewest tokens holding mass top_p
+        before = probs.cumsum(dim=-1) - probs
+        probs = probs.masked_fill(before >= top_p, 0.0)
+    picked = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+    return picked if candidates is None else candidates.gather(-1, picked.unsqueeze(-1)).squeeze(-1)

@@ -1,0 +1,332 @@
+"""`Trainer`: stateful truncated BPTT with cross-entropy, clipping, schedules, validation and checkpoints.
+
+Stages: `__init__` checks the run folder, `setup` builds data, model and optimizer (or restores
+them from `last.pt`), `fit` trains, `save` writes checkpoints atomically, `close` releases files.
+A first SIGINT/SIGTERM finishes the current step, saves and stops; a second stops at once.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from rnnlm import runtime
+from rnnlm.checkpoint import load_checkpoint, save_checkpoint
+from rnnlm.config import Config, build_config, dump_yaml, load_config, requested_changes, resume_config
+from rnnlm.data.batching import TrainBatches
+from rnnlm.data.corpus import load_corpus
+from rnnlm.data.tokenizers import from_state
+from rnnlm.errors import DataError, Interrupted, TrainingError, UsageError
+from rnnlm.evaluate import EvalResult, evaluate
+from rnnlm.metrics import open_writer
+from rnnlm.models.lm import RNNLM, detach_state
+from rnnlm.optim import Schedule, build_optimizer
+
+RUN_FILES = ("best.pt", "last.pt", "config.yaml")
+
+
+@dataclass
+class TrainSummary:
+    steps: int
+    epochs_done: int
+    best_val_loss: float | None
+    last_val: EvalResult | None
+    run_dir: Path
+    tokens: int  # tokens trained on in this fit() call
+    train_seconds: float  # time in training steps, validation and checkpoint writes excluded
+
+    @property
+    def tokens_per_sec(self) -> float:
+        return self.tokens / max(self.train_seconds, 1e-9)
+
+
+class Meter:
+    """Tokens, seconds and losses of training steps: in total, and since the last window()."""
+
+    def __init__(self) -> None:
+        self.tokens, self.seconds = 0, 0.0
+        self._loss, self._steps, self._tokens, self._seconds = 0.0, 0, 0, 0.0
+
+    def add(self, loss: float, tokens: int, seconds: float) -> None:
+        self.tokens += tokens
+        self.seconds += seconds
+        self._loss += loss
+        self._steps += 1
+        self._tokens += tokens
+        self._seconds += seconds
+
+    def window(self) -> tuple[float, float]:
+        """Mean loss and tokens per second since the last call."""
+        result = (self._loss / max(self._steps, 1), self._tokens / max(self._seconds, 1e-9))
+        self._loss, self._steps, self._tokens, self._seconds = 0.0, 0, 0, 0.0
+        return result
+
+
+def plan_run(config_path: str | None, overrides: list[str], run_dir: str | None, resume: str | None,
+             overwrite: bool) -> tuple[Config, Path, dict[str, Any] | None]:
+    """Decide what `rnnlm train` runs: the config, the run folder, and the checkpoint to resume from.
+
+    `resume` is a run folder, or "auto" to resume `run_dir` when it holds a run and start it otherwise.
+    A resumed run takes its config from its checkpoint; the file and overrides may only change
+    RESUMABLE_KEYS (how long, where, how often to validate).
+    """
+    if resume and resume != "auto":
+        if run_dir and Path(run_dir) != Path(resume):
+            raise UsageError(f"--resume {resume} and --run-dir {run_dir} name different folders")
+        run_dir = resume
+    folder = Path(run_dir) if run_dir else Path("runs") / (Path(config_path).stem if config_path else "run")
+    if resume == "auto" and not (folder / "last.pt").is_file():
+        resume = None
+    if not resume:
+        return load_config(config_path, overrides), folder, None
+    if overwrite:
+        raise UsageError("--resume and --overwrite cannot be used together")
+    if not (folder / "last.pt").is_file():
+        raise UsageError(f"cannot resume: {folder / 'last.pt'} does not exist")
+    saved = load_checkpoint(folder / "last.pt")
+    config = resume_config(build_config(saved["config"]), requested_changes(config_path, overrides))
+    return config, folder, saved
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder unless asked to resume or overwrite."""
+    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if resume:
+        if not (run_dir / "last.pt").is_file():
+            raise UsageError(f"cannot resume: {run_dir / 'last.pt'} does not exist")
+        return
+    if existing and not overwrite:
+        raise UsageError(f"run folder {run_dir} already holds a run ({', '.join(existing)}): pass --resume "
+                         f"{run_dir} to continue it, --overwrite to replace it, or choose another --run-dir")
+    if existing:
+        for path in [run_dir / name for name in existing] + list(run_dir.glob("events.out.tfevents.*")):
+            path.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+class StopSignals:
+    """The first SIGINT or SIGTERM asks the loop to stop after the current step; a second exits at once."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.caught: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.caught is not None:
+            raise KeyboardInterrupt
+        self.caught = signum
+        self.log(f"\n{signal.Signals(signum).name}: finishing this step and saving (press Ctrl-C again to quit "
+                 f"at once; the last checkpoint on disk stays intact)")
+
+
+class Trainer:
+    def __init__(self, config: Config, run_dir: str | Path, *, resume_from: dict[str, Any] | None = None,
+                 overwrite: bool = False, progress: bool | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        """`resume_from` is the payload of the run's last.pt, when continuing it."""
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.saved = resume_from
+        self.resume = resume_from is not None
+        self.progress = progress
+        self.log = log or (lambda message: tqdm.write(message, file=sys.stderr))
+        prepare_run_dir(self.run_dir, resume=self.resume, overwrite=overwrite)
+
+    def setup(self) -> None:
+        c = self.config
+        runtime.configure_threads(c.train.num_threads)
+        self.device = runtime.resolve_device(c.train.device)
+        runtime.seed_everything(c.train.seed)
+        saved, self.saved = self.saved, None
+        tokenizer = from_state(saved["tokenizer"]) if saved else None
+        self.corpus = load_corpus(c.data, c.tokenizer, tokenizer, splits=("train", "valid"))
+        self.tokenizer = self.corpus.tokenizer
+        train = self.corpus.splits["train"]
+        self.batches = TrainBatches(train.ids, c.train.batch_size, c.train.bptt)
+        if len(self.batches) == 0 or self.batches.rows < c.train.bptt + 1:
+            need = c.train.batch_size * (c.train.bptt + 1)
+            raise DataError(f"the training split has {len(train.ids):,} tokens; train.batch_size {c.train.batch_size} "
+                            f"x (train.bptt {c.train.bptt} + 1) = {need:,} are needed: use more text or lower them")
+        if len(self.corpus.splits["valid"].ids) == 0:
+            raise DataError("the validation split is empty: use more text or raise data.valid_fraction")
+        self.model = RNNLM(self.tokenizer.vocab_size, c.model).to(self.device)
+        self.optimizer = build_optimizer(self.model.parameters(), c.optim)
+        self.schedule = Schedule(self.optimizer, c.optim)
+        self.state = self.model.init_state(c.train.batch_size)
+        self.step, self.epoch, self.best_val, self.history = 0, 1, None, []
+        self.last_val: EvalResult | None = None
+        self._last_eval_step = -1
+        if saved:
+            self._restore(saved)
+        dump_yaml(c, self.run_dir / "config.yaml")
+        self.writer = open_writer(self.run_dir, c.train.tensorboard)
+        self.log(self._describe())
+
+    def _describe(self) -> str:
+        c, splits = self.config, self.corpus.splits
+        m = c.model
+        return (f"corpus {c.data.corpus}: {len(splits['train'].ids):,} train / {len(splits['valid'].ids):,} valid "
+                f"tokens, {c.tokenizer.kind} vocabulary {self.tokenizer.vocab_size:,} | model {m.cell} "
+                f"{m.num_layers}x{m.hidden_size}, {self.model.num_parameters():,} parameters | device {self.device}"
+                + (f" | resuming at step {self.step:,}, epoch {self.epoch}" if self.resume else ""))
+
+    def fit(self) -> TrainSummary:
+        total = self._total_steps()
+        meter = Meter()
+        bar = tqdm(total=total, initial=min(self.step, total), unit="step", file=sys.stderr, dynamic_ncols=True,
+                   disable=(not self.progress) if self.progress is not None else None)
+        with StopSignals(self.log) as signals, bar:
+            while not self._finished() and signals.caught is None:
+                self._run_epoch(signals, meter, bar)
+            if signals.caught is not None:
+                self.save("last.pt")
+                raise Interrupted(f"stopped at step {self.step:,}; saved {self.run_dir / 'last.pt'}. Resume with: "
+                                  f"rnnlm train --resume {self.run_dir}", 128 + signals.caught)
+        if self._last_eval_step != self.step:
+            self._validate(final=True)
+        return TrainSummary(self.step, self.epoch - 1, self.best_val, self.last_val, self.run_dir,
+                            meter.tokens, meter.seconds)
+
+    def _run_epoch(self, signals: StopSignals, meter: Meter, bar: tqdm) -> None:
+        """Train from the current position to the end of the epoch, or until asked to stop."""
+        c = self.config.train
+        if self.batches.position == 0:
+            self.schedule.epoch_start(self.epoch)
+        tick = time.perf_counter()
+        for inputs, targets in self.batches:
+            loss, grad_norm = self._train_step(inputs, targets)
+            self.step += 1
+            meter.add(loss, targets.numel(), time.perf_counter() - tick)
+            bar.update(1)
+            if self.step % c.log_every == 0:
+                self._log_train(*meter.window(), grad_norm, bar)
+            if c.eval_every and self.step % c.eval_every == 0:
+                self._validate()
+            if signals.caught is not None or self._finished():
+                return
+            tick = time.perf_counter()
+        self.epoch += 1
+        self.batches.restart()
+        self._validate()
+
+    def _total_steps(self) -> int:
+        c = self.config.train
+        by_epochs = c.epochs * len(self.batches) if c.epochs else math.inf
+        return int(min(by_epochs, c.max_steps or math.inf))
+
+    def _finished(self) -> bool:
+        c = self.config.train
+        return bool((c.max_steps and self.step >= c.max_steps) or (c.epochs and self.epoch > c.epochs))
+
+    def _train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+        inputs = inputs.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        self.state = detach_state(self.state)  # truncated BPTT: keep the values, cut the graph
+        out = self.model(inputs, targets, self.state)
+        loss = out.nll / out.tokens
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        clip = self.config.optim.clip
+        # clipping the global norm keeps one exploding window from wrecking the weights (Pascanu et al. 2013)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0 else \
+            torch.nn.utils.get_total_norm([p.grad for p in params])
+        loss_value, norm_value = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()
+        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+            raise TrainingError(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} at step "
+                                f"{self.step + 1:,} (epoch {self.epoch}); stopped without saving, so the last good "
+                                f"checkpoint in {self.run_dir} is untouched. Try a lower optim.lr or optim.clip")
+        self.optimizer.step()
+        self.state = out.state
+        return loss_value, norm_value
+
+    def _log_train(self, loss: float, speed: float, grad_norm: float, bar: tqdm) -> None:
+        lr = self.schedule.lr
+        self.history.append({"step": self.step, "loss": loss})
+        self.writer.add_scalar("train/loss", loss, self.step)
+        self.writer.add_scalar("train/lr", lr, self.step)
+        self.writer.add_scalar("train/grad_norm", grad_norm, self.step)
+        self.writer.add_scalar("perf/tokens_per_sec", speed, self.step)
+        bar.set_postfix(epoch=self.epoch, loss=f"{loss:.3f}", ppl=f"{math.exp(min(loss, 50)):.2f}", lr=f"{lr:.3g}",
+                        tok_s=f"{speed:,.0f}", refresh=False)
+
+    def _validate(self, final: bool = False) -> None:
+        """Score the validation split, keep the best checkpoint, save last.pt.
+
+        The end-of-run validation does not feed the schedule, so a run stopped at max_steps and
+        resumed follows the same learning rates as one that never stopped.
+        """
+        c = self.config.train
+        result = evaluate(self.model, self.corpus.splits["valid"], boundary_id=self.tokenizer.boundary_id,
+                          batch_size=c.eval_batch_size, bptt=c.bptt, device=self.device)
+        self._last_eval_step = self.step
+        self.last_val = result
+        self.history.append({"step": self.step, "val_loss": result.loss})
+        self.writer.add_scalar("val/loss", result.loss, self.step)
+        self.writer.add_scalar("val/ppl", result.ppl, self.step)
+        self.writer.flush()
+        improved = self.best_val is None or result.loss < self.best_val
+        if not final:
+            self.schedule.validated(result.loss)
+        if improved:
+            self.best_val = result.loss
+            self.save("best.pt")
+        self.save("last.pt")
+        self.log(f"step {self.step:,} | epoch {self.epoch - (self.batches.position == 0)} | val loss {result.loss:.4f} "
+                 f"| ppl {result.ppl:.2f} | bits/char {result.bits_per_char:.4f} | lr {self.schedule.lr:.4g}"
+                 + (" | best" if improved else ""))
+
+    def save(self, name: str) -> None:
+        save_checkpoint(self._payload(), self.run_dir / name)
+
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "tokenizer": self.tokenizer.state_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "batches": self.batches.state_dict(),
+            "hidden": tuple(s.detach().cpu() for s in self.state),
+            "rng": runtime.rng_state(),
+            "trainer": {"step": self.step, "epoch": self.epoch, "best_val": self.best_val, "history": self.history},
+            "metrics": self.last_val.to_dict() if self.last_val else {},
+        }
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved["schedule"])
+        self.batches.load_state_dict(saved["batches"])
+        self.state = tuple(s.to(self.device) for s in saved["hidden"])
+        trainer = saved["trainer"]
+        self.step, self.epoch, self.best_val = trainer["step"], trainer["epoch"], trainer["best_val"]
+        self.history = list(trainer["history"])
+        self._last_eval_step = self.step
+        runtime.set_rng_state(saved["rng"])
+
+    def close(self) -> None:
+        writer = getattr(self, "writer", None)
+        if writer is not None:
+            writer.close()
