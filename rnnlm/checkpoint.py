@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,11 +71,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the write that made it did not finish")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError):
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):
+            raise CheckpointError(f"{path} is not an rnnlm checkpoint: it holds Python objects rnnlm does not load "
+                                  f"(rnnlm never unpickles arbitrary code)") from None
         raise CheckpointError(f"{path} cannot be read as a checkpoint: it is truncated, damaged, or not a "
                               f"checkpoint file") from None
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"{path} is not an rnnlm checkpoint: it holds Python objects rnnlm does not load") from None
+    except Exception:  # torch.load fails on foreign bytes in many ways: zip, pickle, key and value errors
+        raise CheckpointError(f"{path} cannot be read as a checkpoint: it is truncated, damaged, or not a "
+                              f"checkpoint file") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not an rnnlm checkpoint")
     version = payload.get("format_version")

@@ -135,22 +135,20 @@ def build_config(
     merged = {s: dict(v) for s, v in Config().to_dict().items()}
     _merge(merged, values, problems)
     _merge(merged, parse_overrides(overrides, problems), problems)
-    sections = {}
+    sections, bad_keys = {}, set()
     for name, cls in SECTIONS.items():
         kwargs = {}
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             value, error = _coerce(merged[name][f.name], hints[f.name])
-            if error:
+            if error:  # keep checking the rest with the default in its place
                 problems.append(f"{name}.{f.name} {error}")
-            else:
-                kwargs[f.name] = value
-        if len(kwargs) == len(dataclasses.fields(cls)):
-            sections[name] = cls(**kwargs)
-    if problems:
-        raise ConfigError("invalid configuration: " + "; ".join(problems))
+                bad_keys.add(f"{name}.{f.name}")
+                value = f.default
+            kwargs[f.name] = value
+        sections[name] = cls(**kwargs)
     config = Config(**sections)
-    problems.extend(_check_ranges(config))
+    problems.extend(p for p in _check_ranges(config) if p.split(" ", 1)[0] not in bad_keys)
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
     return config

@@ -160,7 +160,7 @@ class Trainer:
         runtime.seed_everything(c.train.seed)
         saved, self.saved = self.saved, None
         tokenizer = from_state(saved["tokenizer"]) if saved else None
-        self.corpus = load_corpus(c.data, c.tokenizer, tokenizer, splits=("train", "valid"))
+        self.corpus = load_corpus(c.data, c.tokenizer, tokenizer)  # the test split too: bad text shows up now
         self.tokenizer = self.corpus.tokenizer
         train = self.corpus.splits["train"]
         self.batches = TrainBatches(train.ids, c.train.batch_size, c.train.bptt)

@@ -1,0 +1,88 @@
+import math
+
+import pytest
+import torch
+
+from rnnlm.config import load_config
+from rnnlm.data.tokenizers import CharTokenizer, WordVocabBuilder
+from rnnlm.models.lm import RNNLM
+from rnnlm.sample import choose, generate
+
+TEXT = "to be or not to be, that is the question\n"
+
+
+@pytest.fixture
+def char_model():
+    tokenizer = CharTokenizer(TEXT)
+    torch.manual_seed(0)
+    model = RNNLM(tokenizer.vocab_size, load_config(None, ["model.hidden_size=16", "model.embed_size=8"]).model)
+    return model.eval(), tokenizer
+
+
+def test_same_seed_same_text(char_model):
+    model, tokenizer = char_model
+    a = generate(model, tokenizer, prompt="to ", length=60, seed=7)
+    b = generate(model, tokenizer, prompt="to ", length=60, seed=7)
+    c = generate(model, tokenizer, prompt="to ", length=60, seed=8)
+    assert a == b and a != c
+    assert a[0].startswith("to ") and len(a[0]) == 63
+
+
+def test_temperature_zero_is_greedy_argmax(char_model):
+    model, tokenizer = char_model
+    text = generate(model, tokenizer, prompt="be", length=20, temperature=0, seed=1)[0]
+    ids = [tokenizer.boundary_id, *tokenizer.encode("be").tolist()]
+    with torch.no_grad():
+        for _ in range(20):
+            log_probs, _ = model.prefill(torch.tensor(ids).unsqueeze(1), model.init_state(1))
+            ids.append(int(log_probs.argmax()))
+    assert text == tokenizer.decode(ids[1:])
+    assert generate(model, tokenizer, prompt="be", length=20, temperature=0, seed=99)[0] == text
+    assert generate(model, tokenizer, prompt="be", length=20, top_k=1, seed=5)[0] == text
+
+
+def test_streamed_pieces_make_the_first_sample(char_model):
+    model, tokenizer = char_model
+    pieces = []
+    texts = generate(model, tokenizer, prompt="or", length=30, seed=3, num_samples=3, on_text=pieces.append)
+    assert "".join(pieces) == texts[0]
+    assert len(texts) == 3 and len(set(texts)) > 1
+
+
+def test_unknown_prompt_characters_read_as_unk(char_model):
+    model, tokenizer = char_model
+    assert tokenizer.unknown("tö bé") == ["é", "ö"]
+    text = generate(model, tokenizer, prompt="tö bé", length=5, seed=1)[0]
+    assert text.startswith("tö bé") and len(text) == 10
+
+
+def test_word_samples_are_spaced_and_break_lines():
+    builder = WordVocabBuilder()
+    builder.add("the cat sat\non the mat\n")
+    tokenizer = builder.build()
+    torch.manual_seed(0)
+    model = RNNLM(tokenizer.vocab_size, load_config(None, ["model.hidden_size=8", "model.embed_size=8"]).model).eval()
+    text = generate(model, tokenizer, prompt="the cat", length=40, seed=2)[0]
+    assert text.startswith("the cat ") and "  " not in text and " \n" not in text
+
+
+def test_top_k_never_leaves_the_k_best():
+    log_probs = torch.log_softmax(torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]]), -1).expand(2000, -1)
+    picks = choose(log_probs, 1.0, 2, 1.0, torch.Generator().manual_seed(0))
+    assert set(picks.tolist()) == {0, 1}
+
+
+def test_top_p_keeps_the_smallest_set_holding_the_mass():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    picks = choose(probs.log().expand(4000, -1), 1.0, 0, 0.75, torch.Generator().manual_seed(0))
+    assert set(picks.tolist()) == {0, 1}  # 0.5 < 0.75 <= 0.5 + 0.3
+    share = (picks == 0).float().mean().item()
+    assert share == pytest.approx(0.5 / 0.8, abs=0.03)
+
+
+def test_temperature_sharpens_the_distribution():
+    log_probs = torch.log(torch.tensor([[0.6, 0.4]])).expand(20000, -1)
+    picks = choose(log_probs, 0.5, 0, 1.0, torch.Generator().manual_seed(0))
+    expected = 0.6**2 / (0.6**2 + 0.4**2)  # p^(1/T), renormalised
+    assert (picks == 0).float().mean().item() == pytest.approx(expected, abs=0.01)
+    assert math.isclose(expected, 0.6923, abs_tol=1e-4)
