@@ -88,6 +88,19 @@ def train(config_path: str | None, run_dir: str | None, device: str | None, seed
     click.echo(f"Next: rnnlm sample {folder}/best.pt   |   rnnlm eval {folder}/best.pt --split test", err=True)
 
 
+@cli.command(name="config")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="YAML recipe.")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@reports_errors
+def show_config(config_path: str | None, overrides: tuple[str, ...]) -> None:
+    """Print the resolved configuration (defaults < file < overrides) as YAML, and check it."""
+    import yaml
+
+    from rnnlm.config import load_config
+
+    click.echo(yaml.safe_dump(load_config(config_path, overrides).to_dict(), sort_keys=False), nl=False)
+
+
 @cli.command()
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("--prompt", default="", help="Text to continue [default: start at a line start].")

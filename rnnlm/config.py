@@ -56,6 +56,9 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs)
     eval_every: int = 0  # validate every N steps (0: at the end of each epoch only)
     eval_batch_size: int = 10
+    # mean: gradient of the mean loss per token. sum_over_time: of the batch-mean loss summed over the
+    # window's time steps, as Zaremba et al. 2014's code does (same model, bptt x larger gradients)
+    loss_reduction: Literal["mean", "sum_over_time"] = "mean"
     log_every: int = 20  # steps between progress-bar and TensorBoard updates
     seed: int = 1234
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps

@@ -245,8 +245,9 @@ class Trainer:
         self.state = detach_state(self.state)  # truncated BPTT: keep the values, cut the graph
         out = self.model(inputs, targets, self.state)
         loss = out.nll / out.tokens
+        objective = loss * inputs.size(0) if self.config.train.loss_reduction == "sum_over_time" else loss
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = self.config.optim.clip
         # clipping the global norm keeps one exploding window from wrecking the weights (Pascanu et al. 2013)

@@ -142,3 +142,13 @@ def test_step_schedule_follows_zaremba():
         schedule.epoch_start(epoch)
         rates.append(schedule.optimizer.param_groups[0]["lr"])
     assert rates == [1, 1, 1, 1, 0.5, 0.25, 0.125]
+
+
+def test_sum_over_time_scales_the_gradient_by_the_window_length(tiny_corpus, tmp_path):
+    """lr 1 with the loss summed over 8 time steps takes the same steps as lr 8 on the mean loss."""
+    summed, _ = run(tiny_config(tiny_corpus, "optim.lr=0.1", "train.loss_reduction=sum_over_time",
+                                "optim.clip=0"), tmp_path / "a")
+    mean, _ = run(tiny_config(tiny_corpus, "optim.lr=0.8", "optim.clip=0"), tmp_path / "b")
+    for a, b in zip(summed.model.parameters(), mean.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert train_losses(summed.history)[0] == train_losses(mean.history)[0]
