@@ -90,3 +90,12 @@ def test_resume_allows_run_length_changes_only():
 def test_requested_changes_are_only_the_mentioned_keys(tmp_path):
     path = write(tmp_path, "model:\n  hidden_size: 64\n")
     assert requested_changes(path, ["train.max_steps=5"]) == {"model.hidden_size": 64, "train.max_steps": 5}
+
+
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_recipe_loads_and_says_how_to_run_it(path):
+    config = load_config(path)
+    header = path.read_text().split("\n\n")[0]
+    assert header.startswith("#") and f"rnnlm train --config configs/{path.name}" in path.read_text()
+    assert config.train.epochs > 0
