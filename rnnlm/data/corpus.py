@@ -94,10 +94,10 @@ def split_segments(source: registry.Source, data: DataConfig) -> dict[str, Segme
 
 
 def _line_end(path: Path, offset: int) -> int:
-    """The offset just after the first newline at or after `offset` (else a character boundary)."""
+    """The offset just after the first newline at or after `offset - 1` (else a character boundary)."""
     with open(path, "rb") as f:
-        f.seek(offset)
-        position = offset
+        position = max(offset - 1, 0)
+        f.seek(position)
         while block := f.read(1 << 16):
             found = block.find(b"\n")
             if found >= 0:
@@ -127,6 +127,9 @@ def iter_text(segment: Segment, block_size: int = BLOCK) -> Iterator[str]:
         remaining = segment.size
         while remaining > 0 or carry_bytes:
             block = f.read(min(block_size, remaining)) if remaining > 0 else b""
+            if remaining > 0 and not block:
+                raise DataError(f"{segment.path} ended at byte offset {position + len(carry_bytes)} instead of "
+                                f"{segment.end}: it changed while it was read; run again")
             remaining -= len(block)
             final = remaining <= 0
             data = carry_bytes + block

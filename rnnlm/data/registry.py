@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -157,19 +158,16 @@ def _folder(spec: str, path: Path) -> Source:
 def fetch(entry: Entry, cache_dir: Path) -> Source:
     """Local, checksum-verified copies of a registry corpus's files."""
     mirror = os.environ.get("RNNLM_DATA")
-    paths: dict[str, Path] = {}
+    folder = Path(mirror).expanduser() / entry.name if mirror else cache_dir / entry.name
+    paths = {split: folder / remote.name for split, remote in entry.files.items()}
+    missing = [remote for split, remote in entry.files.items() if not paths[split].is_file()]
+    if mirror and missing:
+        raise DataError(f"{entry.name}: {folder / missing[0].name} does not exist in the mirror RNNLM_DATA={mirror} "
+                        f"(unset RNNLM_DATA to download it from {missing[0].url})")
+    for url in dict.fromkeys(remote.url for remote in missing):  # one download per archive
+        _download(entry.name, url, [r for r in missing if r.url == url], folder)
     for split, remote in entry.files.items():
-        if mirror:
-            path = Path(mirror).expanduser() / entry.name / remote.name
-            if not path.is_file():
-                raise DataError(f"{entry.name}: {path} does not exist in the mirror RNNLM_DATA={mirror} "
-                                f"(unset RNNLM_DATA to download it from {remote.url})")
-        else:
-            path = cache_dir / entry.name / remote.name
-            if not path.is_file():
-                _download(entry.name, remote, path)
-        _verify(path, remote.checksum, cache_dir)
-        paths[split] = path
+        _verify(paths[split], remote.checksum, cache_dir)
     if "all" in paths:
         return Source(entry.name, single=paths["all"], byte_splits=entry.byte_splits)
     return Source(entry.name, files=paths)
@@ -203,30 +201,41 @@ def _verify(path: Path, checksum: str, cache_dir: Path) -> None:
     stamp.write_text(json.dumps(record))
 
 
-def _download(corpus: str, remote: RemoteFile, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
-    archive = target.parent / (Path(remote.url).name + ".part") if remote.member else partial
-    print(f"Downloading {corpus} from {remote.url}", file=sys.stderr)
+def _download(corpus: str, url: str, remotes: list[RemoteFile], folder: Path) -> None:
+    """Fetch `url` once and keep each of `remotes` (the file itself, or members of the zip archive)
+    only after its checksum matches, so a bad download never lands in the cache."""
+    folder.mkdir(parents=True, exist_ok=True)
+    download = folder / (Path(url).name + f".{os.getpid()}.download")
+    print(f"Downloading {corpus} from {url}", file=sys.stderr)
     try:
-        with urllib.request.urlopen(remote.url, timeout=60) as response, open(archive, "wb") as out:
+        with urllib.request.urlopen(url, timeout=60) as response, open(download, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr, disable=None, leave=False) as bar:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     out.write(block)
                     bar.update(len(block))
-        if remote.member:
-            with zipfile.ZipFile(archive) as zf, zf.open(remote.member) as src, open(partial, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-    except (urllib.error.URLError, OSError, zipfile.BadZipFile, KeyError) as exc:
-        partial.unlink(missing_ok=True)
+        for remote in remotes:
+            partial = folder / (remote.name + ".part")
+            if remote.member:
+                with zipfile.ZipFile(download) as zf, zf.open(remote.member) as src, open(partial, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+            else:
+                os.replace(download, partial)
+            algorithm, _, expected = remote.checksum.partition(":")
+            actual = file_digest(partial, algorithm)
+            if actual != expected:
+                partial.unlink()
+                raise DataError(f"the {remote.name} downloaded from {url} has {algorithm} {actual}, expected "
+                                f"{expected}: the server sent a different file; nothing was kept")
+            os.replace(partial, folder / remote.name)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, zipfile.BadZipFile, KeyError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise DataError(f"could not download {corpus} from {remote.url}: {reason}. Without network access, "
-                        f"point RNNLM_DATA at a folder holding {corpus}/{remote.name}") from None
+        raise DataError(f"could not download {corpus} from {url}: {reason}. Without network access, point "
+                        f"RNNLM_DATA at a folder holding {corpus}/{remotes[0].name}") from None
     finally:
-        if remote.member:
-            archive.unlink(missing_ok=True)
-    os.replace(partial, target)
+        download.unlink(missing_ok=True)
+        for remote in remotes:
+            (folder / (remote.name + ".part")).unlink(missing_ok=True)
 
 
 def python_stdlib(cache_dir: Path) -> Path:

@@ -75,7 +75,7 @@ class CharTokenizer:
         return self._index.get("\n", self.unk_id)
 
     def encode(self, text: str, partial: bool = False) -> np.ndarray:
-        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)  # lone surrogate -> unk
         if len(self._codepoints) == 0:
             return np.full(len(points), self.unk_id, dtype=np.int64)
         ids = np.searchsorted(self._codepoints, points)
@@ -108,6 +108,10 @@ class WordTokenizer:
     kind = "word"
 
     def __init__(self, words: list[str]) -> None:
+        if not all(isinstance(w, str) for w in words):
+            raise ValueError("word vocabulary entries must be strings")
+        if len(set(words)) != len(words):
+            raise ValueError("word vocabulary has duplicate entries")
         if EOS not in words or UNK not in words:
             raise ValueError("word vocabulary must contain <eos> and <unk>")
         self.words = list(words)
@@ -198,7 +202,7 @@ class WordVocabBuilder:
         words = [w for w, n in ranked if n >= self.min_count or w in (EOS, UNK)]
         if UNK not in words:
             words.append(UNK)
-        if self.vocab_size and len(words) > self.vocab_size:
+        if self.vocab_size and len(words) > max(self.vocab_size, 2):
             kept = set([w for w in words if w not in (EOS, UNK)][: self.vocab_size - 2])
             words = [w for w in words if w in kept or w in (EOS, UNK)]
         return WordTokenizer(words)
