@@ -19,6 +19,7 @@ from rnnlm import __version__
 from rnnlm.config import Config, build_config
 from rnnlm.data.tokenizers import Tokenizer, from_state
 from rnnlm.errors import CheckpointError, ConfigError
+from rnnlm.models import build_model
 from rnnlm.models.lm import RNNLM
 
 FORMAT = "rnnlm-checkpoint"
@@ -98,8 +99,11 @@ class Loaded:
     payload: dict[str, Any]
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> Loaded:
-    """A ready model (eval mode, on `device`), its tokenizer and config, from the checkpoint alone."""
+def load_model(path: str | Path, device: torch.device | str = "cpu", impl: str | None = None) -> Loaded:
+    """A ready model (eval mode, on `device`), its tokenizer and config, from the checkpoint alone.
+
+    `impl` ("fused" or "reference") runs the same weights through the other recurrent stack.
+    """
     payload = load_checkpoint(path)
     try:
         config = build_config(payload["config"])
@@ -107,8 +111,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Loaded:
         raise CheckpointError(f"{path} holds a configuration this rnnlm cannot use: {exc}") from None
     except KeyError:
         raise CheckpointError(f"{path} lacks its configuration") from None
+    if impl is not None and impl != config.model.impl:
+        config = config.replace({"model.impl": impl})  # a ConfigError (exit 2) if the cell needs the other
     tokenizer = from_state(payload.get("tokenizer"))
-    model = RNNLM(tokenizer.vocab_size, config.model)
+    model = build_model(tokenizer.vocab_size, config.model)
     try:
         model.load_state_dict(payload["model"])
     except (KeyError, RuntimeError) as exc:

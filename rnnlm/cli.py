@@ -114,16 +114,21 @@ def show_config(config_path: str | None, overrides: tuple[str, ...]) -> None:
 @click.option("--seed", type=int, help="Same seed, same text [default: a random seed, printed].")
 @click.option("--num-samples", default=1, show_default=True, type=click.IntRange(min=1),
               help="Independent samples, generated together.")
+@click.option("--reverse", is_flag=True,
+              help="Bidirectional models: generate right to left, ending with --prompt.")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @reports_errors
 def sample(checkpoint: str, prompt: str, length: int, temperature: float, top_k: int, top_p: float,
-           seed: int | None, num_samples: int, device: str) -> None:
+           seed: int | None, num_samples: int, reverse: bool, device: str) -> None:
     """Generate text from a checkpoint."""
     from rnnlm import runtime
     from rnnlm.checkpoint import load_model
-    from rnnlm.sample import generate
+    from rnnlm.sample import generate, generate_reverse
 
-    loaded = load_model(checkpoint, runtime.resolve_device(device))
+    torch_device = runtime.resolve_device(device)
+    loaded = load_model(checkpoint, torch_device)
+    if reverse and not loaded.config.model.bidirectional:
+        raise click.UsageError("--reverse needs a bidirectional model (model.bidirectional: true)")
     unknown = loaded.tokenizer.unknown(prompt)
     if unknown:
         click.echo(f"Warning: the vocabulary lacks {', '.join(map(repr, unknown[:10]))}"
@@ -131,10 +136,15 @@ def sample(checkpoint: str, prompt: str, length: int, temperature: float, top_k:
     if seed is None:
         seed = secrets.randbelow(2**31)
         click.echo(f"(seed {seed})", err=True)
-    stream = functools.partial(click.echo, nl=False) if num_samples == 1 else None
-    texts = generate(loaded.model, loaded.tokenizer, prompt=prompt, length=length, temperature=temperature,
-                     top_k=top_k, top_p=top_p, num_samples=num_samples, seed=seed,
-                     device=runtime.resolve_device(device), on_text=stream)
+    settings = dict(length=length, temperature=temperature, top_k=top_k, top_p=top_p, num_samples=num_samples,
+                    seed=seed, device=torch_device)
+    if reverse:
+        texts = generate_reverse(loaded.model, loaded.tokenizer, suffix=prompt, **settings)
+    else:
+        stream = functools.partial(click.echo, nl=False) if num_samples == 1 else None
+        texts = generate(loaded.model, loaded.tokenizer, prompt=prompt, on_text=stream, **settings)
+    if reverse and num_samples == 1:
+        click.echo(texts[0], nl=False)
     for i, text in enumerate(texts if num_samples > 1 else []):
         click.echo(f"{'' if i == 0 else chr(10)}----- sample {i + 1} -----\n{text}")
     click.echo()
@@ -149,10 +159,12 @@ def sample(checkpoint: str, prompt: str, length: int, temperature: float, top_k:
               help="Parallel streams; 1 gives every token its full left context.")
 @click.option("--bptt", default=256, show_default=True, type=click.IntRange(min=1), help="Tokens per window.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--impl", type=click.Choice(["fused", "reference"]),
+              help="Run the weights through torch's fused kernels or the reference cells [default: as trained].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @reports_errors
 def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: int, bptt: int, as_json: bool,
-                     device: str) -> None:
+                     impl: str | None, device: str) -> None:
     """Perplexity and bits per token, character and byte of a checkpoint on a split or a text."""
     from rnnlm import runtime
     from rnnlm.checkpoint import load_model
@@ -160,7 +172,7 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
     from rnnlm.evaluate import evaluate
 
     torch_device = runtime.resolve_device(device)
-    loaded = load_model(checkpoint, torch_device)
+    loaded = load_model(checkpoint, torch_device, impl)
     data = loaded.config.data
     if text:
         scored = corpus.encode_text_file(Path(text), loaded.tokenizer, registry.default_cache_dir(data.cache_dir))
@@ -179,11 +191,45 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
         return
     context = "full left context" if batch_size == 1 else f"{batch_size} parallel streams"
     click.echo(f"{source}: {result.tokens:,} tokens, {result.chars:,} characters, batch size {batch_size} ({context})")
-    click.echo(f"loss {result.loss:.4f} nats/token | perplexity {result.ppl:.2f} | {result.bits_per_token:.4f} bits/token"
-               f" | {result.bits_per_char:.4f} bits/char | {result.bits_per_byte:.4f} bits/byte")
+    labels = {"backward": f"backward (right context within {bptt}-token windows)",
+              "infill": "infill pseudo-perplexity (both neighbours' contexts)"}
+    if result.heads:
+        click.echo("forward (the language-model number, comparable with unidirectional models):")
+    for name, numbers in [("", result), *result.heads.items()]:
+        if name:
+            click.echo(f"{labels.get(name, name)}: {numbers.tokens:,} tokens")
+        click.echo(f"loss {numbers.loss:.4f} nats/token | perplexity {numbers.ppl:.2f} | {numbers.bits_per_token:.4f} "
+                   f"bits/token | {numbers.bits_per_char:.4f} bits/char | {numbers.bits_per_byte:.4f} bits/byte")
     if loaded.tokenizer.kind == "word":
         click.echo("note: word tokens; <unk> stands for every rare word, so bits per character and byte are "
                    "lower than a lossless model of the raw text would get")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("text")
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="Candidates per blank.")
+@click.option("--blank", default="___", show_default=True, help="The marker of a blank in TEXT.")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@reports_errors
+def fill(checkpoint: str, text: str, top_k: int, blank: str, device: str) -> None:
+    """Rank the likeliest tokens for each blank in TEXT (bidirectional models), e.g. "the cat sat on the ___ ."."""
+    from rnnlm import runtime
+    from rnnlm.checkpoint import load_model
+    from rnnlm.sample import fill_blanks
+
+    torch_device = runtime.resolve_device(device)
+    loaded = load_model(checkpoint, torch_device)
+    if not loaded.config.model.bidirectional:
+        raise click.UsageError("fill needs a bidirectional model (train one with model.bidirectional=true)")
+    if blank not in text:
+        raise click.UsageError(f"TEXT has no blank: mark each one with {blank}")
+    rankings = fill_blanks(loaded.model, loaded.tokenizer, text, blank=blank, top_k=top_k, device=torch_device)
+    for number, ranking in enumerate(rankings, start=1):
+        if len(rankings) > 1:
+            click.echo(f"blank {number}:")
+        for token, probability in ranking:
+            click.echo(f"  {probability:7.2%}  {token!r}")
 
 
 def main() -> None:

@@ -37,7 +37,9 @@ class TokenizerConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     cell: Literal["rnn", "gru", "lstm"] = "lstm"
-    nonlinearity: Literal["tanh", "relu"] = "tanh"  # rnn only
+    nonlinearity: Literal["tanh", "relu", "sigmoid"] = "tanh"  # rnn only; sigmoid needs impl: reference
+    impl: Literal["fused", "reference"] = "fused"  # torch's fused kernels, or the readable cells of models/cells.py
+    bidirectional: bool = False  # forward and backward stacks plus an infill head (Peters et al. 2018)
     num_layers: int = 2
     embed_size: int = 128
     hidden_size: int = 128
@@ -311,6 +313,8 @@ def _check_ranges(c: Config) -> list[str]:
     need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1) (got {m.dropout})")
     need(not m.tie_weights or m.embed_size == m.hidden_size,
          f"model.tie_weights needs model.embed_size == model.hidden_size (got {m.embed_size} and {m.hidden_size})")
+    need(not (m.nonlinearity == "sigmoid" and m.impl == "fused" and m.cell == "rnn"),
+         "model.nonlinearity sigmoid needs model.impl: reference (torch's fused nn.RNN offers tanh and relu only)")
     need(m.init_range > 0 and math.isfinite(m.init_range), f"model.init_range must be positive (got {m.init_range})")
     need(math.isfinite(m.forget_bias), f"model.forget_bias must be finite (got {m.forget_bias})")
     for key in ("batch_size", "bptt", "eval_batch_size", "log_every"):

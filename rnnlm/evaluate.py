@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ class EvalResult:
     tokens: int
     chars: int
     bytes: int
+    heads: dict[str, EvalResult] = field(default_factory=dict)  # bidirectional: backward, infill
 
     @property
     def loss(self) -> float:
@@ -41,10 +43,11 @@ class EvalResult:
     def bits_per_byte(self) -> float:
         return self.nll / math.log(2) / self.bytes
 
-    def to_dict(self) -> dict[str, float | int]:
-        return {"loss": self.loss, "ppl": self.ppl, "bits_per_token": self.bits_per_token,
-                "bits_per_char": self.bits_per_char, "bits_per_byte": self.bits_per_byte,
-                "tokens": self.tokens, "chars": self.chars, "bytes": self.bytes}
+    def to_dict(self) -> dict[str, Any]:
+        numbers: dict[str, Any] = {"loss": self.loss, "ppl": self.ppl, "bits_per_token": self.bits_per_token,
+                                   "bits_per_char": self.bits_per_char, "bits_per_byte": self.bits_per_byte,
+                                   "tokens": self.tokens, "chars": self.chars, "bytes": self.bytes}
+        return {**numbers, **{name: head.to_dict() for name, head in self.heads.items()}}
 
 
 def evaluate(model: RNNLM, split: Split, *, boundary_id: int, batch_size: int = 1, bptt: int = 256,
@@ -54,25 +57,35 @@ def evaluate(model: RNNLM, split: Split, *, boundary_id: int, batch_size: int = 
     Uses its own hidden state and eval mode (no dropout), so a validation pass during training
     leaves the training state untouched.
     """
-    nll, tokens = score_ids(model, split.ids, boundary_id=boundary_id, batch_size=batch_size, bptt=bptt,
-                            device=device)
-    return EvalResult(nll, tokens, split.chars, split.bytes)
+    totals = score_ids(model, split.ids, boundary_id=boundary_id, batch_size=batch_size, bptt=bptt, device=device)
+    nll, tokens = totals.pop("")
+    heads = {}
+    for name, (head_nll, head_tokens) in totals.items():  # chars and bytes pro rata to the tokens scored
+        share = head_tokens / max(tokens, 1)
+        heads[name] = EvalResult(head_nll, head_tokens, round(split.chars * share), round(split.bytes * share))
+    return EvalResult(nll, tokens, split.chars, split.bytes, heads)
 
 
 def score_ids(model: RNNLM, ids: np.ndarray, *, boundary_id: int, batch_size: int, bptt: int,
-              device: torch.device | str) -> tuple[float, int]:
+              device: torch.device | str) -> dict[str, tuple[float, int]]:
+    """Summed nll and token count per head: "" for the model's own, plus any named extras."""
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = torch.zeros((), dtype=torch.int64, device=device)
+    sums: dict[str, list[torch.Tensor]] = {}
     try:
         with torch.inference_mode():
             state = model.init_state(min(batch_size, max(len(ids), 1)), device)
             for inputs, targets in eval_windows(ids, batch_size, bptt, boundary_id):
                 out = model(inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True), state)
-                total += out.nll.double()
-                count += out.tokens
+                heads = {"": (out.nll, out.tokens)}
+                heads.update({name[: -len("_nll")]: (out.extras[name], out.extras[name[:-4] + "_tokens"])
+                              for name in out.extras if name.endswith("_nll")})
+                for name, (nll, count) in heads.items():
+                    total = sums.setdefault(name, [torch.zeros((), dtype=torch.float64, device=device),
+                                                   torch.zeros((), dtype=torch.int64, device=device)])
+                    total[0] += nll.double()
+                    total[1] += count
                 state = out.state
     finally:
         model.train(was_training)
-    return float(total), int(count)
+    return {name: (float(nll), int(count)) for name, (nll, count) in sums.items()} or {"": (0.0, 0)}

@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 
 from rnnlm.data.tokenizers import Tokenizer
+from rnnlm.models.bidirectional import BidirectionalLM
 from rnnlm.models.lm import RNNLM
 
 
@@ -60,3 +61,49 @@ def choose(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: float
         probs = probs.masked_fill(before >= top_p, 0.0)
     picked = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
     return picked if candidates is None else candidates.gather(-1, picked.unsqueeze(-1)).squeeze(-1)
+
+
+def generate_reverse(model: BidirectionalLM, tokenizer: Tokenizer, *, suffix: str, length: int = 200,
+                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_samples: int = 1,
+                     seed: int = 0, device: torch.device | str = "cpu") -> list[str]:
+    """Generate right to left with the backward stack: `length` tokens that lead up to `suffix`."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    context = [*tokenizer.encode(suffix, partial=True).tolist(), tokenizer.boundary_id]  # reading order
+    generated: list[list[int]] = [[] for _ in range(num_samples)]
+    model.eval()
+    with torch.inference_mode():
+        tokens = torch.tensor(context, device=device).unsqueeze(1).expand(-1, num_samples)  # (T, B)
+        log_probs, state = model.prefill_backward(tokens, model.init_state(num_samples, device))
+        for _ in range(length):
+            previous = choose(log_probs, temperature, top_k, top_p, generator)  # (B,)
+            for b, token in enumerate(previous.tolist()):
+                generated[b].append(token)
+            log_probs, state = model.step_backward(previous, state)
+    return [tokenizer.decode([*reversed(ids), *context[:-1]]) for ids in generated]
+
+
+def fill_blanks(model: BidirectionalLM, tokenizer: Tokenizer, text: str, *, blank: str = "___", top_k: int = 5,
+                device: torch.device | str = "cpu") -> list[list[tuple[str, float]]]:
+    """The top-k candidates, with probabilities, for each `blank` in `text` from the infill head.
+
+    Each blank is ranked on its own; the other blanks read as <unk>.
+    """
+    pieces = text.split(blank)
+    encoded = [tokenizer.encode(piece, partial=True).tolist() for piece in pieces]
+    rankings = []
+    model.eval()
+    with torch.inference_mode():
+        for i in range(len(pieces) - 1):
+            left = [tokenizer.boundary_id] + _joined(encoded[: i + 1], tokenizer.unk_id)
+            right = _joined(encoded[i + 1:], tokenizer.unk_id) + [tokenizer.boundary_id]
+            log_probs = model.infill_log_probs(torch.tensor(left, device=device), torch.tensor(right, device=device))
+            values, ids = log_probs.topk(min(top_k, log_probs.numel()))
+            rankings.append([(tokenizer.decode([i]), p) for i, p in zip(ids.tolist(), values.exp().tolist())])
+    return rankings
+
+
+def _joined(parts: list[list[int]], blank_id: int) -> list[int]:
+    joined: list[int] = []
+    for k, part in enumerate(parts):
+        joined += ([blank_id] if k else []) + part
+    return joined

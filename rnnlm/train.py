@@ -27,7 +27,8 @@ from rnnlm.data.tokenizers import from_state
 from rnnlm.errors import DataError, Interrupted, TrainingError, UsageError
 from rnnlm.evaluate import EvalResult, evaluate
 from rnnlm.metrics import open_writer
-from rnnlm.models.lm import RNNLM, detach_state
+from rnnlm.models import build_model
+from rnnlm.models.lm import detach_state
 from rnnlm.optim import Schedule, build_optimizer
 
 RUN_FILES = ("best.pt", "last.pt", "config.yaml")
@@ -170,7 +171,7 @@ class Trainer:
                             f"x (train.bptt {c.train.bptt} + 1) = {need:,} are needed: use more text or lower them")
         if len(self.corpus.splits["valid"].ids) == 0:
             raise DataError("the validation split is empty: use more text or raise data.valid_fraction")
-        self.model = RNNLM(self.tokenizer.vocab_size, c.model).to(self.device)
+        self.model = build_model(self.tokenizer.vocab_size, c.model).to(self.device)
         self.optimizer = build_optimizer(self.model.parameters(), c.optim)
         self.schedule = Schedule(self.optimizer, c.optim)
         self.state = self.model.init_state(c.train.batch_size)
@@ -245,7 +246,9 @@ class Trainer:
         self.state = detach_state(self.state)  # truncated BPTT: keep the values, cut the graph
         out = self.model(inputs, targets, self.state)
         loss = out.nll / out.tokens
-        objective = loss * inputs.size(0) if self.config.train.loss_reduction == "sum_over_time" else loss
+        objective = out.training_objective()
+        if self.config.train.loss_reduction == "sum_over_time":
+            objective = objective * inputs.size(0)
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
         params = [p for p in self.model.parameters() if p.grad is not None]

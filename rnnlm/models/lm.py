@@ -23,7 +23,11 @@ class LMOutput:
     nll: torch.Tensor  # summed negative log-likelihood over the scored targets, in nats
     tokens: torch.Tensor  # number of scored targets
     state: State
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. backward_nll, backward_tokens
+    objective: torch.Tensor | None = None  # what training minimises, when not the mean nll per token
+
+    def training_objective(self) -> torch.Tensor:
+        return self.objective if self.objective is not None else self.nll / self.tokens
 
 
 class RNNLM(nn.Module):
@@ -44,25 +48,17 @@ class RNNLM(nn.Module):
         nn.init.uniform_(self.embedding.weight, -c.init_range, c.init_range)
         nn.init.uniform_(self.decoder.weight, -c.init_range, c.init_range)
         nn.init.zeros_(self.decoder.bias)
-        if c.init == "uniform":  # Zaremba et al. 2014: every parameter ~ U(-r, r)
-            for p in self.rnn.parameters():
-                nn.init.uniform_(p, -c.init_range, c.init_range)
-        if c.cell == "lstm":  # gate order i, f, g, o: a forget gate open at the start remembers
-            H = c.hidden_size
-            with torch.no_grad():
-                for layer in range(c.num_layers):
-                    bias_ih = getattr(self.rnn, f"bias_ih_l{layer}")
-                    bias_hh = getattr(self.rnn, f"bias_hh_l{layer}")
-                    if c.init == "default":
-                        bias_ih[H: 2 * H] = c.forget_bias
-                        bias_hh[H: 2 * H] = 0.0
-                    else:
-                        bias_ih[H: 2 * H] += c.forget_bias
+        for stack in self.stacks():
+            init_stack(stack, c)
+
+    def stacks(self) -> list[nn.Module]:
+        return [self.rnn]
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         shape = (self.config.num_layers, batch_size, self.config.hidden_size)
-        device = device or self.embedding.weight.device
-        return tuple(torch.zeros(shape, device=device) for _ in range(state_size(self.config.cell)))
+        weight = self.embedding.weight
+        return tuple(torch.zeros(shape, device=device or weight.device, dtype=weight.dtype)
+                     for _ in range(state_size(self.config.cell)))
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, state: State) -> LMOutput:
         """Score `targets` (T, B) given `inputs` (T, B); PAD targets are not scored."""
@@ -89,6 +85,23 @@ class RNNLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weights are one parameter
+
+
+def init_stack(stack: nn.Module, c: ModelConfig) -> None:
+    if c.init == "uniform":  # Zaremba et al. 2014: every parameter ~ U(-r, r)
+        for p in stack.parameters():
+            nn.init.uniform_(p, -c.init_range, c.init_range)
+    if c.cell == "lstm":  # gate order i, f, g, o: a forget gate open at the start remembers
+        H = c.hidden_size
+        with torch.no_grad():
+            for layer in range(c.num_layers):
+                bias_ih = getattr(stack, f"bias_ih_l{layer}")
+                bias_hh = getattr(stack, f"bias_hh_l{layer}")
+                if c.init == "default":
+                    bias_ih[H: 2 * H] = c.forget_bias
+                    bias_hh[H: 2 * H] = 0.0
+                else:
+                    bias_ih[H: 2 * H] += c.forget_bias
 
 
 def detach_state(state: State) -> State:
