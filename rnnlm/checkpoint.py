@@ -116,7 +116,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", impl: str |
     tokenizer = from_state(payload.get("tokenizer"))
     model = build_model(tokenizer.vocab_size, config.model)
     try:
-        model.load_state_dict(payload["model"])
+        model.load_state_dict(payload.get("averaged_model") or payload["model"])  # NT-ASGD: the average
     except (KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: the saved weights do not fit the saved configuration ({_first_line(exc)})") from None
     model.to(device).eval()

@@ -72,7 +72,8 @@ def cli() -> None:
 def train(config_path: str | None, run_dir: str | None, device: str | None, seed: int | None, resume: str | None,
           overwrite: bool, progress: bool | None, overrides: tuple[str, ...]) -> None:
     """Train a model; KEY=VALUE pairs such as model.hidden_size=256 override the config."""
-    from rnnlm.train import Trainer, plan_run
+    from rnnlm.runs import plan_run
+    from rnnlm.train import Trainer
 
     flags = [f"train.device={device}"] * bool(device) + [f"train.seed={seed}"] * (seed is not None)
     config, folder, saved = plan_run(config_path, [*overrides, *flags], run_dir, resume, overwrite)

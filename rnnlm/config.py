@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,10 +45,23 @@ class ModelConfig:
     embed_size: int = 128
     hidden_size: int = 128
     dropout: float = 0.0  # on the embedding output, between layers and on the top layer's output
+    dropout_input: float | None = None  # on the embedding output (null: model.dropout)
+    dropout_between: float | None = None  # between recurrent layers (null: model.dropout)
+    dropout_output: float | None = None  # on the top layer's output (null: model.dropout)
+    dropout_embedding: float = 0.0  # drop whole word types from the embedding (Gal & Ghahramani 2016)
+    locked_dropout: bool = False  # one dropout mask per sequence, shared over time (Gal & Ghahramani 2016)
+    weight_drop: float = 0.0  # DropConnect on hidden-to-hidden weights (Merity et al. 2017)
+    activation_reg: float = 0.0  # AR: weight of mean(h_t^2) on the dropped top-layer output (Merity et al. 2017)
+    temporal_reg: float = 0.0  # TAR: weight of mean((h_t - h_{t-1})^2) on the top-layer output
     tie_weights: bool = False  # decoder shares the embedding matrix (Press & Wolf 2017)
     forget_bias: float = 1.0  # lstm only (Jozefowicz et al. 2015)
     init: Literal["default", "uniform"] = "default"  # uniform: every weight ~ U(-init_range, init_range)
     init_range: float = 0.1  # embedding and decoder always; recurrent weights too with init=uniform
+
+    def dropouts(self) -> tuple[float, float, float]:
+        """Dropout on the input, between layers and on the output, model.dropout filling the unset ones."""
+        return tuple(self.dropout if p is None else p  # type: ignore[return-value]
+                     for p in (self.dropout_input, self.dropout_between, self.dropout_output))
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,8 @@ class TrainConfig:
     # mean: gradient of the mean loss per token. sum_over_time: of the batch-mean loss summed over the
     # window's time steps, as Zaremba et al. 2014's code does (same model, bptt x larger gradients)
     loss_reduction: Literal["mean", "sum_over_time"] = "mean"
+    variable_bptt: bool = False  # window length ~ N(bptt, 5), bptt/2 with p 0.05, lr scaled (Merity et al. 2017)
+    skip_nonfinite: int = 0  # skip up to N consecutive steps with a non-finite loss (0: stop at the first)
     log_every: int = 20  # steps between progress-bar and TensorBoard updates
     seed: int = 1234
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -70,14 +86,17 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: Literal["sgd", "adam"] = "sgd"
+    name: Literal["sgd", "adam", "adamw", "ntasgd"] = "sgd"  # ntasgd: SGD, then weight averaging (Merity et al.)
     lr: float = 20.0
     momentum: float = 0.0  # sgd only
     weight_decay: float = 0.0
     clip: float = 0.25  # max gradient norm (0: no clipping)
-    schedule: Literal["plateau", "step", "constant"] = "plateau"
+    schedule: Literal["plateau", "step", "cosine", "constant"] = "plateau"
     lr_decay: float = 0.25  # plateau: factor when validation loss does not improve; step: per epoch
     decay_start: int = 0  # step: the last epoch (1-based) run at the initial learning rate
+    warmup_steps: int = 0  # cosine: steps of linear warmup from 0 to lr
+    min_lr: float = 0.0  # cosine: the rate at the last step
+    nonmono: int = 5  # ntasgd: average once validation is worse than the best more than this many checks ago
 
 
 @dataclass(frozen=True)
@@ -262,6 +281,12 @@ def _suggest(name: str, candidates: list[str]) -> str:
 def _coerce(value: Any, hint: Any) -> tuple[Any, str | None]:
     """Check one value against its field type; YAML and override strings are converted where safe."""
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # `X | None`: null is allowed
+        if value is None:
+            return None, None
+        (inner,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        value, error = _coerce(value, inner)
+        return value, (error.replace("must be", "must be null or") if error else None)
     if origin is Literal:
         choices = typing.get_args(hint)
         if value in choices:
@@ -310,7 +335,11 @@ def _check_ranges(c: Config) -> list[str]:
     need(t.min_count >= 1, f"tokenizer.min_count must be at least 1 (got {t.min_count})")
     for key in ("num_layers", "embed_size", "hidden_size"):
         need(getattr(m, key) >= 1, f"model.{key} must be at least 1 (got {getattr(m, key)})")
-    need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1) (got {m.dropout})")
+    for key in ("dropout", "dropout_input", "dropout_between", "dropout_output", "dropout_embedding", "weight_drop"):
+        value = getattr(m, key)
+        need(value is None or 0.0 <= value < 1.0, f"model.{key} must be in [0, 1) (got {value})")
+    for key in ("activation_reg", "temporal_reg"):
+        need(getattr(m, key) >= 0, f"model.{key} must be 0 or positive (got {getattr(m, key)})")
     need(not m.tie_weights or m.embed_size == m.hidden_size,
          f"model.tie_weights needs model.embed_size == model.hidden_size (got {m.embed_size} and {m.hidden_size})")
     need(not (m.nonlinearity == "sigmoid" and m.impl == "fused" and m.cell == "rnn"),
@@ -326,7 +355,12 @@ def _check_ranges(c: Config) -> list[str]:
     need(o.clip >= 0, f"optim.clip must be 0 (off) or positive (got {o.clip})")
     need(o.weight_decay >= 0, f"optim.weight_decay must be 0 or positive (got {o.weight_decay})")
     need(0.0 <= o.momentum < 1.0, f"optim.momentum must be in [0, 1) (got {o.momentum})")
-    need(o.name == "sgd" or o.momentum == 0.0, f"optim.momentum applies to sgd only (optimizer is {o.name})")
+    need(o.name in ("sgd", "ntasgd") or o.momentum == 0.0,
+         f"optim.momentum applies to sgd and ntasgd only (optimizer is {o.name})")
+    need(o.warmup_steps >= 0, f"optim.warmup_steps must be 0 or more (got {o.warmup_steps})")
+    need(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, optim.lr] (got {o.min_lr})")
+    need(o.nonmono >= 1, f"optim.nonmono must be at least 1 (got {o.nonmono})")
+    need(tr.skip_nonfinite >= 0, f"train.skip_nonfinite must be 0 or more (got {tr.skip_nonfinite})")
     need(0.0 < o.lr_decay <= 1.0, f"optim.lr_decay must be in (0, 1] (got {o.lr_decay})")
     need(o.decay_start >= 0, f"optim.decay_start must be 0 or more (got {o.decay_start})")
     return problems

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any
+import signal
+from typing import Any, Callable
 
 import torch
 
@@ -58,7 +59,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(_as_tuple(state["python"]))
+    random.setstate(as_tuple(state["python"]))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         saved = state["cuda"]
@@ -66,5 +67,34 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state_all([s.cpu() for s in saved])
 
 
-def _as_tuple(value: Any) -> Any:
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+def as_tuple(value: Any) -> Any:
+    """Lists back into tuples, recursively: RNG states come back from a checkpoint as lists."""
+    return tuple(as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+class StopSignals:
+    """The first SIGINT or SIGTERM asks the loop to stop after the current step; a second exits at once."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.caught: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.caught is not None:
+            raise KeyboardInterrupt
+        self.caught = signum
+        self.log(f"\n{signal.Signals(signum).name}: finishing this step and saving (press Ctrl-C again to quit "
+                 f"at once; the last checkpoint on disk stays intact)")

@@ -8,7 +8,6 @@ A first SIGINT/SIGTERM finishes the current step, saves and stops; a second stop
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -19,20 +18,19 @@ import torch
 from tqdm import tqdm
 
 from rnnlm import runtime
-from rnnlm.checkpoint import load_checkpoint, save_checkpoint
-from rnnlm.config import Config, build_config, dump_yaml, load_config, requested_changes, resume_config
+from rnnlm.checkpoint import save_checkpoint
+from rnnlm.config import Config, dump_yaml
 from rnnlm.data.batching import TrainBatches
 from rnnlm.data.corpus import load_corpus
 from rnnlm.data.tokenizers import from_state
-from rnnlm.errors import DataError, Interrupted, TrainingError, UsageError
+from rnnlm.errors import DataError, Interrupted, TrainingError
 from rnnlm.evaluate import EvalResult, evaluate
 from rnnlm.metrics import open_writer
 from rnnlm.models import build_model
 from rnnlm.models.lm import detach_state
-from rnnlm.optim import Schedule, build_optimizer
-
-RUN_FILES = ("best.pt", "last.pt", "config.yaml")
-
+from rnnlm.optim import Averager, Schedule, build_optimizer
+from rnnlm.runs import prepare_run_dir
+from rnnlm.runtime import StopSignals
 
 @dataclass
 class TrainSummary:
@@ -71,76 +69,6 @@ class Meter:
         return result
 
 
-def plan_run(config_path: str | None, overrides: list[str], run_dir: str | None, resume: str | None,
-             overwrite: bool) -> tuple[Config, Path, dict[str, Any] | None]:
-    """Decide what `rnnlm train` runs: the config, the run folder, and the checkpoint to resume from.
-
-    `resume` is a run folder, or "auto" to resume `run_dir` when it holds a run and start it otherwise.
-    A resumed run takes its config from its checkpoint; the file and overrides may only change
-    RESUMABLE_KEYS (how long, where, how often to validate).
-    """
-    if resume and resume != "auto":
-        if run_dir and Path(run_dir) != Path(resume):
-            raise UsageError(f"--resume {resume} and --run-dir {run_dir} name different folders")
-        run_dir = resume
-    folder = Path(run_dir) if run_dir else Path("runs") / (Path(config_path).stem if config_path else "run")
-    if resume == "auto" and not (folder / "last.pt").is_file():
-        resume = None
-    if not resume:
-        return load_config(config_path, overrides), folder, None
-    if overwrite:
-        raise UsageError("--resume and --overwrite cannot be used together")
-    if not (folder / "last.pt").is_file():
-        raise UsageError(f"cannot resume: {folder / 'last.pt'} does not exist")
-    saved = load_checkpoint(folder / "last.pt")
-    config = resume_config(build_config(saved["config"]), requested_changes(config_path, overrides))
-    return config, folder, saved
-
-
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder unless asked to resume or overwrite."""
-    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if resume:
-        if not (run_dir / "last.pt").is_file():
-            raise UsageError(f"cannot resume: {run_dir / 'last.pt'} does not exist")
-        return
-    if existing and not overwrite:
-        raise UsageError(f"run folder {run_dir} already holds a run ({', '.join(existing)}): pass --resume "
-                         f"{run_dir} to continue it, --overwrite to replace it, or choose another --run-dir")
-    if existing:
-        for path in [run_dir / name for name in existing] + list(run_dir.glob("events.out.tfevents.*")):
-            path.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-class StopSignals:
-    """The first SIGINT or SIGTERM asks the loop to stop after the current step; a second exits at once."""
-
-    def __init__(self, log: Callable[[str], None]) -> None:
-        self.log = log
-        self.caught: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.caught is not None:
-            raise KeyboardInterrupt
-        self.caught = signum
-        self.log(f"\n{signal.Signals(signum).name}: finishing this step and saving (press Ctrl-C again to quit "
-                 f"at once; the last checkpoint on disk stays intact)")
-
-
 class Trainer:
     def __init__(self, config: Config, run_dir: str | Path, *, resume_from: dict[str, Any] | None = None,
                  overwrite: bool = False, progress: bool | None = None,
@@ -164,7 +92,8 @@ class Trainer:
         self.corpus = load_corpus(c.data, c.tokenizer, tokenizer)  # the test split too: bad text shows up now
         self.tokenizer = self.corpus.tokenizer
         train = self.corpus.splits["train"]
-        self.batches = TrainBatches(train.ids, c.train.batch_size, c.train.bptt)
+        self.batches = TrainBatches(train.ids, c.train.batch_size, c.train.bptt, variable=c.train.variable_bptt,
+                                    seed=c.train.seed)
         if len(self.batches) == 0 or self.batches.rows < c.train.bptt + 1:
             need = c.train.batch_size * (c.train.bptt + 1)
             raise DataError(f"the training split has {len(train.ids):,} tokens; train.batch_size {c.train.batch_size} "
@@ -173,7 +102,9 @@ class Trainer:
             raise DataError("the validation split is empty: use more text or raise data.valid_fraction")
         self.model = build_model(self.tokenizer.vocab_size, c.model).to(self.device)
         self.optimizer = build_optimizer(self.model.parameters(), c.optim)
-        self.schedule = Schedule(self.optimizer, c.optim)
+        self.schedule = Schedule(self.optimizer, c.optim, self._total_steps())
+        self.averager = Averager(self.model, c.optim)
+        self._skipped = 0  # non-finite steps skipped in a row
         self.state = self.model.init_state(c.train.batch_size)
         self.step, self.epoch, self.best_val, self.history = 0, 1, None, []
         self.last_val: EvalResult | None = None
@@ -216,12 +147,14 @@ class Trainer:
             self.schedule.epoch_start(self.epoch)
         tick = time.perf_counter()
         for inputs, targets in self.batches:
-            loss, grad_norm = self._train_step(inputs, targets)
+            self.schedule.step_start(self.step)
+            result = self._train_step(inputs, targets)
             self.step += 1
-            meter.add(loss, targets.numel(), time.perf_counter() - tick)
             bar.update(1)
-            if self.step % c.log_every == 0:
-                self._log_train(*meter.window(), grad_norm, bar)
+            if result is not None:
+                meter.add(result[0], targets.numel(), time.perf_counter() - tick)
+                if self.step % c.log_every == 0:
+                    self._log_train(*meter.window(), result[1], bar)
             if c.eval_every and self.step % c.eval_every == 0:
                 self._validate()
             if signals.caught is not None or self._finished():
@@ -240,7 +173,8 @@ class Trainer:
         c = self.config.train
         return bool((c.max_steps and self.step >= c.max_steps) or (c.epochs and self.epoch > c.epochs))
 
-    def _train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    def _train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float] | None:
+        """One optimizer step on one window: (loss, gradient norm), or None if it was skipped."""
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         self.state = detach_state(self.state)  # truncated BPTT: keep the values, cut the graph
@@ -258,12 +192,29 @@ class Trainer:
             torch.nn.utils.get_total_norm([p.grad for p in params])
         loss_value, norm_value = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()
         if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-            raise TrainingError(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} at step "
-                                f"{self.step + 1:,} (epoch {self.epoch}); stopped without saving, so the last good "
-                                f"checkpoint in {self.run_dir} is untouched. Try a lower optim.lr or optim.clip")
-        self.optimizer.step()
+            self._non_finite("loss" if not math.isfinite(loss_value) else "gradient norm")
+            return None
+        self._skipped = 0
+        # variable-length windows: a longer window takes a proportionally larger step (Merity et al. 2017)
+        with self.schedule.scaled(inputs.size(0) / self.config.train.bptt if self.batches.variable else 1.0):
+            self.optimizer.step()
+        self.averager.update()
         self.state = out.state
         return loss_value, norm_value
+
+    def _non_finite(self, what: str) -> None:
+        """Skip the step (keeping weights and hidden state) while the configured allowance lasts, else stop."""
+        limit = self.config.train.skip_nonfinite
+        where = f"at step {self.step + 1:,} (epoch {self.epoch})"
+        if self._skipped < limit:
+            self._skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            self.log(f"warning: non-finite {what} {where}: step skipped ({self._skipped} of {limit} in a row)")
+            return
+        raise TrainingError(f"non-finite {what} {where}"
+                            + (f" after {limit} skipped steps in a row" if limit else "")
+                            + f"; stopped without saving, so the last good checkpoint in {self.run_dir} is untouched. "
+                              f"Try a lower optim.lr or optim.clip")
 
     def _log_train(self, loss: float, speed: float, grad_norm: float, bar: tqdm) -> None:
         lr = self.schedule.lr
@@ -282,8 +233,9 @@ class Trainer:
         resumed follows the same learning rates as one that never stopped.
         """
         c = self.config.train
-        result = evaluate(self.model, self.corpus.splits["valid"], boundary_id=self.tokenizer.boundary_id,
-                          batch_size=c.eval_batch_size, bptt=c.bptt, device=self.device)
+        with self.averager.applied():  # NT-ASGD: the averaged weights are the ones that count
+            result = evaluate(self.model, self.corpus.splits["valid"], boundary_id=self.tokenizer.boundary_id,
+                              batch_size=c.eval_batch_size, bptt=c.bptt, device=self.device)
         self._last_eval_step = self.step
         self.last_val = result
         self.history.append({"step": self.step, "val_loss": result.loss})
@@ -293,6 +245,8 @@ class Trainer:
         improved = self.best_val is None or result.loss < self.best_val
         if not final:
             self.schedule.validated(result.loss)
+            if self.averager.validated(result.loss):
+                self.log(f"NT-ASGD: validation stopped improving; averaging the weights from step {self.step:,} on")
         if improved:
             self.best_val = result.loss
             self.save("best.pt")
@@ -305,7 +259,13 @@ class Trainer:
         save_checkpoint(self._payload(), self.run_dir / name)
 
     def _payload(self) -> dict[str, Any]:
+        averaged = {}
+        if self.averager.active:
+            with self.averager.applied():
+                averaged = {"averaged_model": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
         return {
+            **averaged,
+            "averager": self.averager.state_dict(),
             "config": self.config.to_dict(),
             "tokenizer": self.tokenizer.state_dict(),
             "model": self.model.state_dict(),
@@ -328,6 +288,9 @@ class Trainer:
         self.step, self.epoch, self.best_val = trainer["step"], trainer["epoch"], trainer["best_val"]
         self.history = list(trainer["history"])
         self._last_eval_step = self.step
+        named = saved.get("averaged_model")
+        self.averager.load_state_dict({**saved["averager"], "average": None if named is None else [
+            named[name] for name, _ in self.model.named_parameters()]})
         runtime.set_rng_state(saved["rng"])
 
     def close(self) -> None:

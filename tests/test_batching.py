@@ -80,7 +80,7 @@ def test_train_batches_resume_mid_epoch_yields_the_remaining_windows() -> None:
     iterator = iter(first)
     assert_windows_equal([next(iterator)], DIAGRAM_WINDOWS[:1])
     state = first.state_dict()
-    assert state == {"position": 2}
+    assert state["position"] == 2
 
     resumed = TrainBatches(ALPHABET, batch_size=4, bptt=2)
     resumed.load_state_dict(state)
@@ -97,7 +97,7 @@ def test_train_batches_state_after_epoch_and_restart() -> None:
     resumed.load_state_dict(batches.state_dict())
     assert list(resumed) == []
     batches.restart()
-    assert batches.state_dict() == {"position": 0}
+    assert batches.state_dict()["position"] == 0
     assert_windows_equal(list(batches), DIAGRAM_WINDOWS)
 
 

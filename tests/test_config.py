@@ -55,7 +55,7 @@ def test_tie_weights_needs_equal_sizes():
     ("model.tie_weights=maybe", "model.tie_weights must be true or false"),
     ("model.hidden_size=12.5", "model.hidden_size must be an integer"),
     ("data.valid_fraction=0.6", "data.valid_fraction + data.test_fraction must be below 1"),
-    ("optim.momentum=0.9", "optim.momentum applies to sgd only"),
+    ("optim.momentum=0.9", "optim.momentum applies to sgd and ntasgd only"),
     ("hidden_size=3", "is not of the form section.key=value"),
 ])
 def test_bad_values_name_their_key(override, fragment):

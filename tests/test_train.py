@@ -10,7 +10,8 @@ from rnnlm.config import load_config
 from rnnlm.errors import DataError, Interrupted, TrainingError, UsageError
 from rnnlm.models.lm import RNNLM
 from rnnlm.optim import Schedule, build_optimizer
-from rnnlm.train import Trainer, plan_run
+from rnnlm.runs import plan_run
+from rnnlm.train import Trainer
 
 
 def run(config, run_dir, resume=False, overwrite=False):

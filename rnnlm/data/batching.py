@@ -19,10 +19,13 @@ state to start the next one with: that is why training carries it over (detached
 
 from __future__ import annotations
 
+import random
 from typing import Any, Iterator
 
 import numpy as np
 import torch
+
+from rnnlm.runtime import as_tuple
 
 PAD = -1  # target id that is not scored
 
@@ -34,7 +37,10 @@ class TrainBatches:
     columns rank*B .. rank*B+B-1, so every rank sees the same number of windows.
     """
 
-    def __init__(self, ids: np.ndarray, batch_size: int, bptt: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, ids: np.ndarray, batch_size: int, bptt: int, rank: int = 0, world_size: int = 1,
+                 variable: bool = False, seed: int = 0) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
         columns = batch_size * world_size
         self.rows = len(ids) // columns  # T
         self.batch_size = batch_size
@@ -42,27 +48,42 @@ class TrainBatches:
         grid = np.asarray(ids[: self.rows * columns]).reshape(columns, self.rows)  # (B*W, T), a view
         self._grid = grid[rank * batch_size: (rank + 1) * batch_size]  # (B, T)
         self.position = 0  # first row of the next window
+        self.variable = variable
+        self._random = random.Random(seed)  # window lengths; its state is part of state_dict
 
     def __len__(self) -> int:
-        """Windows per epoch."""
+        """Windows per epoch (on average, with variable lengths)."""
         return -(-(self.rows - 1) // self.bptt) if self.rows > 1 else 0
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (inputs, targets), each (L, B) int64, from the current position to the epoch's end."""
         while self.position < self.rows - 1:
             start = self.position
-            length = min(self.bptt, self.rows - 1 - start)
+            length = min(self._next_length(), self.rows - 1 - start)
             self.position = start + length
             yield _window(self._grid, start, length)
+
+    def _next_length(self) -> int:
+        """bptt, or with variable lengths a draw around bptt (sometimes bptt / 2) so that window
+        boundaries move from epoch to epoch (Merity et al. 2017)."""
+        if not self.variable:
+            return self.bptt
+        base = self.bptt if self._random.random() < 0.95 else self.bptt / 2
+        return int(min(max(5, round(self._random.gauss(base, 5))), self.bptt + 40))
 
     def restart(self) -> None:
         self.position = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"position": self.position}
+        return {"position": self.position, "random": self._random.getstate()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.position = int(state["position"])
+        position = int(state["position"])
+        if not 0 <= position <= self.rows:
+            raise ValueError(f"saved data position {position} is outside this split's {self.rows} rows")
+        self.position = position
+        if "random" in state:
+            self._random.setstate(as_tuple(state["random"]))
 
 
 def eval_windows(ids: np.ndarray, batch_size: int, bptt: int, boundary_id: int

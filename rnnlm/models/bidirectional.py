@@ -33,7 +33,6 @@ class BidirectionalLM(RNNLM):
         self.config = config
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, config.embed_size)
-        self.dropout = nn.Dropout(config.dropout)
         self.rnn = build_stack(config)  # forward stack: the same names as a unidirectional model's
         self.backward_rnn = build_stack(config)
         self.decoder = nn.Linear(config.hidden_size, vocab_size)  # shared by the forward and backward heads
@@ -54,7 +53,7 @@ class BidirectionalLM(RNNLM):
         """inputs and targets (L, B) overlap: together they are the sequence s_0 .. s_L."""
         sequence = torch.cat([inputs[:1], targets])  # (L+1, B); PAD only at a column's end
         valid = sequence != PAD
-        embedded = self.dropout(self.embedding(sequence.clamp(min=0)))  # (L+1, B, E)
+        embedded = self.embed(sequence.clamp(min=0))  # (L+1, B, E)
         logits, state = self.head_logits(embedded, valid.sum(0), state)
         forward_nll, forward_n = self._score(logits["forward"], targets)
         backward_nll, backward_n = self._score(logits["backward"], sequence[:-1].masked_fill(~valid[1:], PAD))
@@ -74,7 +73,7 @@ class BidirectionalLM(RNNLM):
         """
         ahead, state = self.rnn(embedded[:-1], state)  # (L, B, H)
         behind = self.read_backward(embedded, lengths)  # (L+1, B, H)
-        ahead, behind = self.dropout(ahead), self.dropout(behind)
+        ahead, behind = self.drop_output(ahead), self.drop_output(behind)
         logits = {"forward": self.decoder(ahead), "backward": self.decoder(behind[1:]),
                   "infill": self.infill(torch.cat([ahead[:-1], behind[2:]], dim=-1))}
         return logits, state

@@ -15,6 +15,7 @@ from torch import nn
 
 from rnnlm.config import ModelConfig
 from rnnlm.data.batching import PAD
+from rnnlm.models.regularize import activation_penalty, dropout, embedding_dropout
 from rnnlm.models.stack import State, build_stack, state_size
 
 
@@ -36,7 +37,6 @@ class RNNLM(nn.Module):
         self.config = config
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, config.embed_size)
-        self.dropout = nn.Dropout(config.dropout)
         self.rnn = build_stack(config)
         self.decoder = nn.Linear(config.hidden_size, vocab_size)
         if config.tie_weights:  # Press & Wolf 2017; Inan et al. 2017
@@ -62,16 +62,29 @@ class RNNLM(nn.Module):
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, state: State) -> LMOutput:
         """Score `targets` (T, B) given `inputs` (T, B); PAD targets are not scored."""
-        hidden, state = self.encode(inputs, state)  # (T, B, H)
+        raw, state = self.rnn(self.embed(inputs), state)  # (T, B, H)
+        hidden = self.drop_output(raw)
         logits = self.decoder(hidden)  # (T, B, V)
         nll = F.cross_entropy(logits.view(-1, self.vocab_size), targets.reshape(-1), ignore_index=PAD,
                               reduction="sum")
-        return LMOutput(nll, (targets != PAD).sum(), state)
+        out = LMOutput(nll, (targets != PAD).sum(), state)
+        c = self.config
+        if self.training and (c.activation_reg or c.temporal_reg):
+            out.objective = nll / out.tokens + activation_penalty(raw, hidden, c.activation_reg, c.temporal_reg)
+        return out
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Token ids (T, B) -> embeddings (T, B, E), with embedding and input dropout when training."""
+        c = self.config
+        weight = embedding_dropout(self.embedding.weight, c.dropout_embedding, self.training)
+        return dropout(F.embedding(inputs, weight), c.dropouts()[0], self.training, c.locked_dropout)
+
+    def drop_output(self, hidden: torch.Tensor) -> torch.Tensor:
+        return dropout(hidden, self.config.dropouts()[2], self.training, self.config.locked_dropout)
 
     def encode(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        embedded = self.dropout(self.embedding(inputs))  # (T, B, E)
-        hidden, state = self.rnn(embedded, state)  # (T, B, H)
-        return self.dropout(hidden), state
+        hidden, state = self.rnn(self.embed(inputs), state)  # (T, B, H)
+        return self.drop_output(hidden), state
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One generation step: tokens (B,) -> log-probabilities (B, V) of the next token, new state."""
