@@ -44,6 +44,7 @@ class ModelConfig:
     num_layers: int = 2
     embed_size: int = 128
     hidden_size: int = 128
+    output_size: int | None = None  # hidden size of the top layer (null: hidden_size), as AWD-LSTM's 400
     dropout: float = 0.0  # on the embedding output, between layers and on the top layer's output
     dropout_input: float | None = None  # on the embedding output (null: model.dropout)
     dropout_between: float | None = None  # between recurrent layers (null: model.dropout)
@@ -340,8 +341,11 @@ def _check_ranges(c: Config) -> list[str]:
         need(value is None or 0.0 <= value < 1.0, f"model.{key} must be in [0, 1) (got {value})")
     for key in ("activation_reg", "temporal_reg"):
         need(getattr(m, key) >= 0, f"model.{key} must be 0 or positive (got {getattr(m, key)})")
-    need(not m.tie_weights or m.embed_size == m.hidden_size,
-         f"model.tie_weights needs model.embed_size == model.hidden_size (got {m.embed_size} and {m.hidden_size})")
+    top = m.output_size or m.hidden_size
+    need(not m.tie_weights or m.embed_size == top,
+         f"model.tie_weights needs model.embed_size == model.{'output_size' if m.output_size else 'hidden_size'} "
+         f"(got {m.embed_size} and {top})")
+    need(m.output_size is None or m.output_size >= 1, f"model.output_size must be at least 1 (got {m.output_size})")
     need(not (m.nonlinearity == "sigmoid" and m.impl == "fused" and m.cell == "rnn"),
          "model.nonlinearity sigmoid needs model.impl: reference (torch's fused nn.RNN offers tanh and relu only)")
     need(m.init_range > 0 and math.isfinite(m.init_range), f"model.init_range must be positive (got {m.init_range})")

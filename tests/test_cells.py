@@ -27,11 +27,11 @@ def test_reference_stack_equals_fused_kernel_in_float64(cell, nonlinearity):
     torch.manual_seed(0)
     T, B, I, H, L = 6, 3, 5, 4, 2
     fused = fused_stack(cell, nonlinearity, I, H, L).double()
-    reference = ReferenceStack(cell, I, H, L, nonlinearity=nonlinearity).double()
+    reference = ReferenceStack(cell, [I] + [H] * L, nonlinearity=nonlinearity).double()
     reference.load_state_dict(fused.state_dict())
     assert [n for n, _ in reference.named_parameters()] == [n for n, _ in fused.named_parameters()]
     x = torch.randn(T, B, I, dtype=torch.float64)
-    state = tuple(torch.randn(L, B, H, dtype=torch.float64) for _ in range(2 if cell == "lstm" else 1))
+    state = tuple(torch.randn(B, H, dtype=torch.float64) for _ in range(L * (2 if cell == "lstm" else 1)))
     outputs = []
     for stack in (fused, reference):
         x_ = x.clone().requires_grad_()
@@ -117,3 +117,19 @@ def test_sigmoid_rnn_trains_and_lowers_the_loss(tiny_corpus, tmp_path):
     trainer.fit()
     losses = [e["loss"] for e in trainer.history if "loss" in e]
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.7
+
+
+@pytest.mark.parametrize("cell,nonlinearity", KINDS)
+def test_layer_by_layer_kernel_equals_reference_with_unequal_sizes(cell, nonlinearity):
+    from rnnlm.models.stack import KernelStack
+    torch.manual_seed(4)
+    sizes = [5, 7, 7, 3]  # AWD-LSTM's shape in miniature: a narrower top layer
+    reference = ReferenceStack(cell, sizes, nonlinearity=nonlinearity).double()
+    kernel = KernelStack(cell, sizes, nonlinearity=nonlinearity).double()
+    kernel.load_state_dict(reference.state_dict())
+    x = torch.randn(6, 2, 5, dtype=torch.float64)
+    state = reference.init_state(2, "cpu", torch.float64)
+    (o1, f1), (o2, f2) = reference(x, state), kernel(x, state)
+    assert o1.shape == (6, 2, 3)
+    for a, b in [(o1, o2), *zip(f1, f2)]:
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)

@@ -30,9 +30,20 @@ def test_zeroed_decoder_gives_log_vocab_size(cell):
 def test_state_shapes(cell, n_state):
     model = make_model(11, f"model.cell={cell}", "model.num_layers=3")
     state = model.init_state(5)
-    assert len(state) == n_state and all(s.shape == (3, 5, 6) for s in state)
+    assert len(state) == 3 * n_state and all(s.shape == (5, 6) for s in state)
     out = model(torch.zeros(4, 5, dtype=torch.long), torch.zeros(4, 5, dtype=torch.long), state)
-    assert len(out.state) == n_state and all(s.shape == (3, 5, 6) for s in out.state)
+    assert len(out.state) == 3 * n_state and all(s.shape == (5, 6) for s in out.state)
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_a_smaller_top_layer_ties_to_the_embedding(impl):
+    """AWD-LSTM's shape: wide middle layers, a top layer the size of the embedding, tied decoder."""
+    model = make_model(11, "model.cell=lstm", "model.num_layers=3", "model.hidden_size=9", "model.output_size=6",
+                       "model.tie_weights=true", f"model.impl={impl}")
+    assert [s.shape[-1] for s in model.init_state(2)] == [9, 9, 9, 9, 6, 6]
+    assert model.rnn.weight_hh_l2.shape == (24, 6) and model.rnn.weight_ih_l2.shape == (24, 9)
+    out = model(torch.zeros(4, 2, dtype=torch.long), torch.zeros(4, 2, dtype=torch.long), model.init_state(2))
+    assert out.state[-1].shape == (2, 6) and torch.isfinite(out.nll)
 
 
 def test_pad_targets_are_not_scored():

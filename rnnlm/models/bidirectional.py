@@ -24,7 +24,7 @@ from torch import nn
 from rnnlm.config import ModelConfig
 from rnnlm.data.batching import PAD
 from rnnlm.models.lm import RNNLM, LMOutput
-from rnnlm.models.stack import State, build_stack
+from rnnlm.models.stack import State, build_stack, layer_sizes
 
 
 class BidirectionalLM(RNNLM):
@@ -35,8 +35,9 @@ class BidirectionalLM(RNNLM):
         self.embedding = nn.Embedding(vocab_size, config.embed_size)
         self.rnn = build_stack(config)  # forward stack: the same names as a unidirectional model's
         self.backward_rnn = build_stack(config)
-        self.decoder = nn.Linear(config.hidden_size, vocab_size)  # shared by the forward and backward heads
-        self.infill = nn.Linear(2 * config.hidden_size, vocab_size)
+        top = layer_sizes(config)[-1]
+        self.decoder = nn.Linear(top, vocab_size)  # shared by the forward and backward heads
+        self.infill = nn.Linear(2 * top, vocab_size)
         if config.tie_weights:
             self.decoder.weight = self.embedding.weight
         self.reset_parameters()

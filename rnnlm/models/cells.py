@@ -23,6 +23,10 @@ class LayerWeights:
     bias_ih: torch.Tensor  # (G*H,)
     bias_hh: torch.Tensor  # (G*H,)
 
+    def all(self) -> tuple[torch.Tensor, ...]:
+        """The four tensors in torch's per-layer order."""
+        return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+
     def gates(self, count: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(W, U, b_W, b_U) for each of `count` gates, in the stacked order."""
         return list(zip(self.weight_ih.chunk(count), self.weight_hh.chunk(count),

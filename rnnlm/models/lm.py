@@ -16,7 +16,7 @@ from torch import nn
 from rnnlm.config import ModelConfig
 from rnnlm.data.batching import PAD
 from rnnlm.models.regularize import activation_penalty, dropout, embedding_dropout
-from rnnlm.models.stack import State, build_stack, state_size
+from rnnlm.models.stack import State, build_stack, layer_sizes
 
 
 @dataclass
@@ -38,7 +38,7 @@ class RNNLM(nn.Module):
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, config.embed_size)
         self.rnn = build_stack(config)
-        self.decoder = nn.Linear(config.hidden_size, vocab_size)
+        self.decoder = nn.Linear(layer_sizes(config)[-1], vocab_size)
         if config.tie_weights:  # Press & Wolf 2017; Inan et al. 2017
             self.decoder.weight = self.embedding.weight
         self.reset_parameters()
@@ -55,10 +55,8 @@ class RNNLM(nn.Module):
         return [self.rnn]
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
-        shape = (self.config.num_layers, batch_size, self.config.hidden_size)
         weight = self.embedding.weight
-        return tuple(torch.zeros(shape, device=device or weight.device, dtype=weight.dtype)
-                     for _ in range(state_size(self.config.cell)))
+        return self.rnn.init_state(batch_size, device or weight.device, weight.dtype)
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, state: State) -> LMOutput:
         """Score `targets` (T, B) given `inputs` (T, B); PAD targets are not scored."""
@@ -105,9 +103,8 @@ def init_stack(stack: nn.Module, c: ModelConfig) -> None:
         for p in stack.parameters():
             nn.init.uniform_(p, -c.init_range, c.init_range)
     if c.cell == "lstm":  # gate order i, f, g, o: a forget gate open at the start remembers
-        H = c.hidden_size
         with torch.no_grad():
-            for layer in range(c.num_layers):
+            for layer, H in enumerate(layer_sizes(c)[1:]):
                 bias_ih = getattr(stack, f"bias_ih_l{layer}")
                 bias_hh = getattr(stack, f"bias_hh_l{layer}")
                 if c.init == "default":

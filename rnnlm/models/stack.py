@@ -1,8 +1,15 @@
 """The recurrent stack: `(T, B, E)` inputs and a state in, `(T, B, H)` outputs and a state out.
 
-A state is always a tuple of `(num_layers, B, H)` tensors: `(h, c)` for the LSTM, `(h,)` otherwise.
-The fused stacks are torch's own modules (cuDNN on GPU, oneDNN on CPU), so their parameter names
-(`weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0`, ...) are the layout every stack shares.
+A state is a flat tuple of per-layer tensors, `(h_0, c_0, h_1, c_1, ...)` for the LSTM and
+`(h_0, h_1, ...)` otherwise, each `(B, H_k)`: layers may differ in size (AWD-LSTM's top layer
+matches the embedding so that weights can be tied). Every stack names its parameters as torch's
+fused modules do (`weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0`, ...), so a
+checkpoint runs on any of them:
+
+- `FusedLSTM` / `FusedGRU` / `FusedRNN`: torch's multi-layer kernel in one call (cuDNN, oneDNN);
+  equal layer sizes; DropConnect by lending the kernel dropped weights.
+- `KernelStack`: the same kernel layer by layer, for unequal sizes or locked dropout between layers.
+- `ReferenceStack`: the cells of `models/cells.py`, step by step in Python: readable, slower.
 """
 
 from __future__ import annotations
@@ -17,52 +24,60 @@ from rnnlm.models.cells import LayerWeights, make_cell
 from rnnlm.models.regularize import drop_connect, dropout
 
 State = tuple[torch.Tensor, ...]
+KERNELS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+def state_size(cell: str) -> int:
+    """How many tensors each layer's state holds."""
+    return 2 if cell == "lstm" else 1
+
+
+def layer_sizes(config: ModelConfig) -> list[int]:
+    """Input size, then each layer's hidden size (the top one may be `model.output_size`)."""
+    top = config.output_size or config.hidden_size
+    return [config.embed_size, *[config.hidden_size] * (config.num_layers - 1), top]
 
 
 class FusedStack:
-    """What the fused modules share: torch's kernel on the fast path, and a slower path for
-    DropConnect on the recurrent weights and locked dropout between layers, which the kernel
-    cannot do itself; that path calls the same kernel with substituted weights, layer by layer."""
+    """Torch's multi-layer kernel, wrapped to the stack interface; layers all one size."""
 
-    between = 0.0  # dropout between layers
-    locked = False
+    cell = "lstm"
+    between = 0.0
     weight_drop = 0.0
 
-    def configure(self, between: float, locked: bool, weight_drop: float) -> None:
-        self.between, self.locked, self.weight_drop = between, locked, weight_drop
-        self.dropout = 0.0 if locked else between  # the kernel's own (unlocked) dropout between layers
+    def configure(self, between: float, weight_drop: float) -> None:
+        self.between, self.weight_drop = between, weight_drop
+        self.dropout = between  # the kernel's own dropout between layers
 
-    def run(self, inputs: torch.Tensor, hx: object) -> tuple[torch.Tensor, object]:
-        kernel = type(self).__mro__[2]  # nn.LSTM, nn.GRU or nn.RNN
-        if not self.training or (self.weight_drop == 0 and not (self.locked and self.between > 0)):
-            return kernel.forward(self, inputs, hx)
-        names, flat = self._flat_weights_names, self._flat_weights  # type: ignore[attr-defined]
-        weights = [drop_connect(w, self.weight_drop, True) if n.startswith("weight_hh") else w
-                   for n, w in zip(names, flat)]
-        if not (self.locked and self.between > 0):
-            return _call_with_weights(kernel, self, weights, inputs, hx)
-        per_layer = len(weights) // self.num_layers  # type: ignore[attr-defined]
-        finals, layer_input = [], inputs
-        for k in range(self.num_layers):  # type: ignore[attr-defined]
-            layer_hx = tuple(h[k: k + 1] for h in hx) if isinstance(hx, tuple) else hx[k: k + 1]  # type: ignore
-            layer_input, final = _call_with_weights(kernel, self.template(k), weights[k * per_layer:
-                                                    (k + 1) * per_layer], layer_input, layer_hx)
-            if k < self.num_layers - 1:  # type: ignore[attr-defined]
-                layer_input = dropout(layer_input, self.between, True, locked=True)
-            finals.append(final)
-        if isinstance(hx, tuple):
-            return layer_input, tuple(torch.cat(parts) for parts in zip(*finals))
-        return layer_input, torch.cat(finals)
+    def init_state(self, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> State:
+        shape = (batch_size, self.hidden_size)  # type: ignore[attr-defined]
+        count = self.num_layers * state_size(self.cell)  # type: ignore[attr-defined]
+        return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(count))
 
-    def template(self, k: int) -> nn.Module:
-        """A one-layer module of the same kind with layer k's shapes; it only ever runs borrowed weights."""
-        templates = self.__dict__.setdefault("_templates", {})
-        key = min(k, 1)
-        if key not in templates:
-            size = self.input_size if k == 0 else self.hidden_size  # type: ignore[attr-defined]
-            extra = {"nonlinearity": self.nonlinearity} if isinstance(self, nn.RNN) else {}  # type: ignore
-            templates[key] = type(self).__mro__[2](size, self.hidden_size, 1, device="meta", **extra)  # type: ignore
-        return templates[key]
+    def forward(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        n = state_size(self.cell)
+        hx = tuple(torch.stack(state[i::n]) for i in range(n))  # (L, B, H) each, as the kernel wants
+        kernel = KERNELS[self.cell]
+        if self.training and self.weight_drop > 0:
+            weights = [drop_connect(w, self.weight_drop, True) if name.startswith("weight_hh") else w
+                       for name, w in zip(self._flat_weights_names, self._flat_weights)]  # type: ignore
+            outputs, final = _call_with_weights(kernel, self, weights, inputs, hx if n == 2 else hx[0])
+        else:
+            outputs, final = kernel.forward(self, inputs, hx if n == 2 else hx[0])  # type: ignore[arg-type]
+        final = final if n == 2 else (final,)
+        return outputs, tuple(t for layer in zip(*(f.unbind(0) for f in final)) for t in layer)
+
+
+class FusedLSTM(FusedStack, nn.LSTM):
+    cell = "lstm"
+
+
+class FusedGRU(FusedStack, nn.GRU):
+    cell = "gru"
+
+
+class FusedRNN(FusedStack, nn.RNN):
+    cell = "rnn"
 
 
 def _call_with_weights(kernel: type, module: nn.Module, weights: list[torch.Tensor], inputs: torch.Tensor,
@@ -70,98 +85,111 @@ def _call_with_weights(kernel: type, module: nn.Module, weights: list[torch.Tens
     """Run torch's recurrent kernel on `module` with `weights` in place of its own, then put them back."""
     saved = module._flat_weights  # type: ignore[attr-defined]
     module.__dict__["_flat_weights"] = weights
-    module.train()
     try:
         return kernel.forward(module, inputs, hx)
     finally:
         module.__dict__["_flat_weights"] = saved
 
 
-class FusedLSTM(FusedStack, nn.LSTM):
-    def forward(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:  # type: ignore[override]
-        outputs, (h, c) = self.run(inputs, state)
-        return outputs, (h, c)
+class LayerStack(nn.Module):
+    """Layers run one at a time: sizes may differ, dropout between layers may be locked."""
 
-
-class FusedGRU(FusedStack, nn.GRU):
-    def forward(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:  # type: ignore[override]
-        outputs, h = self.run(inputs, state[0])
-        return outputs, (h,)
-
-
-class FusedRNN(FusedStack, nn.RNN):
-    def forward(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:  # type: ignore[override]
-        outputs, h = self.run(inputs, state[0])
-        return outputs, (h,)
-
-
-class ReferenceStack(nn.Module):
-    """The cells of `models/cells.py` run step by step in Python: readable, and slower.
-
-    Same parameters, names and shapes as the fused module for the same settings, and the same
-    dropout placement (on each layer's output but the last), so checkpoints move between the two.
-    """
-
-    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float = 0.0,
-                 nonlinearity: str = "tanh") -> None:
+    def __init__(self, cell: str, sizes: list[int], nonlinearity: str = "tanh", between: float = 0.0,
+                 locked: bool = False, weight_drop: float = 0.0) -> None:
         super().__init__()
-        self.cell = make_cell(cell, nonlinearity)
-        self.hidden_size, self.num_layers = hidden_size, num_layers
-        self.configure(dropout, False, 0.0)
-        rows = self.cell.gate_count * hidden_size
-        for layer in range(num_layers):
-            columns = input_size if layer == 0 else hidden_size
-            self.register_parameter(f"weight_ih_l{layer}", nn.Parameter(torch.empty(rows, columns)))
-            self.register_parameter(f"weight_hh_l{layer}", nn.Parameter(torch.empty(rows, hidden_size)))
-            self.register_parameter(f"bias_ih_l{layer}", nn.Parameter(torch.empty(rows)))
-            self.register_parameter(f"bias_hh_l{layer}", nn.Parameter(torch.empty(rows)))
+        self.cell_name, self.nonlinearity, self.sizes = cell, nonlinearity, sizes
+        self.num_layers = len(sizes) - 1
+        self.between, self.locked, self.weight_drop = between, locked, weight_drop
+        gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+        for k, (columns, hidden) in enumerate(zip(sizes, sizes[1:])):
+            self.register_parameter(f"weight_ih_l{k}", nn.Parameter(torch.empty(gates * hidden, columns)))
+            self.register_parameter(f"weight_hh_l{k}", nn.Parameter(torch.empty(gates * hidden, hidden)))
+            self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(gates * hidden)))
+            self.register_parameter(f"bias_hh_l{k}", nn.Parameter(torch.empty(gates * hidden)))
         self.reset_parameters()
 
-    def configure(self, between: float, locked: bool, weight_drop: float) -> None:
-        self.between, self.locked, self.weight_drop = between, locked, weight_drop
-
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)  # torch's own initialisation for these modules
-        for p in self.parameters():
-            nn.init.uniform_(p, -bound, bound)
+        for k in range(self.num_layers):  # torch's own initialisation, per layer size
+            bound = 1.0 / math.sqrt(self.sizes[k + 1])
+            for w in self.layer(k).all():
+                nn.init.uniform_(w, -bound, bound)
 
     def layer(self, k: int) -> LayerWeights:
         return LayerWeights(getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}"),
                             getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}"))
 
+    def init_state(self, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> State:
+        n = state_size(self.cell_name)
+        return tuple(torch.zeros(batch_size, h, device=device, dtype=dtype) for h in self.sizes[1:] for _ in range(n))
+
     def forward(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        layer_input = inputs  # (T, B, I)
-        final: list[State] = []
+        n, layer_input, final = state_size(self.cell_name), inputs, []  # inputs (T, B, I)
         for k in range(self.num_layers):
-            weights, s = self.layer(k), tuple(part[k] for part in state)  # s: (B, H) each
+            weights = self.layer(k)
             weights.weight_hh = drop_connect(weights.weight_hh, self.weight_drop, self.training)
-            outputs = []
-            for x_t in layer_input:
-                s = self.cell(x_t, s, weights)
-                outputs.append(s[0])
-            layer_input = torch.stack(outputs)  # (T, B, H)
+            layer_input, layer_state = self.run_layer(k, layer_input, state[k * n:(k + 1) * n], weights)
             if k < self.num_layers - 1:
                 layer_input = dropout(layer_input, self.between, self.training, self.locked)
-            final.append(s)
-        return layer_input, tuple(torch.stack(parts) for parts in zip(*final))
+            final.extend(layer_state)
+        return layer_input, tuple(final)  # (T, B, H_top)
+
+    def run_layer(self, k: int, inputs: torch.Tensor, state: State, weights: LayerWeights
+                  ) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError
+
+
+class ReferenceStack(LayerStack):
+    """The cells of `models/cells.py` applied one time step at a time."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.cell = make_cell(self.cell_name, self.nonlinearity)
+
+    def run_layer(self, k: int, inputs: torch.Tensor, state: State, weights: LayerWeights
+                  ) -> tuple[torch.Tensor, State]:
+        outputs = []
+        for x_t in inputs:  # x_t (B, I)
+            state = self.cell(x_t, state, weights)
+            outputs.append(state[0])
+        return torch.stack(outputs), state
+
+
+class KernelStack(LayerStack):
+    """Torch's fused kernel applied one layer at a time, lent each layer's weights."""
+
+    def run_layer(self, k: int, inputs: torch.Tensor, state: State, weights: LayerWeights
+                  ) -> tuple[torch.Tensor, State]:
+        kernel = KERNELS[self.cell_name]
+        template = self._template(k)
+        hx = tuple(s.unsqueeze(0) for s in state)  # (1, B, H) each
+        outputs, final = _call_with_weights(kernel, template, list(weights.all()), inputs,
+                                            hx if len(hx) == 2 else hx[0])
+        final = final if len(hx) == 2 else (final,)
+        return outputs, tuple(f[0] for f in final)
+
+    def _template(self, k: int) -> nn.Module:
+        """A parameter-less one-layer module of layer k's shapes, run only with lent weights."""
+        templates = self.__dict__.setdefault("_templates", {})
+        shape = (self.sizes[k], self.sizes[k + 1])
+        if shape not in templates:
+            extra = {"nonlinearity": self.nonlinearity} if self.cell_name == "rnn" else {}
+            templates[shape] = KERNELS[self.cell_name](*shape, 1, device="meta", **extra)
+        templates[shape].train(self.training)
+        return templates[shape]
 
 
 def build_stack(config: ModelConfig) -> nn.Module:
     """The recurrent stack `config` asks for, with its dropout between layers and weight drop."""
     between = config.dropouts()[1] if config.num_layers > 1 else 0.0
+    sizes = layer_sizes(config)
+    per_layer = dict(nonlinearity=config.nonlinearity, between=between, locked=config.locked_dropout,
+                     weight_drop=config.weight_drop)
     if config.impl == "reference":
-        stack = ReferenceStack(config.cell, config.embed_size, config.hidden_size, config.num_layers,
-                               nonlinearity=config.nonlinearity)
-    elif config.cell == "lstm":
-        stack = FusedLSTM(config.embed_size, config.hidden_size, config.num_layers)
-    elif config.cell == "gru":
-        stack = FusedGRU(config.embed_size, config.hidden_size, config.num_layers)
-    else:
-        stack = FusedRNN(config.embed_size, config.hidden_size, config.num_layers, nonlinearity=config.nonlinearity)
-    stack.configure(between, config.locked_dropout, config.weight_drop)
+        return ReferenceStack(config.cell, sizes, **per_layer)
+    if len(set(sizes[1:])) > 1 or (config.locked_dropout and between > 0):
+        return KernelStack(config.cell, sizes, **per_layer)
+    fused = {"lstm": FusedLSTM, "gru": FusedGRU, "rnn": FusedRNN}[config.cell]
+    extra = {"nonlinearity": config.nonlinearity} if config.cell == "rnn" else {}
+    stack = fused(config.embed_size, config.hidden_size, config.num_layers, **extra)
+    stack.configure(between, config.weight_drop)
     return stack
-
-
-def state_size(cell: str) -> int:
-    """How many tensors a state of this cell holds."""
-    return 2 if cell == "lstm" else 1
