@@ -164,3 +164,39 @@ def test_a_real_signal_saves_and_the_run_resumes(tiny_corpus, tmp_path, sig, cod
                               f"train.max_steps={stopped_at + 5}"], capture_output=True, text=True, timeout=60)
     assert resumed.returncode == 0, resumed.stderr
     assert f"Done: {stopped_at + 5:,} steps" in resumed.stderr
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_and_corrupts_nothing(tiny_corpus, tmp_path):
+    corpus = tmp_path / "long.txt"
+    corpus.write_text(tiny_corpus.read_text() * 20)
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "rnnlm", "train", "--run-dir", str(run_dir), f"data.corpus={corpus}",
+            *TINY, "train.max_steps=100000", "train.eval_every=5"]
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stderr:
+        if line.startswith("step 10 "):
+            break
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=60)
+    assert process.returncode == 130, rest
+    assert "Traceback" not in rest
+    from rnnlm.checkpoint import load_checkpoint
+    assert load_checkpoint(run_dir / "last.pt")["trainer"]["step"] >= 10  # intact, whichever save it is
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_during_training_is_reported_and_keeps_the_old_checkpoint(tiny_corpus, tmp_path, monkeypatch):
+    import errno
+    from rnnlm import checkpoint
+    assert train(tiny_corpus, tmp_path / "run").exit_code == 0
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    def disk_full(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    result = invoke("train", "--resume", tmp_path / "run", "train.max_steps=12")
+    assert result.exit_code == 1
+    assert "Error: could not write checkpoint" in result.output and "No space left on device" in result.output
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
