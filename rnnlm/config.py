@@ -78,6 +78,7 @@ class TrainConfig:
     loss_reduction: Literal["mean", "sum_over_time"] = "mean"
     variable_bptt: bool = False  # window length ~ N(bptt, 5), bptt/2 with p 0.05, lr scaled (Merity et al. 2017)
     skip_nonfinite: int = 0  # skip up to N consecutive steps with a non-finite loss (0: stop at the first)
+    dist_timeout: int = 600  # under torchrun: seconds a collective may wait before the run fails
     log_every: int = 20  # steps between progress-bar and TensorBoard updates
     seed: int = 1234
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -134,6 +135,7 @@ RESUMABLE_KEYS = frozenset(
         "train.device",
         "train.num_threads",
         "train.tensorboard",
+        "train.dist_timeout",
         "data.cache_dir",
     }
 )
@@ -350,7 +352,7 @@ def _check_ranges(c: Config) -> list[str]:
          "model.nonlinearity sigmoid needs model.impl: reference (torch's fused nn.RNN offers tanh and relu only)")
     need(m.init_range > 0 and math.isfinite(m.init_range), f"model.init_range must be positive (got {m.init_range})")
     need(math.isfinite(m.forget_bias), f"model.forget_bias must be finite (got {m.forget_bias})")
-    for key in ("batch_size", "bptt", "eval_batch_size", "log_every"):
+    for key in ("batch_size", "bptt", "eval_batch_size", "log_every", "dist_timeout"):
         need(getattr(tr, key) >= 1, f"train.{key} must be at least 1 (got {getattr(tr, key)})")
     for key in ("epochs", "max_steps", "eval_every", "num_threads"):
         need(getattr(tr, key) >= 0, f"train.{key} must be 0 or more (got {getattr(tr, key)})")

@@ -11,6 +11,7 @@ import torch
 
 from rnnlm.data.batching import eval_windows
 from rnnlm.data.corpus import Split
+from rnnlm.distributed import Group
 from rnnlm.models.lm import RNNLM
 
 
@@ -51,13 +52,23 @@ class EvalResult:
 
 
 def evaluate(model: RNNLM, split: Split, *, boundary_id: int, batch_size: int = 1, bptt: int = 256,
-             device: torch.device | str = "cpu") -> EvalResult:
+             device: torch.device | str = "cpu", group: Group | None = None) -> EvalResult:
     """Score every token of `split` once, carrying the hidden state across windows.
 
     Uses its own hidden state and eval mode (no dropout), so a validation pass during training
-    leaves the training state untouched.
+    leaves the training state untouched. In a distributed run each rank scores a contiguous
+    1/world_size of the split (conditioned on the token before it) and the sums are all-reduced.
     """
-    totals = score_ids(model, split.ids, boundary_id=boundary_id, batch_size=batch_size, bptt=bptt, device=device)
+    ids = split.ids
+    if group is not None and group.enabled:
+        start, end = len(ids) * group.rank // group.world_size, len(ids) * (group.rank + 1) // group.world_size
+        boundary_id = int(ids[start - 1]) if start > 0 else boundary_id
+        ids = ids[start:end]
+    totals = score_ids(model, ids, boundary_id=boundary_id, batch_size=batch_size, bptt=bptt, device=device)
+    if group is not None and group.enabled:
+        names = sorted(totals)
+        summed = group.sum([float(v) for name in names for v in totals[name]], torch.device(device))
+        totals = {name: (summed[2 * i], int(summed[2 * i + 1])) for i, name in enumerate(names)}
     nll, tokens = totals.pop("")
     heads = {}
     for name, (head_nll, head_tokens) in totals.items():  # chars and bytes pro rata to the tokens scored

@@ -38,8 +38,11 @@ def plan_run(config_path: str | None, overrides: list[str], run_dir: str | None,
     return config, folder, saved
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder unless asked to resume or overwrite."""
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, modify: bool = True) -> None:
+    """Refuse to mix two runs in one folder unless asked to resume or overwrite.
+
+    `modify` False only checks (the other ranks of a distributed run; rank 0 makes the changes).
+    """
     existing = [name for name in RUN_FILES if (run_dir / name).exists()]
     if resume:
         if not (run_dir / "last.pt").is_file():
@@ -48,6 +51,8 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     if existing and not overwrite:
         raise UsageError(f"run folder {run_dir} already holds a run ({', '.join(existing)}): pass --resume "
                          f"{run_dir} to continue it, --overwrite to replace it, or choose another --run-dir")
+    if not modify:
+        return
     if existing:
         for path in [run_dir / name for name in existing] + list(run_dir.glob("events.out.tfevents.*")):
             path.unlink()

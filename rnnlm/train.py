@@ -15,15 +15,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from rnnlm import runtime
+from rnnlm import distributed, runtime
 from rnnlm.checkpoint import save_checkpoint
 from rnnlm.config import Config, dump_yaml
 from rnnlm.data.batching import TrainBatches
 from rnnlm.data.corpus import load_corpus
 from rnnlm.data.tokenizers import from_state
-from rnnlm.errors import DataError, Interrupted, TrainingError
+from rnnlm.errors import DataError, Interrupted, TrainingError, UsageError
 from rnnlm.evaluate import EvalResult, evaluate
 from rnnlm.metrics import open_writer
 from rnnlm.models import build_model
@@ -78,29 +79,39 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.saved = resume_from
         self.resume = resume_from is not None
-        self.progress = progress
-        self.log = log or (lambda message: tqdm.write(message, file=sys.stderr))
-        prepare_run_dir(self.run_dir, resume=self.resume, overwrite=overwrite)
+        self.group, self.device = distributed.join(config.train.device, config.train.dist_timeout)
+        main = self.group.is_main  # only rank 0 writes files, logs and shows progress
+        self.progress = progress if main else False
+        self.log = (log or (lambda message: tqdm.write(message, file=sys.stderr))) if main else (lambda _: None)
+        prepare_run_dir(self.run_dir, resume=self.resume, overwrite=overwrite, modify=main)
+        self.group.barrier()
 
     def setup(self) -> None:
         c = self.config
         runtime.configure_threads(c.train.num_threads)
-        self.device = runtime.resolve_device(c.train.device)
         runtime.seed_everything(c.train.seed)
         saved, self.saved = self.saved, None
         tokenizer = from_state(saved["tokenizer"]) if saved else None
         self.corpus = load_corpus(c.data, c.tokenizer, tokenizer)  # the test split too: bad text shows up now
         self.tokenizer = self.corpus.tokenizer
         train = self.corpus.splits["train"]
-        self.batches = TrainBatches(train.ids, c.train.batch_size, c.train.bptt, variable=c.train.variable_bptt,
-                                    seed=c.train.seed)
+        g = self.group
+        self.batches = TrainBatches(train.ids, c.train.batch_size, c.train.bptt, g.rank, g.world_size,
+                                    variable=c.train.variable_bptt, seed=c.train.seed)
         if len(self.batches) == 0 or self.batches.rows < c.train.bptt + 1:
-            need = c.train.batch_size * (c.train.bptt + 1)
-            raise DataError(f"the training split has {len(train.ids):,} tokens; train.batch_size {c.train.batch_size} "
-                            f"x (train.bptt {c.train.bptt} + 1) = {need:,} are needed: use more text or lower them")
-        if len(self.corpus.splits["valid"].ids) == 0:
+            need = g.world_size * c.train.batch_size * (c.train.bptt + 1)
+            processes = f"{g.world_size} processes x " if g.enabled else ""
+            raise DataError(f"the training split has {len(train.ids):,} tokens; {processes}train.batch_size "
+                            f"{c.train.batch_size} x (train.bptt {c.train.bptt} + 1) = {need:,} are needed: use more "
+                            f"text or lower them")
+        if len(self.corpus.splits["valid"].ids) < g.world_size:
             raise DataError("the validation split is empty: use more text or raise data.valid_fraction")
         self.model = build_model(self.tokenizer.vocab_size, c.model).to(self.device)
+        self.network = self.model  # what training calls: the model, or its DistributedDataParallel wrapper
+        if g.enabled:
+            self.network = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
+                                                   else None)  # starts every rank from rank 0's weights
+            torch.manual_seed(c.train.seed + 1000 * g.rank)  # but each rank draws its own dropout masks
         self.optimizer = build_optimizer(self.model.parameters(), c.optim)
         self.schedule = Schedule(self.optimizer, c.optim, self._total_steps())
         self.averager = Averager(self.model, c.optim)
@@ -111,8 +122,9 @@ class Trainer:
         self._last_eval_step = -1
         if saved:
             self._restore(saved)
-        dump_yaml(c, self.run_dir / "config.yaml")
-        self.writer = open_writer(self.run_dir, c.train.tensorboard)
+        if g.is_main:
+            dump_yaml(c, self.run_dir / "config.yaml")
+        self.writer = open_writer(self.run_dir, c.train.tensorboard and g.is_main)
         self.log(self._describe())
 
     def _describe(self) -> str:
@@ -121,6 +133,7 @@ class Trainer:
         return (f"corpus {c.data.corpus}: {len(splits['train'].ids):,} train / {len(splits['valid'].ids):,} valid "
                 f"tokens, {c.tokenizer.kind} vocabulary {self.tokenizer.vocab_size:,} | model {m.cell} "
                 f"{m.num_layers}x{m.hidden_size}, {self.model.num_parameters():,} parameters | device {self.device}"
+                + (f" | {self.group.world_size} processes" if self.group.enabled else "")
                 + (f" | resuming at step {self.step:,}, epoch {self.epoch}" if self.resume else ""))
 
     def fit(self) -> TrainSummary:
@@ -128,15 +141,20 @@ class Trainer:
         meter = Meter()
         bar = tqdm(total=total, initial=min(self.step, total), unit="step", file=sys.stderr, dynamic_ncols=True,
                    disable=(not self.progress) if self.progress is not None else None)
-        with StopSignals(self.log) as signals, bar:
-            while not self._finished() and signals.caught is None:
-                self._run_epoch(signals, meter, bar)
-            if signals.caught is not None:
-                self.save("last.pt")
-                raise Interrupted(f"stopped at step {self.step:,}; saved {self.run_dir / 'last.pt'}. Resume with: "
-                                  f"rnnlm train --resume {self.run_dir}", 128 + signals.caught)
-        if self._last_eval_step != self.step:
-            self._validate(final=True)
+        try:
+            with StopSignals(self.log) as signals, bar:
+                while not self._finished() and signals.caught is None:
+                    self._run_epoch(signals, meter, bar)
+                if signals.caught is not None:
+                    self.save("last.pt")
+                    raise Interrupted(f"stopped at step {self.step:,}; saved {self.run_dir / 'last.pt'}. Resume "
+                                      f"with: rnnlm train --resume {self.run_dir}", 128 + signals.caught)
+            if self._last_eval_step != self.step:
+                self._validate(final=True)
+        except RuntimeError as exc:  # a collective failed: another rank died or hung
+            if not self.group.enabled:
+                raise
+            raise distributed.failure(self.group, exc, self.config.train.dist_timeout) from None
         return TrainSummary(self.step, self.epoch - 1, self.best_val, self.last_val, self.run_dir,
                             meter.tokens, meter.seconds)
 
@@ -157,6 +175,8 @@ class Trainer:
                     self._log_train(*meter.window(), result[1], bar)
             if c.eval_every and self.step % c.eval_every == 0:
                 self._validate()
+            if self.group.enabled:  # every rank stops at the same step, whichever got the signal
+                signals.caught = self.group.max(signals.caught or 0, self.device) or None
             if signals.caught is not None or self._finished():
                 return
             tick = time.perf_counter()
@@ -178,7 +198,7 @@ class Trainer:
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         self.state = detach_state(self.state)  # truncated BPTT: keep the values, cut the graph
-        out = self.model(inputs, targets, self.state)
+        out = self.network(inputs, targets, self.state)
         loss = out.nll / out.tokens
         objective = out.training_objective()
         if self.config.train.loss_reduction == "sum_over_time":
@@ -235,7 +255,7 @@ class Trainer:
         c = self.config.train
         with self.averager.applied():  # NT-ASGD: the averaged weights are the ones that count
             result = evaluate(self.model, self.corpus.splits["valid"], boundary_id=self.tokenizer.boundary_id,
-                              batch_size=c.eval_batch_size, bptt=c.bptt, device=self.device)
+                              batch_size=c.eval_batch_size, bptt=c.bptt, device=self.device, group=self.group)
         self._last_eval_step = self.step
         self.last_val = result
         self.history.append({"step": self.step, "val_loss": result.loss})
@@ -256,7 +276,11 @@ class Trainer:
                  + (" | best" if improved else ""))
 
     def save(self, name: str) -> None:
-        save_checkpoint(self._payload(), self.run_dir / name)
+        """Write a checkpoint (rank 0), holding every rank's hidden state and random generators."""
+        ranks = self.group.gather({"hidden": tuple(s.detach().cpu() for s in self.state), "rng": runtime.rng_state()})
+        if self.group.is_main:
+            save_checkpoint({**self._payload(), "world_size": self.group.world_size, "ranks": ranks,
+                             "hidden": ranks[0]["hidden"], "rng": ranks[0]["rng"]}, self.run_dir / name)
 
     def _payload(self) -> dict[str, Any]:
         averaged = {}
@@ -272,18 +296,21 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "batches": self.batches.state_dict(),
-            "hidden": tuple(s.detach().cpu() for s in self.state),
-            "rng": runtime.rng_state(),
             "trainer": {"step": self.step, "epoch": self.epoch, "best_val": self.best_val, "history": self.history},
             "metrics": self.last_val.to_dict() if self.last_val else {},
         }
 
     def _restore(self, saved: dict[str, Any]) -> None:
+        saved_world = saved.get("world_size", 1)
+        if saved_world != self.group.world_size:
+            raise UsageError(f"this run was trained by {saved_world} process(es); resume it with the same number "
+                             f"(torchrun --nproc_per_node ...), since each holds its own columns and hidden state")
+        mine = saved["ranks"][self.group.rank] if "ranks" in saved else saved
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.schedule.load_state_dict(saved["schedule"])
         self.batches.load_state_dict(saved["batches"])
-        self.state = tuple(s.to(self.device) for s in saved["hidden"])
+        self.state = tuple(s.to(self.device) for s in mine["hidden"])
         trainer = saved["trainer"]
         self.step, self.epoch, self.best_val = trainer["step"], trainer["epoch"], trainer["best_val"]
         self.history = list(trainer["history"])
@@ -291,9 +318,10 @@ class Trainer:
         named = saved.get("averaged_model")
         self.averager.load_state_dict({**saved["averager"], "average": None if named is None else [
             named[name] for name, _ in self.model.named_parameters()]})
-        runtime.set_rng_state(saved["rng"])
+        runtime.set_rng_state(mine["rng"])
 
     def close(self) -> None:
         writer = getattr(self, "writer", None)
         if writer is not None:
             writer.close()
+        distributed.leave()
