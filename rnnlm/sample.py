@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from typing import Callable, Iterator
 
 import torch
 
@@ -29,18 +30,26 @@ def generate(model: RNNLM, tokenizer: Tokenizer, *, prompt: str = "", length: in
     texts = [[prompt] for _ in range(num_samples)]
     if on_text and prompt:
         on_text(prompt)
+    pick = functools.partial(choose, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    for drawn in _draw(model, model.prefill, model.step, context, num_samples, length, pick, device):
+        for b, token in enumerate(drawn):
+            texts[b].append(decoders[b](token))
+        if on_text:
+            on_text(texts[0][-1])
+    return ["".join(t) for t in texts]
+
+
+def _draw(model: RNNLM, prefill: Callable, step: Callable, context: list[int], num_samples: int, length: int,
+          pick: Callable[[torch.Tensor], torch.Tensor], device: torch.device | str) -> Iterator[list[int]]:
+    """Read `context` with `prefill`, then yield `length` draws (one id per sample), each fed back by `step`."""
     model.eval()
     with torch.inference_mode():
         tokens = torch.tensor(context, device=device).unsqueeze(1).expand(-1, num_samples)  # (T, B)
-        log_probs, state = model.prefill(tokens, model.init_state(num_samples, device))
+        log_probs, state = prefill(tokens, model.init_state(num_samples, device))
         for _ in range(length):
-            next_tokens = choose(log_probs, temperature, top_k, top_p, generator)  # (B,)
-            for b, token in enumerate(next_tokens.tolist()):
-                texts[b].append(decoders[b](token))
-            if on_text:
-                on_text(texts[0][-1])
-            log_probs, state = model.step(next_tokens, state)
-    return ["".join(t) for t in texts]
+            chosen = pick(log_probs)  # (B,)
+            yield chosen.tolist()
+            log_probs, state = step(chosen, state)
 
 
 def choose(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: float,
@@ -70,15 +79,11 @@ def generate_reverse(model: BidirectionalLM, tokenizer: Tokenizer, *, suffix: st
     generator = torch.Generator(device=device).manual_seed(seed)
     context = [*tokenizer.encode(suffix, partial=True).tolist(), tokenizer.boundary_id]  # reading order
     generated: list[list[int]] = [[] for _ in range(num_samples)]
-    model.eval()
-    with torch.inference_mode():
-        tokens = torch.tensor(context, device=device).unsqueeze(1).expand(-1, num_samples)  # (T, B)
-        log_probs, state = model.prefill_backward(tokens, model.init_state(num_samples, device))
-        for _ in range(length):
-            previous = choose(log_probs, temperature, top_k, top_p, generator)  # (B,)
-            for b, token in enumerate(previous.tolist()):
-                generated[b].append(token)
-            log_probs, state = model.step_backward(previous, state)
+    pick = functools.partial(choose, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    for drawn in _draw(model, model.prefill_backward, model.step_backward, context, num_samples, length, pick,
+                       device):
+        for b, token in enumerate(drawn):
+            generated[b].append(token)
     return [tokenizer.decode([*reversed(ids), *context[:-1]]) for ids in generated]
 
 

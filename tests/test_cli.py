@@ -139,19 +139,25 @@ def test_resume_through_the_cli(tiny_corpus, tmp_path):
     assert refused.exit_code == 2 and "run has 16, asked for 64" in refused.output
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_real_signal_saves_and_the_run_resumes(tiny_corpus, tmp_path, sig, code):
-    corpus = tmp_path / "long.txt"
+def start_long_training(tiny_corpus, run_dir, until_step):
+    """`rnnlm train` in a subprocess, returned once it has validated at step `until_step`."""
+    corpus = run_dir.parent / "long.txt"
     corpus.write_text(tiny_corpus.read_text() * 20)
-    run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "rnnlm", "train", "--run-dir", str(run_dir), f"data.corpus={corpus}",
             *TINY, "train.max_steps=100000", "train.eval_every=5"]
     process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in process.stderr:  # wait until training is under way
-        if line.startswith("step 5 "):
+    for line in process.stderr:
+        if line.startswith(f"step {until_step} "):
             break
+    return process
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_real_signal_saves_and_the_run_resumes(tiny_corpus, tmp_path, sig, code):
+    run_dir = tmp_path / "run"
+    process = start_long_training(tiny_corpus, run_dir, until_step=5)
     process.send_signal(sig)
     _, rest = process.communicate(timeout=60)
     assert process.returncode == code, rest
@@ -168,16 +174,8 @@ def test_a_real_signal_saves_and_the_run_resumes(tiny_corpus, tmp_path, sig, cod
 
 @pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_and_corrupts_nothing(tiny_corpus, tmp_path):
-    corpus = tmp_path / "long.txt"
-    corpus.write_text(tiny_corpus.read_text() * 20)
     run_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "rnnlm", "train", "--run-dir", str(run_dir), f"data.corpus={corpus}",
-            *TINY, "train.max_steps=100000", "train.eval_every=5"]
-    process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in process.stderr:
-        if line.startswith("step 10 "):
-            break
+    process = start_long_training(tiny_corpus, run_dir, until_step=10)
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGINT)
     _, rest = process.communicate(timeout=60)
