@@ -144,6 +144,16 @@ def test_lines_longer_than_sentencepieces_limit_are_still_learned() -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_literal_unk_in_the_corpus_is_learned_as_text(kind: str) -> None:
+    # PTB and WikiText spell rare words <unk>; sentencepiece would delete its own "<unk>" from training
+    tokenizer = train(kind, "the <unk> sat on the <unk> mat\n" * 50)
+    ids = tokenizer.encode(" <unk>").tolist()
+    assert not set(ids) & set(tokenizer.fallback_ids)  # "<" and ">" are in the vocabulary, not bytes
+    assert tokenizer.decode(ids) == " <unk>"
+    assert tokenizer.piece(tokenizer.unk_id) == "<unk>"
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_too_large_vocabulary_names_the_largest_that_works(kind: str) -> None:
     text = TINY_TEXT[:2000]
     with pytest.raises(DataError) as caught:

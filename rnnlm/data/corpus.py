@@ -31,7 +31,7 @@ BLOCK = 4 << 20  # bytes read at a time
 MAX_LINE = 4 << 20  # characters: a longer line is handed out in pieces, so memory stays bounded
 SAMPLE_WINDOW = 64 << 10  # bytes: subword tokenizers train on windows this long spread over the split
 CACHE_VERSION = 1
-TOKENIZER_CACHE_VERSION = 1
+TOKENIZER_CACHE_VERSION = 1  # raise it when tokenizers are built differently, so older cached ones are not used
 
 
 @dataclass(frozen=True)

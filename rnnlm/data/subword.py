@@ -25,6 +25,9 @@ NEWLINE = "\n"
 SPACE_MARK = "\u2581"  # sentencepiece writes a space as this, so a literal one must travel as its bytes
 REPLACEMENT = "\ufffd"
 UNK_PIECE = "<unk>"
+# sentencepiece deletes its meta pieces' spellings from the training text, and PTB and WikiText spell
+# rare words "<unk>": the model's own unknown piece is spelled as a noncharacter that text never holds
+UNK_SPELLING = "\U0010ffff"
 # sentencepiece silently skips training sentences longer than max_sentence_length bytes, so lines are
 # cut into chunks of at most this many characters (4 bytes each at most) before training.
 CHUNK_CHARS = 4096
@@ -124,7 +127,7 @@ class SentencePieceTokenizer:
         return lambda i: decoder.decode(table[i])
 
     def piece(self, i: int) -> str:
-        return self._sp.id_to_piece(i)
+        return UNK_PIECE if i == self._unk else self._sp.id_to_piece(i)
 
     def unknown(self, text: str) -> list[str]:
         # byte fallback spells every character; only lone surrogates (not UTF-8 at all) become <unk>
@@ -179,7 +182,7 @@ def train(kind: str, sentences: list[str], vocab_size: int = 0,
             hard_vocab_limit=False,  # a smaller vocabulary instead of an error: we report it below
             character_coverage=character_coverage, byte_fallback=True, normalization_rule_name="identity",
             remove_extra_whitespaces=False, add_dummy_prefix=False, user_defined_symbols=NEWLINE,
-            unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, unk_surface=REPLACEMENT,
+            unk_id=0, unk_piece=UNK_SPELLING, bos_id=-1, eos_id=-1, pad_id=-1, unk_surface=REPLACEMENT,
             max_sentence_length=4 * CHUNK_CHARS, num_threads=min(os.cpu_count() or 1, 16), minloglevel=2)
     except RuntimeError as exc:
         raise DataError(_explain(exc, kind, requested, character_coverage)) from None
