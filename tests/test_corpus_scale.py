@@ -135,6 +135,15 @@ def test_tokenizer_is_cached_per_split_and_settings(tiny_corpus: Path, monkeypat
     assert other.tokenizer.vocab_size == 301 and len(cached_tokenizer_files()) == 2
 
 
+def test_settings_a_kind_ignores_share_its_cache_entry(tiny_corpus: Path) -> None:
+    load_corpus(data_config(tiny_corpus), TokenizerConfig(kind="char"))
+    load_corpus(data_config(tiny_corpus), TokenizerConfig(kind="char", vocab_size=7, sample_bytes=5))
+    assert len(cached_tokenizer_files()) == 1
+    load_corpus(data_config(tiny_corpus), TokenizerConfig(kind="word", sample_bytes=5))
+    load_corpus(data_config(tiny_corpus), TokenizerConfig(kind="word", min_count=2))
+    assert len(cached_tokenizer_files()) == 3
+
+
 def test_damaged_tokenizer_cache_is_rebuilt(tiny_corpus: Path) -> None:
     first = load_corpus(data_config(tiny_corpus), BPE)
     (path,) = cached_tokenizer_files()

@@ -31,6 +31,10 @@ BLOCK = 4 << 20  # bytes read at a time
 MAX_LINE = 4 << 20  # characters: a longer line is handed out in pieces, so memory stays bounded
 SAMPLE_WINDOW = 64 << 10  # bytes: subword tokenizers train on windows this long spread over the split
 CACHE_VERSION = 1
+# the settings each kind of tokenizer depends on: the others do not make a new cache entry
+_SETTINGS = {"char": ("kind",), "word": ("kind", "vocab_size", "min_count"),
+             "bpe": ("kind", "vocab_size", "character_coverage", "sample_bytes")}
+_SETTINGS["unigram"] = _SETTINGS["bpe"]
 TOKENIZER_CACHE_VERSION = 1  # raise it when tokenizers are built differently, so older cached ones are not used
 
 
@@ -92,7 +96,7 @@ def cached_tokenizer(config: TokenizerConfig, segment: Segment, cache_dir: Path)
     stat = segment.path.stat()
     key_fields = {"version": TOKENIZER_CACHE_VERSION, "path": str(segment.path.resolve()), "size": stat.st_size,
                   "mtime_ns": stat.st_mtime_ns, "start": segment.start, "end": segment.end,
-                  "tokenizer": dataclasses.asdict(config)}
+                  "tokenizer": {k: v for k, v in dataclasses.asdict(config).items() if k in _SETTINGS[config.kind]}}
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:32]
     path = cache_dir / "tokenizers" / f"{key}.json"
     try:
