@@ -69,8 +69,12 @@ class CharTokenizer:
         self.chars = sorted(set(chars))
         if any(len(c) != 1 for c in self.chars):
             raise ValueError("character vocabulary entries must be single characters")
-        self._codepoints = np.array([ord(c) for c in self.chars], dtype=np.uint32)
         self._index = {c: i for i, c in enumerate(self.chars)}
+        # id by code point, one slot past the highest known one standing for every other (<unk>):
+        # encoding is then a single gather, at most 4.4 MB of table
+        top = max((ord(c) for c in self.chars), default=-1)
+        self._table = np.full(top + 2, len(self.chars), dtype=np.int32)
+        self._table[[ord(c) for c in self.chars]] = np.arange(len(self.chars), dtype=np.int32)
 
     @property
     def vocab_size(self) -> int:
@@ -90,11 +94,7 @@ class CharTokenizer:
 
     def encode(self, text: str, partial: bool = False) -> np.ndarray:
         points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)  # lone surrogate -> unk
-        if len(self._codepoints) == 0:
-            return np.full(len(points), self.unk_id, dtype=np.int64)
-        ids = np.searchsorted(self._codepoints, points)
-        found = self._codepoints[np.minimum(ids, len(self._codepoints) - 1)] == points
-        return np.where(found, ids, self.unk_id).astype(np.int64)
+        return self._table[np.minimum(points, len(self._table) - 1)].astype(np.int64)
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.token(int(i)) for i in ids)
