@@ -12,12 +12,15 @@ import math
 import secrets
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from rnnlm import __version__
 from rnnlm.errors import RnnlmError
+
+if TYPE_CHECKING:
+    from rnnlm.data.analysis import Report
 
 SPLITS = ("train", "valid", "test")
 
@@ -245,7 +248,7 @@ def tokenize(config_path: str | None, checkpoint: str | None, text: str | None, 
     _print_report(result)
 
 
-def _print_report(result: Any) -> None:
+def _print_report(result: Report) -> None:
     s = result.stats
     fallback = "byte-fallback or <unk>" if result.kind in ("bpe", "unigram") else "<unk>"
     if result.shown:
