@@ -1,4 +1,6 @@
-"""Subword tokenizers (BPE and unigram) through sentencepiece, made lossless, and their training.
+"""Subword tokenizers through sentencepiece (Kudo & Richardson 2018), made lossless, and their training.
+
+Two kinds: byte-pair encoding (Sennrich et al. 2016) and the unigram language model (Kudo 2018).
 
 sentencepiece's defaults lose text: NFKC normalisation, folded whitespace, `<unk>` for characters it
 never saw. Here normalisation is the identity, whitespace is kept, unseen characters fall back to
@@ -25,8 +27,9 @@ NEWLINE = "\n"
 SPACE_MARK = "\u2581"  # sentencepiece writes a space as this, so a literal one must travel as its bytes
 REPLACEMENT = "\ufffd"
 UNK_PIECE = "<unk>"
-# sentencepiece deletes its meta pieces' spellings from the training text, and PTB and WikiText spell
-# rare words "<unk>": the model's own unknown piece is spelled as a noncharacter that text never holds
+# sentencepiece deletes its meta pieces' spellings from the training text (and PTB and WikiText spell
+# rare words "<unk>"), so the model's own unknown piece is spelled as a noncharacter that text never
+# holds. Literal "<s>", "</s>" and "<0x41>"-like strings are still left out of training, never of encoding.
 UNK_SPELLING = "\U0010ffff"
 # sentencepiece silently skips training sentences longer than max_sentence_length bytes, so lines are
 # cut into chunks of at most this many characters (4 bytes each at most) before training.
