@@ -105,12 +105,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", impl: str |
     `impl` ("fused" or "reference") runs the same weights through the other recurrent stack.
     """
     payload = load_checkpoint(path)
-    try:
-        config = build_config(payload["config"])
-    except ConfigError as exc:
-        raise CheckpointError(f"{path} holds a configuration this rnnlm cannot use: {exc}") from None
-    except KeyError:
-        raise CheckpointError(f"{path} lacks its configuration") from None
+    config = _saved_config(payload, path)
     if impl is not None and impl != config.model.impl:
         config = config.replace({"model.impl": impl})  # a ConfigError (exit 2) if the cell needs the other
     tokenizer = from_state(payload.get("tokenizer"))
@@ -121,6 +116,21 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", impl: str |
         raise CheckpointError(f"{path}: the saved weights do not fit the saved configuration ({_first_line(exc)})") from None
     model.to(device).eval()
     return Loaded(model, tokenizer, config, payload)
+
+
+def load_tokenizer(path: str | Path) -> tuple[Tokenizer, Config]:
+    """The checkpoint's tokenizer and configuration, without building its model."""
+    payload = load_checkpoint(path)
+    return from_state(payload.get("tokenizer")), _saved_config(payload, path)
+
+
+def _saved_config(payload: dict[str, Any], path: str | Path) -> Config:
+    try:
+        return build_config(payload["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path} holds a configuration this rnnlm cannot use: {exc}") from None
+    except KeyError:
+        raise CheckpointError(f"{path} lacks its configuration") from None
 
 
 def _first_line(exc: BaseException) -> str:

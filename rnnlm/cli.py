@@ -12,12 +12,15 @@ import math
 import secrets
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from rnnlm import __version__
 from rnnlm.errors import RnnlmError
+
+if TYPE_CHECKING:
+    from rnnlm.data.analysis import Report
 
 SPLITS = ("train", "valid", "test")
 
@@ -170,6 +173,7 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
     from rnnlm import runtime
     from rnnlm.checkpoint import load_model
     from rnnlm.data import corpus, registry
+    from rnnlm.data.analysis import count_token
     from rnnlm.evaluate import evaluate
 
     torch_device = runtime.resolve_device(device)
@@ -187,8 +191,11 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
         raise CommandError(RnnlmError(f"{source} holds no text to score"))
     result = evaluate(loaded.model, scored, boundary_id=loaded.tokenizer.boundary_id, batch_size=batch_size,
                       bptt=bptt, device=torch_device)
+    unk = count_token(scored.ids, loaded.tokenizer.unk_id)
+    lossy = loaded.tokenizer.kind == "word" or unk > 0  # then bits per byte are not those of the raw text
     if as_json:
-        click.echo(json.dumps({**result.to_dict(), "source": source, "batch_size": batch_size}))
+        click.echo(json.dumps({**result.to_dict(), "source": source, "batch_size": batch_size, "unk_tokens": unk,
+                               "lossless": not lossy}))
         return
     context = "full left context" if batch_size == 1 else f"{batch_size} parallel streams"
     click.echo(f"{source}: {result.tokens:,} tokens, {result.chars:,} characters, batch size {batch_size} ({context})")
@@ -200,10 +207,59 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
         if name:
             click.echo(f"{labels.get(name, name)}: {numbers.tokens:,} tokens")
         click.echo(f"loss {numbers.loss:.4f} nats/token | perplexity {numbers.ppl:.2f} | {numbers.bits_per_token:.4f} "
-                   f"bits/token | {numbers.bits_per_char:.4f} bits/char | {numbers.bits_per_byte:.4f} bits/byte")
-    if loaded.tokenizer.kind == "word":
-        click.echo("note: word tokens; <unk> stands for every rare word, so bits per character and byte are "
-                   "lower than a lossless model of the raw text would get")
+                   f"bits/token | {numbers.bits_per_char:.4f} bits/char | {numbers.bits_per_byte:.4f} bits/byte"
+                   + " (lossy*)" * lossy)
+    if lossy:
+        click.echo(_lossy_note(loaded.tokenizer.kind, unk))
+
+
+def _lossy_note(kind: str, unk: int) -> str:
+    what = (f"word tokens fold whitespace and <unk> stands for every rare word ({unk:,} <unk> tokens here)"
+            if kind == "word" else f"{unk:,} characters of this text are not in the vocabulary and scored as <unk>")
+    return (f"* lossy: {what}, so bits per character and byte are lower than a lossless model of the raw text "
+            f"would get; compare them with care")
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="YAML recipe whose tokenizer to build on its corpus's training split.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
+              help="Use this checkpoint's tokenizer instead (and its corpus, unless --text).")
+@click.option("--text", type=click.Path(exists=True, dir_okay=False),
+              help="Measure this text file [default: the corpus's validation split].")
+@click.option("--show", default=300, show_default=True, type=click.IntRange(min=0),
+              help="Characters of the text to print split into tokens (0: none).")
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as one JSON object.")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@reports_errors
+def tokenize(config_path: str | None, checkpoint: str | None, text: str | None, show: int, as_json: bool,
+             overrides: tuple[str, ...]) -> None:
+    """Show how a tokenizer splits text, with tokens per character and coverage, to choose a vocabulary size."""
+    from rnnlm.checkpoint import load_tokenizer
+    from rnnlm.config import load_config
+    from rnnlm.data.analysis import report
+
+    if checkpoint and (config_path or overrides):
+        raise click.UsageError("--checkpoint brings its own tokenizer and configuration: drop --config and KEY=VALUE")
+    tokenizer, config = load_tokenizer(checkpoint) if checkpoint else (None, load_config(config_path, overrides))
+    result = report(config, tokenizer, Path(text) if text else None, show)
+    if as_json:
+        click.echo(json.dumps({"kind": result.kind, "source": result.source, **result.stats.to_dict()}))
+        return
+    _print_report(result)
+
+
+def _print_report(result: Report) -> None:
+    s = result.stats
+    fallback = "byte-fallback or <unk>" if result.kind in ("bpe", "unigram") else "<unk>"
+    if result.shown:
+        click.echo(result.shown.rstrip("\n") + "\n")
+    click.echo(f"{result.kind} tokenizer, vocabulary {s.vocab_size:,}, on {result.source}: {s.chars:,} characters, "
+               f"{s.bytes:,} bytes, {s.tokens:,} tokens")
+    click.echo(f"tokens per character {s.tokens_per_char:.4f} ({1 / max(s.tokens_per_char, 1e-12):.2f} characters "
+               f"per token) | tokens per byte {s.tokens_per_byte:.4f}")
+    click.echo(f"vocabulary used {s.used:,} of {s.vocab_size:,} ({s.used / s.vocab_size:.1%}) | {fallback} tokens "
+               f"{s.fallback:,} ({s.fallback_share:.2%} of tokens)")
 
 
 @cli.command()

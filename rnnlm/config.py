@@ -30,9 +30,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    kind: Literal["char", "word"] = "char"
-    vocab_size: int = 0  # word: keep the most frequent words, specials included (0: no cap)
+    kind: Literal["char", "word", "bpe", "unigram"] = "char"
+    # word: keep the most frequent words, specials included (0: no cap). bpe, unigram: the size of the
+    # sentencepiece vocabulary (0: 4000, or the largest the training text supports when that is smaller)
+    vocab_size: int = 0
     min_count: int = 1  # word: drop words seen fewer times in the training split
+    character_coverage: float = 0.9995  # bpe, unigram: share of characters with their own token; the rest are bytes
+    sample_bytes: int = 16_000_000  # bpe, unigram: train on about this much of the training split (0: all of it)
 
 
 @dataclass(frozen=True)
@@ -336,6 +340,9 @@ def _check_ranges(c: Config) -> list[str]:
     need(d.corpus.strip() != "", "data.corpus must name a file, a folder or a registry corpus")
     need(t.vocab_size == 0 or t.vocab_size >= 3, f"tokenizer.vocab_size must be 0 or at least 3 (got {t.vocab_size})")
     need(t.min_count >= 1, f"tokenizer.min_count must be at least 1 (got {t.min_count})")
+    need(0.0 < t.character_coverage <= 1.0,
+         f"tokenizer.character_coverage must be in (0, 1] (got {t.character_coverage})")
+    need(t.sample_bytes >= 0, f"tokenizer.sample_bytes must be 0 (all) or positive (got {t.sample_bytes})")
     for key in ("num_layers", "embed_size", "hidden_size"):
         need(getattr(m, key) >= 1, f"model.{key} must be at least 1 (got {getattr(m, key)})")
     for key in ("dropout", "dropout_input", "dropout_between", "dropout_output", "dropout_embedding", "weight_drop"):

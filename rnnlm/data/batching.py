@@ -92,22 +92,25 @@ def eval_windows(ids: np.ndarray, batch_size: int, bptt: int, boundary_id: int
 
     The stream is prefixed with `boundary_id` (a line end) so that its first token is predicted
     too, cut into B columns of ceil(N / B) targets, and each column starts with the last token of
-    the column before it. The last column is padded with PAD targets, which are not scored.
+    the column before it. The last column is padded with PAD targets, which are not scored. Each
+    window is read from `ids` (a memory map) as it is needed, so memory does not grow with N.
     """
     n = len(ids)
     if n == 0:
         return
     batch_size = min(batch_size, n)
     rows = -(-n // batch_size)
-    stream = np.full(rows * batch_size + 1, PAD, dtype=np.int64)
-    stream[0] = boundary_id
-    stream[1: n + 1] = ids
-    # column j holds stream[j*rows : (j+1)*rows + 1]: inputs and targets overlap by one token
-    grid = np.lib.stride_tricks.as_strided(stream, shape=(batch_size, rows + 1),
-                                           strides=(rows * stream.itemsize, stream.itemsize))
+    # column j holds stream[j*rows : (j+1)*rows + 1] of stream = [boundary_id, *ids, PAD, ...]:
+    # inputs and targets overlap by one token
+    column_starts = np.arange(batch_size)[:, None] * rows  # (B, 1)
     for start in range(0, rows, bptt):
-        inputs, targets = _window(grid, start, min(bptt, rows - start))
-        yield inputs.clamp(min=0), targets
+        length = min(bptt, rows - start)
+        positions = column_starts + start + np.arange(length + 1)  # (B, L+1) places in the stream
+        block = np.asarray(ids[np.clip(positions - 1, 0, n - 1)], dtype=np.int64)
+        block[positions == 0] = boundary_id
+        block[positions > n] = PAD
+        window = torch.from_numpy(np.ascontiguousarray(block.T))  # (L+1, B)
+        yield window[:-1].clamp(min=0), window[1:]
 
 
 def _window(grid: np.ndarray, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:

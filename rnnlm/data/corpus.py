@@ -2,29 +2,40 @@
 
 Token ids are written to a flat binary file (uint16 when the vocabulary fits, else uint32) under
 `<cache>/ids/`, keyed by the text's file, byte range and modification time and by the tokenizer's
-fingerprint, and read back as a memory map: later runs skip encoding and memory stays flat.
+fingerprint, and read back as a memory map: later runs skip encoding and memory stays flat. The
+tokenizer built on a training split is cached too (`<cache>/tokenizers/`), keyed by the split and
+the tokenizer settings, so later runs need not read the split again nor retrain sentencepiece.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import hashlib
 import json
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 from rnnlm.config import DataConfig, TokenizerConfig
 from rnnlm.data import registry
-from rnnlm.data.tokenizers import Tokenizer, fingerprint, vocab_builder
-from rnnlm.errors import DataError
+from rnnlm.data.tokenizers import Tokenizer, fingerprint, from_state, vocab_builder
+from rnnlm.errors import CheckpointError, DataError
 
 BLOCK = 4 << 20  # bytes read at a time
+MAX_LINE = 4 << 20  # characters: a longer line is handed out in pieces, so memory stays bounded
+SAMPLE_WINDOW = 64 << 10  # bytes: subword tokenizers train on windows this long spread over the split
 CACHE_VERSION = 1
+# the settings each kind of tokenizer depends on: the others do not make a new cache entry
+_SETTINGS = {"char": ("kind",), "word": ("kind", "vocab_size", "min_count"),
+             "bpe": ("kind", "vocab_size", "character_coverage", "sample_bytes")}
+_SETTINGS["unigram"] = _SETTINGS["bpe"]
+TOKENIZER_CACHE_VERSION = 1  # raise it when tokenizers are built differently, so older cached ones are not used
 
 
 @dataclass(frozen=True)
@@ -59,7 +70,7 @@ def load_corpus(data: DataConfig, tokenizer_config: TokenizerConfig, tokenizer: 
     cache_dir = registry.default_cache_dir(data.cache_dir)
     segments = split_segments(registry.resolve(data.corpus, cache_dir), data)
     if tokenizer is None:
-        tokenizer = build_tokenizer(tokenizer_config, segments["train"])
+        tokenizer = cached_tokenizer(tokenizer_config, segments["train"], cache_dir)
     encoded = {}
     for name in splits:
         if name not in segments:
@@ -71,10 +82,77 @@ def load_corpus(data: DataConfig, tokenizer_config: TokenizerConfig, tokenizer: 
 
 
 def build_tokenizer(config: TokenizerConfig, segment: Segment) -> Tokenizer:
-    builder = vocab_builder(config.kind, config.vocab_size, config.min_count)
-    for text in iter_text(segment):
-        builder.add(text)
+    """Build the tokenizer `config` asks for on `segment` (subword kinds on a sample of it)."""
+    builder = vocab_builder(config.kind, config.vocab_size, config.min_count, config.character_coverage)
+    subword = config.kind in ("bpe", "unigram")
+    for part in sample_segments(segment, config.sample_bytes) if subword else [segment]:
+        for text, goes_on in iter_pieces(part):
+            builder.add(text, goes_on)
     return builder.build()
+
+
+def cached_tokenizer(config: TokenizerConfig, segment: Segment, cache_dir: Path) -> Tokenizer:
+    """The tokenizer built on `segment`, from the cache when this split and these settings made one."""
+    stat = segment.path.stat()
+    key_fields = {"version": TOKENIZER_CACHE_VERSION, "path": str(segment.path.resolve()), "size": stat.st_size,
+                  "mtime_ns": stat.st_mtime_ns, "start": segment.start, "end": segment.end,
+                  "tokenizer": {k: v for k, v in dataclasses.asdict(config).items() if k in _SETTINGS[config.kind]}}
+    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:32]
+    path = cache_dir / "tokenizers" / f"{key}.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"), object_hook=_from_json)
+        return from_state(state)
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError):
+        pass  # missing or damaged: build it again
+    tokenizer = build_tokenizer(config, segment)
+    _write_atomic(path, json.dumps(tokenizer.state_dict(), default=_to_json).encode("utf-8"))
+    return tokenizer
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, bytes):  # a sentencepiece model
+        return {"__bytes__": base64.b64encode(value).decode("ascii")}
+    raise TypeError(f"cannot store {type(value).__name__} in a tokenizer cache")
+
+
+def _from_json(obj: dict[str, Any]) -> Any:
+    return base64.b64decode(obj["__bytes__"], validate=True) if set(obj) == {"__bytes__"} else obj
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.part")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+def sample_segments(segment: Segment, sample_bytes: int, window: int = SAMPLE_WINDOW) -> list[Segment]:
+    """About `sample_bytes` of `segment` as windows spread evenly over it, each from a line start to a line end.
+
+    Reads only the sample, so a subword tokenizer trains on a gigabyte corpus in bounded time and memory.
+    """
+    if not sample_bytes or segment.size <= sample_bytes:
+        return [segment]
+    count = -(-sample_bytes // window)
+    stride = segment.size / count
+    parts: list[Segment] = []
+    previous_end = segment.start
+    for k in range(count):
+        start = max(_line_start_near(segment.path, segment.start + int(k * stride), window), previous_end)
+        end = min(_line_start_near(segment.path, start + window, window), segment.end)
+        if end > start:
+            parts.append(Segment(segment.path, start, end))
+            previous_end = end
+    return parts
+
+
+def _line_start_near(path: Path, offset: int, limit: int) -> int:
+    """The first line start at or after `offset` within `limit` bytes, else the character boundary there."""
+    with open(path, "rb") as f:
+        position = max(offset - 1, 0)
+        f.seek(position)
+        found = f.read(limit).find(b"\n")
+    return position + found + 1 if found >= 0 and offset > 0 else _char_boundary(path, offset)
 
 
 def split_segments(source: registry.Source, data: DataConfig) -> dict[str, Segment]:
@@ -117,8 +195,12 @@ def _char_boundary(path: Path, offset: int) -> int:
     return offset + skip
 
 
-def iter_text(segment: Segment, block_size: int = BLOCK) -> Iterator[str]:
-    """The segment's text in pieces that end at line ends, checked to be UTF-8 without NUL bytes."""
+def iter_text(segment: Segment, block_size: int = BLOCK, max_line: int = MAX_LINE) -> Iterator[str]:
+    """The segment's text in pieces that end at line ends, checked to be UTF-8 without NUL bytes.
+
+    A line longer than `max_line` characters (a corpus without newlines, like text8) comes in
+    pieces cut before a space, so no piece holds more than about `max_line + block_size` characters.
+    """
     carry_bytes = b""
     carry_text = ""
     with open(segment.path, "rb") as f:
@@ -148,11 +230,25 @@ def iter_text(segment: Segment, block_size: int = BLOCK) -> Iterator[str]:
             position += used
             text = carry_text + text
             cut = len(text) if final else text.rfind("\n") + 1
+            if cut == 0 and len(text) > max_line:
+                space = text.rfind(" ", 1)
+                cut = space if space > 0 else len(text)
             if cut > 0:
                 yield text[:cut]
             carry_text = text[cut:]
             if final:
                 break
+
+
+def iter_pieces(segment: Segment) -> Iterator[tuple[str, bool]]:
+    """`iter_text`'s pieces, each with whether it stops inside a line that the next piece goes on with."""
+    previous = None
+    for text in iter_text(segment):
+        if previous is not None:
+            yield previous, not previous.endswith("\n")
+        previous = text
+    if previous is not None:
+        yield previous, False
 
 
 def encode_segment(segment: Segment, tokenizer: Tokenizer, cache_dir: Path) -> Split:
@@ -168,7 +264,7 @@ def encode_segment(segment: Segment, tokenizer: Tokenizer, cache_dir: Path) -> S
     meta = _read_meta(meta_path, ids_path, dtype)
     if meta is None:
         meta = _encode_to_file(segment, tokenizer, ids_path, dtype)
-        meta_path.write_text(json.dumps(meta))
+        _write_atomic(meta_path, json.dumps(meta).encode())
     ids = _open_ids(ids_path, dtype, meta["count"])
     return Split(ids, meta["chars"], meta["bytes"])
 
@@ -195,8 +291,8 @@ def _encode_to_file(segment: Segment, tokenizer: Tokenizer, ids_path: Path, dtyp
     show = segment.size > 32 << 20
     with open(partial, "wb") as out, tqdm(total=segment.size, unit="B", unit_scale=True, desc="encoding",
                                           file=sys.stderr, disable=None if show else True, leave=False) as bar:
-        for text in iter_text(segment):
-            ids = tokenizer.encode(text)
+        for text, goes_on in iter_pieces(segment):
+            ids = tokenizer.encode(text, partial=goes_on)
             out.write(ids.astype(dtype, copy=False).tobytes())
             count += len(ids)
             chars += len(text)

@@ -1,4 +1,4 @@
-"""Tokenizers behind one protocol: characters and whitespace-separated words.
+"""Tokenizers behind one protocol: characters, whitespace-separated words, and sentencepiece subwords.
 
 A tokenizer's whole state is a plain dict (`state_dict`), so it travels inside a checkpoint and
 `rnnlm sample` / `rnnlm eval` rebuild it without the corpus.
@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from typing import Any, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 import numpy as np
 
 from rnnlm.errors import CheckpointError, DataError
+
+if TYPE_CHECKING:
+    from rnnlm.data.subword import SentencePieceBuilder
 
 UNK = "<unk>"
 EOS = "<eos>"
@@ -33,6 +36,10 @@ class Tokenizer(Protocol):
     def boundary_id(self) -> int:
         """The token a text is conditioned on before its first token (a line end)."""
 
+    @property
+    def fallback_ids(self) -> list[int]:
+        """Ids that stand for text the vocabulary lacks: `<unk>`, and sentencepiece's byte tokens."""
+
     def encode(self, text: str, partial: bool = False) -> np.ndarray:
         """Ids of `text`; `partial` means the text goes on (a prompt), so its last line is not closed."""
 
@@ -40,6 +47,9 @@ class Tokenizer(Protocol):
 
     def stream_decoder(self) -> Callable[[int], str]:
         """A function fed one id at a time that returns the text to print for it."""
+
+    def piece(self, i: int) -> str:
+        """Token `i` as the vocabulary spells it, for display."""
 
     def unknown(self, text: str) -> list[str]:
         """The distinct characters or words of `text` that the vocabulary lacks."""
@@ -59,8 +69,12 @@ class CharTokenizer:
         self.chars = sorted(set(chars))
         if any(len(c) != 1 for c in self.chars):
             raise ValueError("character vocabulary entries must be single characters")
-        self._codepoints = np.array([ord(c) for c in self.chars], dtype=np.uint32)
         self._index = {c: i for i, c in enumerate(self.chars)}
+        # id by code point, one slot past the highest known one standing for every other (<unk>):
+        # encoding is then a single gather, at most 4.4 MB of table
+        top = max((ord(c) for c in self.chars), default=-1)
+        self._table = np.full(top + 2, len(self.chars), dtype=np.int32)
+        self._table[[ord(c) for c in self.chars]] = np.arange(len(self.chars), dtype=np.int32)
 
     @property
     def vocab_size(self) -> int:
@@ -74,13 +88,13 @@ class CharTokenizer:
     def boundary_id(self) -> int:
         return self._index.get("\n", self.unk_id)
 
+    @property
+    def fallback_ids(self) -> list[int]:
+        return [self.unk_id]
+
     def encode(self, text: str, partial: bool = False) -> np.ndarray:
         points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)  # lone surrogate -> unk
-        if len(self._codepoints) == 0:
-            return np.full(len(points), self.unk_id, dtype=np.int64)
-        ids = np.searchsorted(self._codepoints, points)
-        found = self._codepoints[np.minimum(ids, len(self._codepoints) - 1)] == points
-        return np.where(found, ids, self.unk_id).astype(np.int64)
+        return self._table[np.minimum(points, len(self._table) - 1)].astype(np.int64)
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.token(int(i)) for i in ids)
@@ -90,6 +104,9 @@ class CharTokenizer:
 
     def stream_decoder(self) -> Callable[[int], str]:
         return self.token
+
+    def piece(self, i: int) -> str:
+        return self.chars[i] if i < len(self.chars) else UNK
 
     def unknown(self, text: str) -> list[str]:
         return sorted(set(text) - set(self._index))
@@ -131,6 +148,10 @@ class WordTokenizer:
     def boundary_id(self) -> int:
         return self._eos
 
+    @property
+    def fallback_ids(self) -> list[int]:
+        return [self._unk]
+
     def encode(self, text: str, partial: bool = False) -> np.ndarray:
         get, unk, eos = self._index.get, self._unk, self._eos
         ids: list[int] = []
@@ -159,6 +180,9 @@ class WordTokenizer:
 
         return piece
 
+    def piece(self, i: int) -> str:
+        return self.words[i]
+
     def unknown(self, text: str) -> list[str]:
         return sorted({w for w in text.split() if w not in self._index})
 
@@ -178,7 +202,7 @@ class CharVocabBuilder:
     def __init__(self) -> None:
         self.chars: set[str] = set()
 
-    def add(self, text: str) -> None:
+    def add(self, text: str, partial: bool = False) -> None:
         self.chars.update(text)
 
     def build(self) -> CharTokenizer:
@@ -191,9 +215,10 @@ class WordVocabBuilder:
         self.vocab_size = vocab_size
         self.min_count = min_count
 
-    def add(self, text: str) -> None:
+    def add(self, text: str, partial: bool = False) -> None:
+        """Count the words of `text`; `partial` means its last line goes on in the next piece."""
         lines = _lines(text)
-        self.counts[EOS] += len(lines)
+        self.counts[EOS] += len(lines) - (partial and bool(text) and not text.endswith("\n"))
         for line in lines:
             self.counts.update(line.split())
 
@@ -208,11 +233,17 @@ class WordVocabBuilder:
         return WordTokenizer(words)
 
 
-def vocab_builder(kind: str, vocab_size: int = 0, min_count: int = 1) -> CharVocabBuilder | WordVocabBuilder:
+def vocab_builder(kind: str, vocab_size: int = 0, min_count: int = 1,
+                  character_coverage: float = 0.9995) -> CharVocabBuilder | WordVocabBuilder | SentencePieceBuilder:
+    """A builder fed text with `add(text, partial)`, whose `build()` returns the tokenizer."""
     if kind == "char":
         return CharVocabBuilder()
     if kind == "word":
         return WordVocabBuilder(vocab_size, min_count)
+    if kind in ("bpe", "unigram"):
+        from rnnlm.data.subword import SentencePieceBuilder  # sentencepiece loads only when it is used
+
+        return SentencePieceBuilder(kind, vocab_size, character_coverage)
     raise DataError(f"unknown tokenizer kind {kind!r}")
 
 
@@ -224,6 +255,10 @@ def from_state(state: dict[str, Any]) -> Tokenizer:
             return CharTokenizer(state["chars"])
         if kind == "word":
             return WordTokenizer(state["words"])
+        if kind in ("bpe", "unigram"):
+            from rnnlm.data.subword import SentencePieceTokenizer
+
+            return SentencePieceTokenizer(kind, state["model"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"the checkpoint's {kind} tokenizer is damaged: {exc}") from None
     raise CheckpointError(f"the checkpoint holds an unknown tokenizer kind {kind!r}")
@@ -231,5 +266,6 @@ def from_state(state: dict[str, Any]) -> Tokenizer:
 
 def fingerprint(tokenizer: Tokenizer) -> str:
     """A short hash of the tokenizer's state: the same vocabulary gives the same fingerprint."""
-    blob = json.dumps(tokenizer.state_dict(), sort_keys=True, ensure_ascii=False).encode("utf-8")
+    blob = json.dumps(tokenizer.state_dict(), sort_keys=True, ensure_ascii=False,
+                      default=lambda value: hashlib.sha256(value).hexdigest()).encode("utf-8")  # model bytes
     return hashlib.sha256(blob).hexdigest()[:16]
