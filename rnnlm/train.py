@@ -49,25 +49,23 @@ class TrainSummary:
 
 
 class Meter:
-    """Tokens, seconds and losses of training steps: in total, and since the last window()."""
+    """Tokens and seconds of training steps: in total, and since the last window()."""
 
     def __init__(self) -> None:
         self.tokens, self.seconds = 0, 0.0
-        self._loss, self._steps, self._tokens, self._seconds = 0.0, 0, 0, 0.0
+        self._tokens, self._seconds = 0, 0.0
 
-    def add(self, loss: float, tokens: int, seconds: float) -> None:
+    def add(self, tokens: int, seconds: float) -> None:
         self.tokens += tokens
         self.seconds += seconds
-        self._loss += loss
-        self._steps += 1
         self._tokens += tokens
         self._seconds += seconds
 
-    def window(self) -> tuple[float, float]:
-        """Mean loss and tokens per second since the last call."""
-        result = (self._loss / max(self._steps, 1), self._tokens / max(self._seconds, 1e-9))
-        self._loss, self._steps, self._tokens, self._seconds = 0.0, 0, 0, 0.0
-        return result
+    def window(self) -> float:
+        """Tokens per second since the last call."""
+        speed = self._tokens / max(self._seconds, 1e-9)
+        self._tokens, self._seconds = 0, 0.0
+        return speed
 
 
 class Trainer:
@@ -116,6 +114,7 @@ class Trainer:
         self.schedule = Schedule(self.optimizer, c.optim, self._total_steps())
         self.averager = Averager(self.model, c.optim)
         self._skipped = 0  # non-finite steps skipped in a row
+        self._pending: list[tuple[int, torch.Tensor]] = []  # (step, [loss, grad norm]) not read back yet
         self.state = self.model.init_state(c.train.batch_size)
         self.step, self.epoch, self.best_val, self.history = 0, 1, None, []
         self.last_val: EvalResult | None = None
@@ -143,9 +142,9 @@ class Trainer:
                    disable=(not self.progress) if self.progress is not None else None)
         try:
             with StopSignals(self.log) as signals, bar:
-                while not self._finished() and signals.caught is None:
+                while not self._finished() and not self._stop_requested(signals, agree=True):
                     self._run_epoch(signals, meter, bar)
-                if signals.caught is not None:
+                if self._stop_requested(signals, agree=True):
                     self.save("last.pt")
                     raise Interrupted(f"stopped at step {self.step:,}; saved {self.run_dir / 'last.pt'}. Resume "
                                       f"with: rnnlm train --resume {self.run_dir}", 128 + signals.caught)
@@ -166,23 +165,33 @@ class Trainer:
         tick = time.perf_counter()
         for inputs, targets in self.batches:
             self.schedule.step_start(self.step)
-            result = self._train_step(inputs, targets)
+            stats = self._train_step(inputs, targets)
             self.step += 1
             bar.update(1)
-            if result is not None:
-                meter.add(result[0], targets.numel(), time.perf_counter() - tick)
-                if self.step % c.log_every == 0:
-                    self._log_train(*meter.window(), result[1], bar)
+            meter.add(targets.numel(), time.perf_counter() - tick)
+            if stats is not None:
+                self._pending.append((self.step, stats))
+            if self.step % c.log_every == 0:
+                self._flush(meter.window(), bar)
             if c.eval_every and self.step % c.eval_every == 0:
                 self._validate()
-            if self.group.enabled:  # every rank stops at the same step, whichever got the signal
-                signals.caught = self.group.max(signals.caught or 0, self.device) or None
-            if signals.caught is not None or self._finished():
+            if self._stop_requested(signals, agree=self.step % c.log_every == 0) or self._finished():
                 return
             tick = time.perf_counter()
         self.epoch += 1
         self.batches.restart()
         self._validate()
+        self._stop_requested(signals, agree=True)
+
+    def _stop_requested(self, signals: StopSignals, agree: bool) -> bool:
+        """Whether a signal asks to stop. Distributed ranks only act on it at agreed steps (log points,
+        epoch ends), where the signal is shared, so that every rank stops at the same step."""
+        if not self.group.enabled:
+            return signals.caught is not None
+        if agree:
+            signals.caught = self.group.max(signals.caught or 0, self.device) or None
+            return signals.caught is not None
+        return False
 
     def _total_steps(self) -> int:
         c = self.config.train
@@ -193,8 +202,8 @@ class Trainer:
         c = self.config.train
         return bool((c.max_steps and self.step >= c.max_steps) or (c.epochs and self.epoch > c.epochs))
 
-    def _train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float] | None:
-        """One optimizer step on one window: (loss, gradient norm), or None if it was skipped."""
+    def _train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        """One optimizer step on one window: [loss, gradient norm] (not yet read), or None if skipped."""
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         self.state = detach_state(self.state)  # truncated BPTT: keep the values, cut the graph
@@ -210,22 +219,45 @@ class Trainer:
         # clipping the global norm keeps one exploding window from wrecking the weights (Pascanu et al. 2013)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0 else \
             torch.nn.utils.get_total_norm([p.grad for p in params])
-        loss_value, norm_value = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()
-        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-            self._non_finite("loss" if not math.isfinite(loss_value) else "gradient norm")
-            return None
-        self._skipped = 0
+        stats = torch.stack([loss.detach().float(), grad_norm.float()])
+        if self._check_each_step:
+            loss_value, norm_value = stats.tolist()
+            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+                self._non_finite("loss" if not math.isfinite(loss_value) else "gradient norm", self.step + 1)
+                return None
+            self._skipped = 0
         # variable-length windows: a longer window takes a proportionally larger step (Merity et al. 2017)
         with self.schedule.scaled(inputs.size(0) / self.config.train.bptt if self.batches.variable else 1.0):
             self.optimizer.step()
         self.averager.update()
         self.state = out.state
-        return loss_value, norm_value
+        return stats
 
-    def _non_finite(self, what: str) -> None:
+    @property
+    def _check_each_step(self) -> bool:
+        """Read loss and gradient norm back at every step (free on a CPU), or only at log points,
+        validations and saves: on a GPU a read-back stalls the queue of kernels. Skipping needs the
+        check before the update, so it always reads back."""
+        return self.device.type != "cuda" or self.config.train.skip_nonfinite > 0
+
+    def _flush(self, speed: float | None = None, bar: tqdm | None = None) -> None:
+        """Read the losses and gradient norms of the steps since the last flush (one sync), stop at
+        a non-finite one, and log their mean. Runs before anything is saved, so no NaN is ever saved."""
+        if not self._pending:
+            return
+        steps = [step for step, _ in self._pending]
+        values = torch.stack([stats for _, stats in self._pending]).tolist()
+        self._pending.clear()
+        for step, (loss, norm) in zip(steps, values):
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                self._non_finite("loss" if not math.isfinite(loss) else "gradient norm", step)
+        if speed is not None and bar is not None:
+            self._log_train(sum(v[0] for v in values) / len(values), speed, values[-1][1], bar)
+
+    def _non_finite(self, what: str, step: int) -> None:
         """Skip the step (keeping weights and hidden state) while the configured allowance lasts, else stop."""
         limit = self.config.train.skip_nonfinite
-        where = f"at step {self.step + 1:,} (epoch {self.epoch})"
+        where = f"at step {step:,} (epoch {self.epoch})"
         if self._skipped < limit:
             self._skipped += 1
             self.optimizer.zero_grad(set_to_none=True)
@@ -253,6 +285,7 @@ class Trainer:
         resumed follows the same learning rates as one that never stopped.
         """
         c = self.config.train
+        self._flush()
         with self.averager.applied():  # NT-ASGD: the averaged weights are the ones that count
             result = evaluate(self.model, self.corpus.splits["valid"], boundary_id=self.tokenizer.boundary_id,
                               batch_size=c.eval_batch_size, bptt=c.bptt, device=self.device, group=self.group)
@@ -277,6 +310,7 @@ class Trainer:
 
     def save(self, name: str) -> None:
         """Write a checkpoint (rank 0), holding every rank's hidden state and random generators."""
+        self._flush()  # a non-finite step since the last log point stops here, before anything is written
         ranks = self.group.gather({"hidden": tuple(s.detach().cpu() for s in self.state), "rng": runtime.rng_state()})
         if self.group.is_main:
             save_checkpoint({**self._payload(), "world_size": self.group.world_size, "ranks": ranks,

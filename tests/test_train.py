@@ -91,6 +91,41 @@ def test_non_finite_loss_stops_and_leaves_the_last_checkpoint_alone(tiny_corpus,
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
 
 
+def test_deferred_read_back_trains_the_same_and_still_stops_before_saving_a_nan(tiny_corpus, tmp_path,
+                                                                                 monkeypatch):
+    """On a GPU, loss and gradient norm are read back only at log points; the weights must not differ,
+    and a NaN between log points must still stop the run before any checkpoint is written."""
+    common = ["train.max_steps=20", "train.log_every=5"]
+    eager, _ = run(tiny_config(tiny_corpus, *common), tmp_path / "eager")
+    monkeypatch.setattr(Trainer, "_check_each_step", property(lambda self: False))
+    deferred, _ = run(tiny_config(tiny_corpus, *common), tmp_path / "deferred")
+    for a, b in zip(eager.model.parameters(), deferred.model.parameters()):
+        assert torch.equal(a, b)
+    assert train_losses(deferred.history) == pytest.approx(train_losses(eager.history))
+
+    before = (tmp_path / "deferred" / "last.pt").read_bytes()
+    original = RNNLM.forward
+    def poisoned_at_step_22(self, inputs, targets, state):
+        out = original(self, inputs, targets, state)
+        if self.training and deferred_run.step == 21:
+            out.nll = out.nll * float("nan")
+        return out
+    monkeypatch.setattr(RNNLM, "forward", poisoned_at_step_22)
+    saved = load_checkpoint(tmp_path / "deferred" / "last.pt")
+    deferred_run = Trainer(tiny_config(tiny_corpus, "train.max_steps=40", "train.log_every=5",
+                                       "train.eval_every=4"),
+                           tmp_path / "deferred", resume_from=saved, progress=False, log=lambda m: None)
+    try:
+        deferred_run.setup()
+        with pytest.raises(TrainingError, match=r"non-finite loss at step 22 "):
+            deferred_run.fit()
+    finally:
+        deferred_run.close()
+    assert deferred_run.step == 24  # noticed at the next validation, two steps later
+    assert load_checkpoint(tmp_path / "deferred" / "last.pt")["trainer"]["step"] == 20
+    assert (tmp_path / "deferred" / "last.pt").read_bytes() == before
+
+
 def test_a_folder_holding_a_run_is_refused_unless_overwritten(tiny_corpus, tmp_path):
     run(tiny_config(tiny_corpus), tmp_path / "run")
     best = (tmp_path / "run" / "best.pt").read_bytes()
