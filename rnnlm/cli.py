@@ -86,6 +86,8 @@ def train(config_path: str | None, run_dir: str | None, device: str | None, seed
         summary = trainer.fit()
     finally:
         trainer.close()
+    if not trainer.group.is_main:  # under torchrun, rank 0 speaks for the job
+        return
     best = f"best validation perplexity {math.exp(summary.best_val_loss):.2f}" if summary.best_val_loss else ""
     click.echo(f"Done: {summary.steps:,} steps ({summary.tokens_per_sec:,.0f} tokens/s), {best}. Checkpoints in "
                f"{folder}/", err=True)

@@ -40,7 +40,7 @@ class TrainSummary:
     best_val_loss: float | None
     last_val: EvalResult | None
     run_dir: Path
-    tokens: int  # tokens trained on in this fit() call
+    tokens: int  # tokens trained on in this fit() call, by all ranks together
     train_seconds: float  # time in training steps, validation and checkpoint writes excluded
 
     @property
@@ -168,7 +168,8 @@ class Trainer:
             stats = self._train_step(inputs, targets)
             self.step += 1
             bar.update(1)
-            meter.add(targets.numel(), time.perf_counter() - tick)
+            # every rank trains on as many tokens as this one: count the whole job's throughput
+            meter.add(targets.numel() * self.group.world_size, time.perf_counter() - tick)
             if stats is not None:
                 self._pending.append((self.step, stats))
             if self.step % c.log_every == 0:
