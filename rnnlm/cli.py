@@ -168,9 +168,11 @@ def sample(checkpoint: str, prompt: str, length: int, temperature: float, top_k:
 @click.option("--impl", type=click.Choice(["fused", "reference"]),
               help="Run the weights through torch's fused kernels or the reference cells [default: as trained].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Forward pass under autocast: bf16 / fp16 are faster on some hardware, fp32 is exact.")
 @reports_errors
 def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: int, bptt: int, as_json: bool,
-                     impl: str | None, device: str) -> None:
+                     impl: str | None, device: str, precision: str) -> None:
     """Perplexity and bits per token, character and byte of a checkpoint on a split or a text."""
     from rnnlm import runtime
     from rnnlm.checkpoint import load_model
@@ -180,6 +182,7 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
 
     torch_device = runtime.resolve_device(device)
     loaded = load_model(checkpoint, torch_device, impl)
+    runtime.check_precision(precision, torch_device, loaded.config.model.impl)
     data = loaded.config.data
     if text:
         scored = corpus.encode_text_file(Path(text), loaded.tokenizer, registry.default_cache_dir(data.cache_dir))
@@ -192,12 +195,12 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
     if len(scored.ids) == 0:
         raise CommandError(RnnlmError(f"{source} holds no text to score"))
     result = evaluate(loaded.model, scored, boundary_id=loaded.tokenizer.boundary_id, batch_size=batch_size,
-                      bptt=bptt, device=torch_device)
+                      bptt=bptt, device=torch_device, precision=precision)
     unk = count_token(scored.ids, loaded.tokenizer.unk_id)
     lossy = loaded.tokenizer.kind == "word" or unk > 0  # then bits per byte are not those of the raw text
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "source": source, "batch_size": batch_size, "unk_tokens": unk,
-                               "lossless": not lossy}))
+                               "lossless": not lossy, "precision": precision}))
         return
     context = "full left context" if batch_size == 1 else f"{batch_size} parallel streams"
     click.echo(f"{source}: {result.tokens:,} tokens, {result.chars:,} characters, batch size {batch_size} ({context})")

@@ -81,6 +81,9 @@ class TrainConfig:
     # window's time steps, as Zaremba et al. 2014's code does (same model, bptt x larger gradients)
     loss_reduction: Literal["mean", "sum_over_time"] = "mean"
     variable_bptt: bool = False  # window length ~ N(bptt, 5), bptt/2 with p 0.05, lr scaled (Merity et al. 2017)
+    # forward pass under autocast: bf16 (CPU with AVX-512 bf16, or GPU) or fp16 (GPU; adds loss scaling);
+    # weights, optimizer and the loss stay fp32
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     skip_nonfinite: int = 0  # skip up to N consecutive steps with a non-finite loss (0: stop at the first)
     dist_timeout: int = 600  # under torchrun: seconds a collective may wait before the run fails
     log_every: int = 20  # steps between progress-bar and TensorBoard updates
@@ -137,6 +140,7 @@ RESUMABLE_KEYS = frozenset(
         "train.eval_batch_size",
         "train.log_every",
         "train.device",
+        "train.precision",
         "train.num_threads",
         "train.tensorboard",
         "train.dist_timeout",

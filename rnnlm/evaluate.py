@@ -13,6 +13,7 @@ from rnnlm.data.batching import eval_windows
 from rnnlm.data.corpus import Split
 from rnnlm.distributed import Group
 from rnnlm.models.lm import RNNLM
+from rnnlm.runtime import autocast
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,12 @@ class EvalResult:
 
 
 def evaluate(model: RNNLM, split: Split, *, boundary_id: int, batch_size: int = 1, bptt: int = 256,
-             device: torch.device | str = "cpu", group: Group | None = None) -> EvalResult:
+             device: torch.device | str = "cpu", group: Group | None = None, precision: str = "fp32") -> EvalResult:
     """Score every token of `split` once, carrying the hidden state across windows.
 
     Uses its own hidden state and eval mode (no dropout), so a validation pass during training
-    leaves the training state untouched. In a distributed run each rank scores a contiguous
+    leaves the training state untouched. `precision` bf16 / fp16 runs the forward pass under autocast
+    (the sums stay float64). In a distributed run each rank scores a contiguous
     1/world_size of the split (conditioned on the token before it) and the sums are all-reduced.
     """
     ids = split.ids
@@ -64,7 +66,8 @@ def evaluate(model: RNNLM, split: Split, *, boundary_id: int, batch_size: int = 
         start, end = len(ids) * group.rank // group.world_size, len(ids) * (group.rank + 1) // group.world_size
         boundary_id = int(ids[start - 1]) if start > 0 else boundary_id
         ids = ids[start:end]
-    totals = score_ids(model, ids, boundary_id=boundary_id, batch_size=batch_size, bptt=bptt, device=device)
+    totals = score_ids(model, ids, boundary_id=boundary_id, batch_size=batch_size, bptt=bptt, device=device,
+                       precision=precision)
     if group is not None and group.enabled:
         names = sorted(totals)
         summed = group.sum([float(v) for name in names for v in totals[name]], torch.device(device))
@@ -78,13 +81,13 @@ def evaluate(model: RNNLM, split: Split, *, boundary_id: int, batch_size: int = 
 
 
 def score_ids(model: RNNLM, ids: np.ndarray, *, boundary_id: int, batch_size: int, bptt: int,
-              device: torch.device | str) -> dict[str, tuple[float, int]]:
+              device: torch.device | str, precision: str = "fp32") -> dict[str, tuple[float, int]]:
     """Summed nll and token count per head: "" for the model's own, plus any named extras."""
     was_training = model.training
     model.eval()
     sums: dict[str, list[torch.Tensor]] = {}
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(torch.device(device), precision):
             state = model.init_state(min(batch_size, max(len(ids), 1)), device)
             for inputs, targets in eval_windows(ids, batch_size, bptt, boundary_id):
                 out = model(inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True), state)

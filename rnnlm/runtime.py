@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import signal
@@ -33,6 +34,25 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not _mps_available():
         raise UsageError("device 'mps' was asked for, but MPS is not available on this machine")
     return torch.device(name)
+
+
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The context a forward pass runs in: torch.autocast for bf16 / fp16, nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
+def check_precision(precision: str, device: torch.device, impl: str) -> None:
+    """Refuse a precision the device's kernels cannot run, before any work is done."""
+    if precision == "fp16" and device.type == "cpu" and impl == "fused":
+        raise UsageError("train.precision=fp16 cannot run torch's fused recurrent kernels on a CPU (oneDNN has no "
+                         "fp16 LSTM): use train.precision=bf16, or model.impl=reference")
+    if precision != "fp32" and device.type == "mps":
+        raise UsageError(f"train.precision={precision} is not supported on mps: use fp32")
 
 
 def _mps_available() -> bool:

@@ -104,6 +104,7 @@ class Trainer:
                             f"text or lower them")
         if len(self.corpus.splits["valid"].ids) < g.world_size:
             raise DataError("the validation split is empty: use more text or raise data.valid_fraction")
+        runtime.check_precision(c.train.precision, self.device, c.model.impl)
         self.model = build_model(self.tokenizer.vocab_size, c.model).to(self.device)
         self.network = self.model  # what training calls: the model, or its DistributedDataParallel wrapper
         if g.enabled:
@@ -113,6 +114,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model.parameters(), c.optim)
         self.schedule = Schedule(self.optimizer, c.optim, self._total_steps())
         self.averager = Averager(self.model, c.optim)
+        # fp16 gradients underflow: scale the loss up, and skip the steps whose scaled gradients overflow
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.train.precision == "fp16")
         self._skipped = 0  # non-finite steps skipped in a row
         self._pending: list[tuple[int, torch.Tensor]] = []  # (step, [loss, grad norm]) not read back yet
         self.state = self.model.init_state(c.train.batch_size)
@@ -208,18 +211,22 @@ class Trainer:
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         self.state = detach_state(self.state)  # truncated BPTT: keep the values, cut the graph
-        out = self.network(inputs, targets, self.state)
-        loss = out.nll / out.tokens
-        objective = out.training_objective()
+        with runtime.autocast(self.device, self.config.train.precision):
+            out = self.network(inputs, targets, self.state)
+        loss = out.nll.float() / out.tokens
+        objective = out.training_objective().float()
         if self.config.train.loss_reduction == "sum_over_time":
             objective = objective * inputs.size(0)
         self.optimizer.zero_grad(set_to_none=True)
-        objective.backward()
+        self.scaler.scale(objective).backward()
+        self.scaler.unscale_(self.optimizer)  # clip and report the true gradient norm
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = self.config.optim.clip
         # clipping the global norm keeps one exploding window from wrecking the weights (Pascanu et al. 2013)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0 else \
             torch.nn.utils.get_total_norm([p.grad for p in params])
+        if self.scaler.is_enabled():  # an overflow is the scaler's business: it skips the step, lowers the scale
+            grad_norm = torch.nan_to_num(grad_norm.float(), nan=0.0, posinf=0.0)
         stats = torch.stack([loss.detach().float(), grad_norm.float()])
         if self._check_each_step:
             loss_value, norm_value = stats.tolist()
@@ -229,9 +236,11 @@ class Trainer:
             self._skipped = 0
         # variable-length windows: a longer window takes a proportionally larger step (Merity et al. 2017)
         with self.schedule.scaled(inputs.size(0) / self.config.train.bptt if self.batches.variable else 1.0):
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)  # optimizer.step(), unless fp16 gradients overflowed
+        self.scaler.update()
         self.averager.update()
-        self.state = out.state
+        # autocast hands an LSTM's state back in bf16 / fp16: carry (and checkpoint) it at the weights' precision
+        self.state = tuple(s.to(self.model.embedding.weight.dtype) for s in out.state)
         return stats
 
     @property
@@ -262,6 +271,7 @@ class Trainer:
         if self._skipped < limit:
             self._skipped += 1
             self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()  # closes the step the scaler had opened with unscale_
             self.log(f"warning: non-finite {what} {where}: step skipped ({self._skipped} of {limit} in a row)")
             return
         raise TrainingError(f"non-finite {what} {where}"
@@ -289,7 +299,8 @@ class Trainer:
         self._flush()
         with self.averager.applied():  # NT-ASGD: the averaged weights are the ones that count
             result = evaluate(self.model, self.corpus.splits["valid"], boundary_id=self.tokenizer.boundary_id,
-                              batch_size=c.eval_batch_size, bptt=c.bptt, device=self.device, group=self.group)
+                              batch_size=c.eval_batch_size, bptt=c.bptt, device=self.device, group=self.group,
+                              precision=c.precision)
         self._last_eval_step = self.step
         self.last_val = result
         self.history.append({"step": self.step, "val_loss": result.loss})
@@ -329,6 +340,7 @@ class Trainer:
             "tokenizer": self.tokenizer.state_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "schedule": self.schedule.state_dict(),
             "batches": self.batches.state_dict(),
             "trainer": {"step": self.step, "epoch": self.epoch, "best_val": self.best_val, "history": self.history},
@@ -343,6 +355,8 @@ class Trainer:
         mine = saved["ranks"][self.group.rank] if "ranks" in saved else saved
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scaler.is_enabled() and saved.get("scaler"):  # a run resumed in another precision starts afresh
+            self.scaler.load_state_dict(saved["scaler"])
         self.schedule.load_state_dict(saved["schedule"])
         self.batches.load_state_dict(saved["batches"])
         self.state = tuple(s.to(self.device) for s in mine["hidden"])
