@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from rnnlm.config import Config, all_keys, build_config, load_config, requested_changes, resume_config
@@ -99,3 +101,31 @@ def test_every_shipped_recipe_loads_and_says_how_to_run_it(path):
     header = path.read_text().split("\n\n")[0]
     assert header.startswith("#") and f"rnnlm train --config configs/{path.name}" in path.read_text()
     assert config.train.epochs > 0
+
+
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_recipe_trains_and_resumes_at_toy_size(path, tiny_corpus, tmp_path):
+    """Each recipe's combination of optimizer, schedule and regularisers runs together: the recipe
+    shrunk to a toy model on a toy corpus, 4 steps, then 2 more after a resume."""
+    from rnnlm.checkpoint import load_checkpoint
+    from rnnlm.train import Trainer
+
+    recipe = load_config(path)
+    shrink = [f"data.corpus={tiny_corpus}", "data.valid_fraction=0.1", "data.test_fraction=0.1",
+              "model.embed_size=8", "model.hidden_size=16", "train.batch_size=2", "train.bptt=6",
+              "train.eval_batch_size=2", "train.tensorboard=false", "train.device=cpu", "train.eval_every=2",
+              "optim.warmup_steps=0"]
+    if recipe.model.output_size:
+        shrink.append("model.output_size=8")
+    for steps in (4, 6):
+        config = load_config(path, [*shrink, f"train.max_steps={steps}"])
+        saved = load_checkpoint(tmp_path / "run" / "last.pt") if steps == 6 else None
+        trainer = Trainer(config, tmp_path / "run", resume_from=saved, progress=False, log=lambda m: None)
+        try:
+            trainer.setup()
+            summary = trainer.fit()
+        finally:
+            trainer.close()
+        assert summary.steps == steps and math.isfinite(summary.best_val_loss)
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["config"]["model"]["cell"] == recipe.model.cell
