@@ -1,0 +1,153 @@
+"""Sampling speed: `rnnlm.sample.generate` against the plain token-by-token loop, same weights, one run.
+
+The plain side is the generation loop of pytorch/examples' word_language_model: under no_grad, feed
+one token, take the decoder's logits, exponentiate them divided by the temperature, draw one id with
+torch.multinomial, feed it back. rnnlm's side is `generate` (inference_mode, the model's one-step
+function, its sampler), first with one sample, then with several drawn together as one batch.
+
+Reading one token costs reading every weight of the recurrent stack and of the decoder once (the
+embedding contributes one row), so a single stream cannot beat memory bandwidth / those bytes; the
+script measures the read bandwidth of this machine (summing a 512 MB tensor) and prints the fraction
+of that bound each side reaches. A batch of samples reads the weights once per step for all of them.
+
+    RNNLM_DATA=/work/shared/corpora python scripts/bench_sample.py                 # PTB vocabulary
+    python scripts/bench_sample.py --checkpoint runs/ptb-small/best.pt --tokens 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+
+class PlainLM(nn.Module):
+    """pytorch/examples' RNNModel at inference: embedding -> nn.LSTM -> linear decoder."""
+
+    def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, num_layers: int) -> None:
+        super().__init__()
+        self.encoder = nn.Embedding(vocab_size, embed_size)
+        self.rnn = nn.LSTM(embed_size, hidden_size, num_layers)
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, inputs, hidden):
+        output, hidden = self.rnn(self.encoder(inputs), hidden)
+        return self.decoder(output), hidden
+
+
+def plain_from(model) -> PlainLM:
+    """The plain model holding exactly rnnlm's weights (the fused stack uses nn.LSTM's parameter names)."""
+    c = model.config
+    plain = PlainLM(model.vocab_size, c.embed_size, c.hidden_size, c.num_layers)
+    state = {("encoder." + k[len("embedding."):] if k.startswith("embedding.") else k): v
+             for k, v in model.state_dict().items()}
+    plain.load_state_dict(state)
+    return plain.eval()
+
+
+def plain_sample(plain: PlainLM, tokens: int, temperature: float, seed: int) -> float:
+    """The example's loop; returns seconds for `tokens` draws."""
+    torch.manual_seed(seed)
+    layers, hidden_size = plain.rnn.num_layers, plain.rnn.hidden_size
+    hidden = (torch.zeros(layers, 1, hidden_size), torch.zeros(layers, 1, hidden_size))
+    token = torch.zeros(1, 1, dtype=torch.long)
+    begin = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(tokens):
+            output, hidden = plain(token, hidden)
+            weights = output.squeeze().div(temperature).exp()
+            token.fill_(torch.multinomial(weights, 1)[0])
+    return time.perf_counter() - begin
+
+
+def rnnlm_sample(model, tokenizer, tokens: int, samples: int, temperature: float, seed: int) -> float:
+    from rnnlm.sample import generate
+
+    begin = time.perf_counter()
+    generate(model, tokenizer, length=tokens, temperature=temperature, num_samples=samples, seed=seed)
+    return time.perf_counter() - begin
+
+
+def read_bandwidth(megabytes: int = 512, rounds: int = 5) -> float:
+    """Best bytes/s of summing a float32 tensor too large for any cache."""
+    data = torch.ones(megabytes * 2 ** 20 // 4)
+    data.sum()
+    best = 0.0
+    for _ in range(rounds):
+        tick = time.perf_counter()
+        data.sum()
+        best = max(best, data.numel() * 4 / (time.perf_counter() - tick))
+    return best
+
+
+def load(args):
+    from rnnlm.checkpoint import load_model
+
+    if args.checkpoint:
+        loaded = load_model(args.checkpoint, "cpu")
+        return loaded.model, loaded.tokenizer
+    from rnnlm.config import load_config
+    from rnnlm.data.corpus import load_corpus
+    from rnnlm.models import build_model
+
+    config = load_config(None, ["data.corpus=ptb", "tokenizer.kind=word", "model.cell=lstm", "model.num_layers=2",
+                                "model.embed_size=200", "model.hidden_size=200", "model.dropout=0"])
+    tokenizer = load_corpus(config.data, config.tokenizer, splits=("valid",)).tokenizer
+    return build_model(tokenizer.vocab_size, config.model).eval(), tokenizer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="an rnnlm word-LSTM checkpoint (default: a fresh 2x200 PTB model)")
+    parser.add_argument("--tokens", type=int, default=300, help="tokens per sample and round")
+    parser.add_argument("--batch", type=int, default=16, help="samples drawn together in the batched rnnlm rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds per side, after one warm-up")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    try:
+        model, tokenizer = load(args)
+    except Exception as exc:  # noqa: BLE001  (the rnnlm error says what is wrong; no traceback for a script user)
+        sys.exit(f"Error: {exc}")
+    if model.config.cell != "lstm" or model.config.bidirectional or model.config.output_size:
+        sys.exit("Error: the plain loop is an nn.LSTM model: give a unidirectional LSTM checkpoint without output_size")
+    plain = plain_from(model)
+    weight_bytes = sum(p.numel() * p.element_size() for name, p in model.named_parameters()
+                       if not name.startswith("embedding.")) + model.embedding.weight[0].numel() * 4
+    sides = {"plain (1 sample)": lambda seed: args.tokens / plain_sample(plain, args.tokens, args.temperature, seed),
+             "rnnlm (1 sample)": lambda seed: args.tokens / rnnlm_sample(model, tokenizer, args.tokens, 1,
+                                                                         args.temperature, seed),
+             f"rnnlm ({args.batch} samples)": lambda seed: args.batch * args.tokens / rnnlm_sample(
+                 model, tokenizer, args.tokens, args.batch, args.temperature, seed)}
+    speeds: dict[str, list[float]] = {name: [] for name in sides}
+    for index in range(args.rounds + 1):  # round 0 warms up and is not counted
+        for name, measure in sides.items():
+            speed = measure(index)
+            if index:
+                speeds[name].append(speed)
+    bandwidth = read_bandwidth()
+    bound = bandwidth / weight_bytes  # tokens/s of one stream that only reads the weights
+    report = {"vocab_size": model.vocab_size, "parameters": model.num_parameters(), "weight_bytes_per_step": weight_bytes,
+              "read_bandwidth_gb_s": bandwidth / 1e9, "one_stream_bound_tokens_per_sec": bound,
+              "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "tokens_per_sec": {name: statistics.median(values) for name, values in speeds.items()}}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    baseline = report["tokens_per_sec"]["plain (1 sample)"]
+    print(f"vocabulary {model.vocab_size:,} | {model.num_parameters():,} parameters | {weight_bytes / 1e6:.1f} MB of "
+          f"weights read per step | read bandwidth {bandwidth / 1e9:.1f} GB/s | one-stream bound "
+          f"{bound:,.0f} tokens/s | {torch.get_num_threads()} threads")
+    for name, speed in report["tokens_per_sec"].items():
+        streams = args.batch if "samples" in name else 1
+        print(f"{name:<22}{speed:>10,.0f} tokens/s  {speed / baseline:5.2f}x plain  "
+              f"{speed / (bound * streams):6.1%} of its bandwidth bound")
+
+
+if __name__ == "__main__":
+    main()
