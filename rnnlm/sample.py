@@ -60,16 +60,28 @@ def choose(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: float
     logits = log_probs / temperature
     if 0 < top_k < logits.size(-1):
         logits, candidates = logits.topk(top_k, dim=-1)  # (B, k), sorted: only k are ranked
+        probs = torch.softmax(logits, dim=-1)
     elif top_p < 1.0:
-        logits, candidates = logits.sort(dim=-1, descending=True)
+        probs, candidates = _most_likely(torch.softmax(logits, dim=-1), top_p)
     else:
-        candidates = None
-    probs = torch.softmax(logits, dim=-1)
+        probs, candidates = torch.softmax(logits, dim=-1), None
     if top_p < 1.0:  # nucleus (Holtzman et al. 2020): the fewest tokens holding mass top_p
         before = probs.cumsum(dim=-1) - probs
         probs = probs.masked_fill(before >= top_p, 0.0)
-    picked = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+    picked = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,); needs no renormalising
     return picked if candidates is None else candidates.gather(-1, picked.unsqueeze(-1)).squeeze(-1)
+
+
+def _most_likely(probs: torch.Tensor, mass: float, first: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k most likely tokens per row, best first, for the smallest k in 64, 512, ... whose tokens
+    hold `mass` in every row: (probabilities, ids). A top-k of a few dozen instead of sorting the
+    whole vocabulary, unless the distribution is that flat."""
+    size, k = probs.size(-1), min(first, probs.size(-1))
+    while True:
+        top, ids = probs.topk(k, dim=-1)
+        if k == size or bool((top.sum(dim=-1) >= mass).all()):
+            return top, ids
+        k = min(size, k * 8)
 
 
 def generate_reverse(model: BidirectionalLM, tokenizer: Tokenizer, *, suffix: str, length: int = 200,

@@ -86,3 +86,21 @@ def test_temperature_sharpens_the_distribution():
     expected = 0.6**2 / (0.6**2 + 0.4**2)  # p^(1/T), renormalised
     assert (picks == 0).float().mean().item() == pytest.approx(expected, abs=0.01)
     assert math.isclose(expected, 0.6923, abs_tol=1e-4)
+
+
+def test_top_p_over_a_large_vocabulary_equals_sorting_it_all():
+    """The nucleus is found by a growing top-k; it must be the one a full sort gives, flat rows too."""
+    generator = torch.Generator().manual_seed(3)
+    peaked = torch.randn(3, 5000, generator=generator) * 4
+    flat = torch.randn(2, 5000, generator=generator) * 0.1  # the nucleus needs thousands of tokens
+    log_probs = torch.log_softmax(torch.cat([peaked, flat]), dim=-1)
+    for row in log_probs:
+        probs, order = row.exp().sort(descending=True)
+        nucleus = set(order[(probs.cumsum(0) - probs) < 0.9].tolist())
+        picks = choose(row.expand(3000, -1), 1.0, 0, 0.9, torch.Generator().manual_seed(0))
+        assert set(picks.tolist()) <= nucleus
+        if len(nucleus) < 100:  # few enough that 3,000 draws reach each one
+            assert set(picks.tolist()) == nucleus
+        best = order[0].item()
+        share = probs[0].item() / probs[: len(nucleus)].sum().item()
+        assert (picks == best).float().mean().item() == pytest.approx(share, abs=0.03)
