@@ -65,7 +65,7 @@ class ModelConfig:
     # full: one softmax over the vocabulary. adaptive: a frequent-word head plus smaller clusters for rarer
     # words (Grave et al. 2017), for word vocabularies of tens of thousands; needs tokenizer.kind word
     softmax: Literal["full", "adaptive"] = "full"
-    # adaptive: ids where each tail cluster starts, increasing ((): 2000, 10000, 50000, those below the vocabulary)
+    # adaptive: ids where each tail cluster starts, increasing ([]: 2000, 10000, 50000, those below the vocabulary)
     cutoffs: tuple[int, ...] = ()
     adaptive_div: float = 4.0  # adaptive: tail cluster k projects the hidden state to hidden / adaptive_div^k
 

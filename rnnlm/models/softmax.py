@@ -61,9 +61,9 @@ class AdaptiveSoftmax(nn.Module):
         head_index = torch.where(cluster == 0, targets, self.shortlist + cluster - 1).clamp(min=0)  # PAD -> 0
         log_prob = _log_softmax(self.head(hidden)).gather(1, head_index.unsqueeze(1)).squeeze(1)  # (N,)
         for k, tail in enumerate(self.tail):
-            rows = ((cluster == k + 1) & scored).nonzero().squeeze(1)  # only the targets in this cluster
-            if rows.numel() == 0:
-                continue
+            # only the targets in this cluster; with none, the tail still runs on zero rows, so its
+            # parameters get (zero) gradients every step, as DistributedDataParallel expects
+            rows = ((cluster == k + 1) & scored).nonzero().squeeze(1)
             within = (targets[rows] - self.bounds[k]).unsqueeze(1)
             log_prob = log_prob.index_add(0, rows, _log_softmax(tail(hidden[rows])).gather(1, within).squeeze(1))
         return -log_prob.masked_fill(~scored, 0.0).sum()
