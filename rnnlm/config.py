@@ -62,6 +62,12 @@ class ModelConfig:
     forget_bias: float = 1.0  # lstm only (Jozefowicz et al. 2015)
     init: Literal["default", "uniform"] = "default"  # uniform: every weight ~ U(-init_range, init_range)
     init_range: float = 0.1  # embedding and decoder always; recurrent weights too with init=uniform
+    # full: one softmax over the vocabulary. adaptive: a frequent-word head plus smaller clusters for rarer
+    # words (Grave et al. 2017), for word vocabularies of tens of thousands; needs tokenizer.kind word
+    softmax: Literal["full", "adaptive"] = "full"
+    # adaptive: ids where each tail cluster starts, increasing ([]: 2000, 10000, 50000, those below the vocabulary)
+    cutoffs: tuple[int, ...] = ()
+    adaptive_div: float = 4.0  # adaptive: tail cluster k projects the hidden state to hidden / adaptive_div^k
 
     def dropouts(self) -> tuple[float, float, float]:
         """Dropout on the input, between layers and on the output, model.dropout filling the unset ones."""
@@ -117,7 +123,9 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        """Plain values, sequences as lists, as YAML and `rnnlm config` show them."""
+        return {section: {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+                for section, values in dataclasses.asdict(self).items()}
 
     def replace(self, changes: dict[str, Any]) -> Config:
         """A copy with `section.key` values replaced, validated like the original."""
@@ -303,6 +311,14 @@ def _coerce(value: Any, hint: Any) -> tuple[Any, str | None]:
         if value in choices:
             return value, None
         return None, f"must be one of {', '.join(map(str, choices))} (got {value!r})"
+    if origin is tuple:  # `tuple[int, ...]`: a YAML list, or [a, b] as an override
+        (inner, _) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            return None, f"must be a list (got {value!r})"
+        items = [_coerce(item, inner) for item in value]
+        if any(error for _, error in items):
+            return None, f"must be a list of {inner.__name__}s (got {value!r})"
+        return tuple(item for item, _ in items), None
     if hint is bool:
         if isinstance(value, bool):
             return value, None
@@ -363,6 +379,7 @@ def _check_ranges(c: Config) -> list[str]:
          "model.nonlinearity sigmoid needs model.impl: reference (torch's fused nn.RNN offers tanh and relu only)")
     need(m.init_range > 0 and math.isfinite(m.init_range), f"model.init_range must be positive (got {m.init_range})")
     need(math.isfinite(m.forget_bias), f"model.forget_bias must be finite (got {m.forget_bias})")
+    problems.extend(_check_adaptive(c))
     for key in ("batch_size", "bptt", "eval_batch_size", "log_every", "dist_timeout"):
         need(getattr(tr, key) >= 1, f"train.{key} must be at least 1 (got {getattr(tr, key)})")
     for key in ("epochs", "max_steps", "eval_every", "num_threads"):
@@ -382,3 +399,28 @@ def _check_ranges(c: Config) -> list[str]:
     need(o.decay_start >= 0, f"optim.decay_start must be 0 or more (got {o.decay_start})")
     return problems
 
+
+
+def _check_adaptive(c: Config) -> list[str]:
+    """model.softmax adaptive: the settings it cannot work with. Cutoffs past the vocabulary are caught
+    here when tokenizer.vocab_size caps it, else when the model is built."""
+    m, t = c.model, c.tokenizer
+    problems = []
+    if any(b <= a for a, b in zip(m.cutoffs, m.cutoffs[1:])) or any(cut < 1 for cut in m.cutoffs):
+        problems.append(f"model.cutoffs must be positive and increasing (got {list(m.cutoffs)})")
+    elif m.softmax == "adaptive" and t.vocab_size and m.cutoffs and m.cutoffs[-1] >= t.vocab_size:
+        problems.append(f"model.cutoffs must be below tokenizer.vocab_size {t.vocab_size} (got {list(m.cutoffs)})")
+    if not (m.adaptive_div >= 1.0 and math.isfinite(m.adaptive_div)):
+        problems.append(f"model.adaptive_div must be at least 1 (got {m.adaptive_div})")
+    if m.softmax != "adaptive":
+        return problems
+    if t.kind != "word":  # the head must hold the frequent words: only word ids are sorted by frequency
+        problems.append(f"model.softmax adaptive needs tokenizer.kind word, whose ids are sorted by frequency "
+                        f"(got {t.kind})")
+    if m.tie_weights:
+        problems.append("model.softmax adaptive cannot be combined with model.tie_weights (its output layer is "
+                        "not one matrix the embedding could share)")
+    if m.bidirectional:
+        problems.append("model.softmax adaptive is not available with model.bidirectional (its heads use a full "
+                        "softmax)")
+    return problems

@@ -2,7 +2,8 @@
 
 Tensors are time-major everywhere, as the fused kernels expect: token ids are `(T, B)`, hidden
 activations `(T, B, H)`. The trainer and the evaluator never see logits: `forward` returns the summed
-negative log-likelihood and the number of scored tokens, so the output layer can change freely.
+negative log-likelihood and the number of scored tokens, so the output layer can change freely: a full
+softmax (`nn.Linear`) or an adaptive one (`models/softmax.py`), both named `decoder`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 from rnnlm.config import ModelConfig
 from rnnlm.data.batching import PAD
 from rnnlm.models.regularize import activation_penalty, dropout, embedding_dropout
+from rnnlm.models.softmax import AdaptiveSoftmax, resolve_cutoffs
 from rnnlm.models.stack import State, build_stack, layer_sizes
 
 
@@ -38,7 +40,13 @@ class RNNLM(nn.Module):
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, config.embed_size)
         self.rnn = build_stack(config)
-        self.decoder = nn.Linear(layer_sizes(config)[-1], vocab_size)
+        top = layer_sizes(config)[-1]
+        self.decoder: nn.Linear | AdaptiveSoftmax
+        if config.softmax == "adaptive":  # Grave et al. 2017; config validation refuses tying it
+            self.decoder = AdaptiveSoftmax(top, vocab_size, resolve_cutoffs(config.cutoffs, vocab_size),
+                                           config.adaptive_div)
+        else:
+            self.decoder = nn.Linear(top, vocab_size)
         if config.tie_weights:  # Press & Wolf 2017; Inan et al. 2017
             self.decoder.weight = self.embedding.weight
         self.reset_parameters()
@@ -46,8 +54,11 @@ class RNNLM(nn.Module):
     def reset_parameters(self) -> None:
         c = self.config
         nn.init.uniform_(self.embedding.weight, -c.init_range, c.init_range)
-        nn.init.uniform_(self.decoder.weight, -c.init_range, c.init_range)
-        nn.init.zeros_(self.decoder.bias)
+        if isinstance(self.decoder, AdaptiveSoftmax):
+            self.decoder.reset_parameters(c.init_range)
+        else:
+            nn.init.uniform_(self.decoder.weight, -c.init_range, c.init_range)
+            nn.init.zeros_(self.decoder.bias)
         for stack in self.stacks():
             init_stack(stack, c)
 
@@ -62,14 +73,26 @@ class RNNLM(nn.Module):
         """Score `targets` (T, B) given `inputs` (T, B); PAD targets are not scored."""
         raw, state = self.rnn(self.embed(inputs), state)  # (T, B, H)
         hidden = self.drop_output(raw)
-        logits = self.decoder(hidden)  # (T, B, V)
-        nll = F.cross_entropy(logits.view(-1, self.vocab_size), targets.reshape(-1), ignore_index=PAD,
-                              reduction="sum")
+        nll = self.score(hidden, targets)
         out = LMOutput(nll, (targets != PAD).sum(), state)
         c = self.config
         if self.training and (c.activation_reg or c.temporal_reg):
             out.objective = nll / out.tokens + activation_penalty(raw, hidden, c.activation_reg, c.temporal_reg)
         return out
+
+    def score(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Summed negative log-likelihood of `targets` (T, B) given the top layer's output (T, B, H)."""
+        if isinstance(self.decoder, AdaptiveSoftmax):
+            return self.decoder.nll(hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1))
+        logits = self.decoder(hidden)  # (T, B, V)
+        return F.cross_entropy(logits.view(-1, self.vocab_size), targets.reshape(-1), ignore_index=PAD,
+                               reduction="sum")
+
+    def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (B, V) of the next token given the top layer's output (B, H)."""
+        if isinstance(self.decoder, AdaptiveSoftmax):
+            return self.decoder.log_prob(hidden)
+        return F.log_softmax(self.decoder(hidden).float(), dim=-1)
 
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:
         """Token ids (T, B) -> embeddings (T, B, E), with embedding and input dropout when training."""
@@ -91,8 +114,7 @@ class RNNLM(nn.Module):
     def prefill(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Read tokens (T, B); return log-probabilities (B, V) for the token after the last one."""
         hidden, state = self.encode(tokens, state)
-        logits = self.decoder(hidden[-1])  # (B, V)
-        return F.log_softmax(logits.float(), dim=-1), state
+        return self.log_probs(hidden[-1]), state
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weights are one parameter
