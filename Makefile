@@ -16,7 +16,7 @@ test:
 test-fast:
 	$(PYTHON) -m pytest -m "not slow"
 
-# The README demo: a character LSTM on tinyshakespeare, about 10 minutes on 2 CPU cores.
+# The README demo: a character LSTM on tinyshakespeare, 10-15 minutes on 2 CPU cores.
 train:
 	rnnlm train --config configs/shakespeare-char.yaml
 
