@@ -171,12 +171,16 @@ class Trainer:
             stats = self._train_step(inputs, targets)
             self.step += 1
             bar.update(1)
-            # every rank trains on as many tokens as this one: count the whole job's throughput
-            meter.add(targets.numel() * self.group.world_size, time.perf_counter() - tick)
             if stats is not None:
                 self._pending.append((self.step, stats))
-            if self.step % c.log_every == 0:
-                self._flush(meter.window(), bar)
+            log_point = self.step % c.log_every == 0
+            read = self._flush() if log_point else None  # a GPU's one wait per window: timed with its steps
+            # every rank trains on as many tokens as this one: count the whole job's throughput
+            meter.add(targets.numel() * self.group.world_size, time.perf_counter() - tick)
+            if log_point:
+                speed = meter.window()
+                if read is not None:
+                    self._log_train(read[0], speed, read[1], bar)
             if c.eval_every and self.step % c.eval_every == 0:
                 self._validate()
             if self._stop_requested(signals, agree=self.step % c.log_every == 0) or self._finished():
@@ -250,19 +254,19 @@ class Trainer:
         check before the update, so it always reads back."""
         return self.device.type != "cuda" or self.config.train.skip_nonfinite > 0
 
-    def _flush(self, speed: float | None = None, bar: tqdm | None = None) -> None:
-        """Read the losses and gradient norms of the steps since the last flush (one sync), stop at
-        a non-finite one, and log their mean. Runs before anything is saved, so no NaN is ever saved."""
+    def _flush(self) -> tuple[float, float] | None:
+        """Read the losses and gradient norms of the steps since the last flush (one sync) and stop at a
+        non-finite one; returns their mean loss and the last gradient norm (None if there were none).
+        Runs before anything is saved, so no NaN is ever saved."""
         if not self._pending:
-            return
+            return None
         steps = [step for step, _ in self._pending]
         values = torch.stack([stats for _, stats in self._pending]).tolist()
         self._pending.clear()
         for step, (loss, norm) in zip(steps, values):
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 self._non_finite("loss" if not math.isfinite(loss) else "gradient norm", step)
-        if speed is not None and bar is not None:
-            self._log_train(sum(v[0] for v in values) / len(values), speed, values[-1][1], bar)
+        return sum(v[0] for v in values) / len(values), values[-1][1]
 
     def _non_finite(self, what: str, step: int) -> None:
         """Skip the step (keeping weights and hidden state) while the configured allowance lasts, else stop."""
