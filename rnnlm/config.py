@@ -67,6 +67,9 @@ class ModelConfig:
     softmax: Literal["full", "adaptive"] = "full"
     # adaptive: ids where each tail cluster starts, increasing ([]: 2000, 10000, 50000, those below the vocabulary)
     cutoffs: tuple[int, ...] = ()
+    # full softmax: score this many rows (time steps x streams) of logits at a time, in training and
+    # evaluation, so the (bptt * batch, vocab) logits never exist whole (0: all at once)
+    loss_chunk: int = 0
     adaptive_div: float = 4.0  # adaptive: tail cluster k projects the hidden state to hidden / adaptive_div^k
 
     def dropouts(self) -> tuple[float, float, float]:
@@ -149,6 +152,7 @@ RESUMABLE_KEYS = frozenset(
         "train.log_every",
         "train.device",
         "train.precision",
+        "model.loss_chunk",
         "train.num_threads",
         "train.tensorboard",
         "train.dist_timeout",
@@ -412,6 +416,11 @@ def _check_adaptive(c: Config) -> list[str]:
         problems.append(f"model.cutoffs must be below tokenizer.vocab_size {t.vocab_size} (got {list(m.cutoffs)})")
     if not (m.adaptive_div >= 1.0 and math.isfinite(m.adaptive_div)):
         problems.append(f"model.adaptive_div must be at least 1 (got {m.adaptive_div})")
+    if m.loss_chunk < 0:
+        problems.append(f"model.loss_chunk must be 0 or more (got {m.loss_chunk})")
+    if m.loss_chunk and (m.softmax == "adaptive" or m.bidirectional):
+        problems.append("model.loss_chunk applies to the full softmax of a unidirectional model: set it to 0 "
+                        "with model.softmax adaptive or model.bidirectional")
     if m.softmax != "adaptive":
         return problems
     if t.kind != "word":  # the head must hold the frequent words: only word ids are sorted by frequency

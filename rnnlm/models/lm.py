@@ -17,7 +17,7 @@ from torch import nn
 from rnnlm.config import ModelConfig
 from rnnlm.data.batching import PAD
 from rnnlm.models.regularize import activation_penalty, dropout, embedding_dropout
-from rnnlm.models.softmax import AdaptiveSoftmax, resolve_cutoffs
+from rnnlm.models.softmax import AdaptiveSoftmax, chunked_cross_entropy, resolve_cutoffs
 from rnnlm.models.stack import State, build_stack, layer_sizes
 
 
@@ -84,6 +84,9 @@ class RNNLM(nn.Module):
         """Summed negative log-likelihood of `targets` (T, B) given the top layer's output (T, B, H)."""
         if isinstance(self.decoder, AdaptiveSoftmax):
             return self.decoder.nll(hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1))
+        if self.config.loss_chunk:  # never the whole (T * B, V) logits
+            return chunked_cross_entropy(hidden.reshape(-1, hidden.size(-1)), self.decoder, targets.reshape(-1),
+                                         self.config.loss_chunk)
         logits = self.decoder(hidden)  # (T, B, V)
         return F.cross_entropy(logits.view(-1, self.vocab_size), targets.reshape(-1), ignore_index=PAD,
                                reduction="sum")

@@ -80,3 +80,55 @@ class AdaptiveSoftmax(nn.Module):
 def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
     """In float32 at least, as the full softmax's loss: half precision would round the normaliser."""
     return F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of a linear decoder, `chunk` rows at a time: the (N, V) logits are never
+    held whole, in the forward pass or the backward one (which recomputes each chunk's logits).
+
+        forward:  z = h W^T + b,  nll = sum_i (logsumexp(z_i) - z_i[y_i])   (rows with y_i = PAD skipped)
+        backward: dz = g (softmax(z) - onehot(y)),  dh = dz W,  dW = dz^T h,  db = sum_i dz_i
+
+    The same loss and gradients as F.cross_entropy(F.linear(h, W, b), y, reduction="sum"), up to
+    the order of float additions. It runs in the weights' dtype, outside autocast.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
+                chunk: int) -> torch.Tensor:
+        hidden = hidden.to(weight.dtype)
+        total = torch.zeros((), dtype=weight.dtype, device=weight.device)
+        normalisers = []
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.size(0), chunk):
+                rows, wanted = hidden[start: start + chunk], targets[start: start + chunk]
+                logits = F.linear(rows, weight, bias)  # (chunk, V): the only logits that exist at a time
+                lse = logits.logsumexp(dim=-1)
+                picked = logits.gather(1, wanted.clamp(min=0).unsqueeze(1)).squeeze(1)
+                total += (lse - picked).masked_fill(wanted == PAD, 0.0).sum()
+                normalisers.append(lse)
+        ctx.save_for_backward(hidden, weight, bias, targets, torch.cat(normalisers))
+        ctx.chunk = chunk
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        hidden, weight, bias, targets, normalisers = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.size(0), ctx.chunk):
+                end = min(start + ctx.chunk, hidden.size(0))
+                rows, wanted = hidden[start:end], targets[start:end]
+                dlogits = (F.linear(rows, weight, bias) - normalisers[start:end, None]).exp_()  # softmax
+                dlogits.scatter_add_(1, wanted.clamp(min=0).unsqueeze(1), torch.full_like(dlogits[:, :1], -1.0))
+                dlogits.masked_fill_((wanted == PAD).unsqueeze(1), 0.0).mul_(grad)
+                grad_hidden[start:end] = dlogits @ weight
+                grad_weight.addmm_(dlogits.t(), rows)
+                grad_bias += dlogits.sum(dim=0)
+        return grad_hidden, grad_weight, grad_bias, None, None
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, decoder: nn.Linear, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Summed nll of `targets` (N,) under `decoder` applied to `hidden` (N, H), `chunk` rows at a time."""
+    return ChunkedCrossEntropy.apply(hidden, decoder.weight, decoder.bias, targets, chunk)
