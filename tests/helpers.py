@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from click.testing import CliRunner, Result
+
+from rnnlm.cli import cli
 from rnnlm.config import Config, load_config
 
 TINY_MODEL = ["model.embed_size=8", "model.hidden_size=16", "model.num_layers=1"]
@@ -15,3 +18,10 @@ def tiny_config(corpus: Path | str, *overrides: str) -> Config:
             "train.batch_size=4", "train.bptt=8", "train.epochs=0", "train.max_steps=6", "train.eval_batch_size=2",
             "train.log_every=1", "train.tensorboard=false", "train.device=cpu", "optim.lr=1.0"]
     return load_config(None, [*base, *overrides])
+
+
+def invoke(*args) -> Result:
+    """Run the real CLI in-process; no command may ever print a traceback."""
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result

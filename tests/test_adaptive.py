@@ -6,11 +6,9 @@ import sys
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from helpers import TINY_MODEL, tiny_config
+from helpers import TINY_MODEL, invoke, tiny_config
 from rnnlm.checkpoint import load_model
-from rnnlm.cli import cli
 from rnnlm.config import load_config
 from rnnlm.data.batching import PAD
 from rnnlm.errors import ConfigError
@@ -26,12 +24,6 @@ def adaptive_model(vocab=30, cutoffs="[5, 12]"):
     config = load_config(None, [*TINY_MODEL, "tokenizer.kind=word", "model.softmax=adaptive",
                                 f"model.cutoffs={cutoffs}", "model.init_range=0.5"])
     return build_model(vocab, config.model).double().eval()
-
-
-def invoke(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def train_cli(corpus, run_dir, *extra):

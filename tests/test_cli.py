@@ -5,19 +5,11 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
-from helpers import TINY_MODEL
-from rnnlm.cli import cli
+from helpers import TINY_MODEL, invoke
 
 TINY = [*TINY_MODEL, "train.batch_size=4", "train.bptt=8", "train.epochs=0", "train.max_steps=6",
         "train.tensorboard=false", "data.valid_fraction=0.1", "data.test_fraction=0.1"]
-
-
-def invoke(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def train(corpus, run_dir, *extra):
