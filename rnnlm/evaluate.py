@@ -86,6 +86,7 @@ def score_ids(model: RNNLM, ids: np.ndarray, *, boundary_id: int, batch_size: in
     was_training = model.training
     model.eval()
     sums: dict[str, list[torch.Tensor]] = {}
+    dtype = next(model.parameters()).dtype
     try:
         with torch.inference_mode(), autocast(torch.device(device), precision):
             state = model.init_state(min(batch_size, max(len(ids), 1)), device)
@@ -99,7 +100,7 @@ def score_ids(model: RNNLM, ids: np.ndarray, *, boundary_id: int, batch_size: in
                                                    torch.zeros((), dtype=torch.int64, device=device)])
                     total[0] += nll.double()
                     total[1] += count
-                state = out.state
+                state = tuple(s.to(dtype) for s in out.state)  # autocast may hand it back in bf16 / fp16
     finally:
         model.train(was_training)
     return {name: (float(nll), int(count)) for name, (nll, count) in sums.items()} or {"": (0.0, 0)}

@@ -124,6 +124,7 @@ class Trainer:
         self._last_eval_step = -1
         if saved:
             self._restore(saved)
+        self._start_step = self.step
         if g.is_main:
             dump_yaml(c, self.run_dir / "config.yaml")
         self.writer = open_writer(self.run_dir, c.train.tensorboard and g.is_main)
@@ -217,6 +218,10 @@ class Trainer:
         self.state = detach_state(self.state)  # truncated BPTT: keep the values, cut the graph
         with runtime.autocast(self.device, self.config.train.precision):
             out = self.network(inputs, targets, self.state)
+        if self.step == self._start_step and self.config.train.precision == "bf16" and \
+                any(s.dtype == torch.float16 for s in out.state):  # measured: cuDNN's LSTM, torch 2.11
+            self.log("warning: train.precision=bf16, but the recurrent kernel ran in fp16 (autocast hands its "
+                     "state back as float16), without loss scaling; train.precision=fp16 adds it")
         loss = out.nll.float() / out.tokens
         objective = out.training_objective().float()
         if self.config.train.loss_reduction == "sum_over_time":

@@ -97,3 +97,25 @@ def test_fp16_with_the_fused_kernels_on_a_cpu_is_refused(tiny_corpus, tmp_path):
     assert result.output.strip().splitlines()[-1].startswith("Error: train.precision=fp16 cannot run")
     assert "model.impl=reference" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_bf16_that_runs_as_fp16_is_reported_once(tiny_corpus, tmp_path, monkeypatch):
+    """On a GPU, cuDNN's LSTM under bf16 autocast returns fp16 (measured with torch 2.11): say so."""
+    from rnnlm.models.lm import RNNLM
+
+    original = RNNLM.forward
+    def as_fp16(self, inputs, targets, state):
+        out = original(self, inputs, targets, state)
+        out.state = tuple(s.half() for s in out.state)
+        return out
+    monkeypatch.setattr(RNNLM, "forward", as_fp16)
+    messages = []
+    trainer = Trainer(tiny_config(tiny_corpus, "train.precision=bf16"), tmp_path / "run", progress=False,
+                      log=messages.append)
+    try:
+        trainer.setup()
+        trainer.fit()
+    finally:
+        trainer.close()
+    warnings = [m for m in messages if "ran in fp16" in m]
+    assert len(warnings) == 1 and "train.precision=fp16 adds it" in warnings[0]
