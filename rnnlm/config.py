@@ -383,7 +383,7 @@ def _check_ranges(c: Config) -> list[str]:
          "model.nonlinearity sigmoid needs model.impl: reference (torch's fused nn.RNN offers tanh and relu only)")
     need(m.init_range > 0 and math.isfinite(m.init_range), f"model.init_range must be positive (got {m.init_range})")
     need(math.isfinite(m.forget_bias), f"model.forget_bias must be finite (got {m.forget_bias})")
-    problems.extend(_check_adaptive(c))
+    problems.extend(_check_output_layer(c))
     for key in ("batch_size", "bptt", "eval_batch_size", "log_every", "dist_timeout"):
         need(getattr(tr, key) >= 1, f"train.{key} must be at least 1 (got {getattr(tr, key)})")
     for key in ("epochs", "max_steps", "eval_every", "num_threads"):
@@ -405,9 +405,9 @@ def _check_ranges(c: Config) -> list[str]:
 
 
 
-def _check_adaptive(c: Config) -> list[str]:
-    """model.softmax adaptive: the settings it cannot work with. Cutoffs past the vocabulary are caught
-    here when tokenizer.vocab_size caps it, else when the model is built."""
+def _check_output_layer(c: Config) -> list[str]:
+    """model.loss_chunk and model.softmax adaptive: the settings they cannot work with. Cutoffs past the
+    vocabulary are caught here when tokenizer.vocab_size caps it, else when the model is built."""
     m, t = c.model, c.tokenizer
     problems = []
     if any(b <= a for a, b in zip(m.cutoffs, m.cutoffs[1:])) or any(cut < 1 for cut in m.cutoffs):

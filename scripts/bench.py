@@ -72,10 +72,11 @@ def synchronize(device: torch.device) -> None:
 class PlainLM(nn.Module):
     """pytorch/examples' RNNModel without dropout: embedding -> nn.LSTM -> linear decoder."""
 
-    def __init__(self, vocab_size: int, hidden_size: int, num_layers: int) -> None:
+    def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, embed_size: int | None = None) -> None:
         super().__init__()
-        self.encoder = nn.Embedding(vocab_size, hidden_size)
-        self.rnn = nn.LSTM(hidden_size, hidden_size, num_layers)
+        embed_size = embed_size or hidden_size
+        self.encoder = nn.Embedding(vocab_size, embed_size)
+        self.rnn = nn.LSTM(embed_size, hidden_size, num_layers)
         self.decoder = nn.Linear(hidden_size, vocab_size)
         nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
         nn.init.uniform_(self.decoder.weight, -0.1, 0.1)

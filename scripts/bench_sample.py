@@ -23,27 +23,14 @@ import sys
 import time
 
 import torch
-from torch import nn
 
-
-class PlainLM(nn.Module):
-    """pytorch/examples' RNNModel at inference: embedding -> nn.LSTM -> linear decoder."""
-
-    def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, num_layers: int) -> None:
-        super().__init__()
-        self.encoder = nn.Embedding(vocab_size, embed_size)
-        self.rnn = nn.LSTM(embed_size, hidden_size, num_layers)
-        self.decoder = nn.Linear(hidden_size, vocab_size)
-
-    def forward(self, inputs, hidden):
-        output, hidden = self.rnn(self.encoder(inputs), hidden)
-        return self.decoder(output), hidden
+from bench import PlainLM  # the plain side of scripts/bench.py (this folder is on the path when run)
 
 
 def plain_from(model) -> PlainLM:
     """The plain model holding exactly rnnlm's weights (the fused stack uses nn.LSTM's parameter names)."""
     c = model.config
-    plain = PlainLM(model.vocab_size, c.embed_size, c.hidden_size, c.num_layers)
+    plain = PlainLM(model.vocab_size, c.hidden_size, c.num_layers, embed_size=c.embed_size)
     state = {("encoder." + k[len("embedding."):] if k.startswith("embedding.") else k): v
              for k, v in model.state_dict().items()}
     plain.load_state_dict(state)
@@ -51,7 +38,7 @@ def plain_from(model) -> PlainLM:
 
 
 def plain_sample(plain: PlainLM, tokens: int, temperature: float, seed: int) -> float:
-    """The example's loop; returns seconds for `tokens` draws."""
+    """The example's loop; returns seconds for `tokens` draws (the model's logits: (1, V) per token)."""
     torch.manual_seed(seed)
     layers, hidden_size = plain.rnn.num_layers, plain.rnn.hidden_size
     hidden = (torch.zeros(layers, 1, hidden_size), torch.zeros(layers, 1, hidden_size))
