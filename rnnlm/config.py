@@ -70,6 +70,9 @@ class ModelConfig:
     # full softmax: score this many rows (time steps x streams) of logits at a time, in training and
     # evaluation, so the (bptt * batch, vocab) logits never exist whole (0: all at once)
     loss_chunk: int = 0
+    # full softmax, training on a CPU in fp32: logits, softmax and their gradient in one buffer kept from
+    # step to step, instead of four fresh (bptt * batch, vocab) tensors (false: torch's cross_entropy)
+    fused_loss: bool = True
     adaptive_div: float = 4.0  # adaptive: tail cluster k projects the hidden state to hidden / adaptive_div^k
 
     def dropouts(self) -> tuple[float, float, float]:
@@ -153,6 +156,7 @@ RESUMABLE_KEYS = frozenset(
         "train.device",
         "train.precision",
         "model.loss_chunk",
+        "model.fused_loss",
         "train.num_threads",
         "train.tensorboard",
         "train.dist_timeout",

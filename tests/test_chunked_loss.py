@@ -1,4 +1,5 @@
-"""model.loss_chunk: the full softmax's loss scored a few rows of logits at a time."""
+"""The full softmax's training loss without torch's four (N, V) tensors: model.loss_chunk (a few rows of
+logits at a time) and model.fused_loss (one buffer, kept between steps)."""
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from rnnlm.config import load_config
 from rnnlm.data.batching import PAD
 from rnnlm.errors import ConfigError
 from rnnlm.models.lm import RNNLM
-from rnnlm.models.softmax import chunked_cross_entropy
+from rnnlm.models.softmax import FusedCrossEntropy, Workspace, chunked_cross_entropy, fused_cross_entropy
 from rnnlm.train import Trainer
 
 
@@ -31,23 +32,68 @@ def test_chunked_loss_and_gradients_equal_the_plain_ones(dtype, tolerance, chunk
     assert not chunked_grads[0][[3, 17]].any()  # PAD rows get no gradient
 
 
-def test_a_tied_model_trains_the_same_with_chunks(tiny_corpus, tmp_path):
-    common = ["model.embed_size=16", "model.tie_weights=true", "train.max_steps=12", "optim.name=adam",
-              "optim.lr=0.01"]
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("rows,bias", [(16, True), (7, True), (1, False), (64, False)])
+def test_fused_loss_and_gradients_equal_the_plain_ones(dtype, tolerance, rows, bias, monkeypatch):
+    monkeypatch.setattr(FusedCrossEntropy, "ROWS", rows)  # softmax blocks: several, partial, one row, all
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(30, 12, dtype=dtype, generator=generator, requires_grad=True)
+    decoder = torch.nn.Linear(12, 50, bias=bias).to(dtype)
+    torch.nn.init.normal_(decoder.weight, std=2.0, generator=generator)  # peaked rows: logits far apart
+    targets = torch.randint(0, 50, (30,), generator=generator)
+    targets[[3, 17]] = PAD
+    parameters = [hidden, decoder.weight, *([decoder.bias] if bias else [])]
+    plain = F.cross_entropy(decoder(hidden), targets, ignore_index=PAD, reduction="sum")
+    plain_grads = torch.autograd.grad(plain * 0.5, parameters)
+    fused = fused_cross_entropy(hidden, decoder, targets, Workspace())
+    fused_grads = torch.autograd.grad(fused * 0.5, parameters)
+    torch.testing.assert_close(fused, plain, rtol=tolerance, atol=tolerance)
+    for a, b in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+    assert not fused_grads[0][[3, 17]].any()  # PAD rows get no gradient
+
+
+def test_the_fused_loss_reuses_its_buffer_but_never_shares_it_between_live_graphs():
+    generator = torch.Generator().manual_seed(1)
+    decoder = torch.nn.Linear(6, 40).double()
+    workspace = Workspace()
+    hiddens = [torch.randn(10, 6, dtype=torch.float64, generator=generator, requires_grad=True) for _ in range(2)]
+    targets = torch.randint(0, 40, (10,), generator=generator)
+    first = fused_cross_entropy(hiddens[0], decoder, targets, workspace)
+    second = fused_cross_entropy(hiddens[1], decoder, targets, workspace)  # before the first's backward
+    grads = [torch.autograd.grad(loss, hidden)[0] for loss, hidden in [(second, hiddens[1]), (first, hiddens[0])]]
+    for hidden, grad in zip(reversed(hiddens), grads):
+        plain = F.cross_entropy(decoder(hidden), targets, reduction="sum")
+        torch.testing.assert_close(grad, torch.autograd.grad(plain, hidden)[0], rtol=1e-12, atol=1e-12)
+    kept = workspace.buffer
+    assert kept is not None and kept.numel() == 10 * 40
+    again = fused_cross_entropy(hiddens[0][:4], decoder, targets[:4], workspace)  # fewer rows: the same memory
+    assert workspace.buffer is None  # taken while its graph lives
+    again.backward()
+    assert workspace.buffer is kept
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_model_trains_the_same_with_the_fused_loss_chunks_and_torch(tiny_corpus, tmp_path, tied):
+    common = ["model.embed_size=16", f"model.tie_weights={str(tied).lower()}", "train.max_steps=12",
+              "optim.name=adam", "optim.lr=0.01"]
     weights = []
-    for chunk in (0, 5):
-        trainer = Trainer(tiny_config(tiny_corpus, *common, f"model.loss_chunk={chunk}"), tmp_path / str(chunk),
-                          progress=False, log=lambda m: None)
+    for name, settings in {"torch": ["model.fused_loss=false"], "fused": [],
+                           "chunks": ["model.loss_chunk=5"]}.items():
+        trainer = Trainer(tiny_config(tiny_corpus, *common, *settings), tmp_path / name, progress=False,
+                          log=lambda m: None)
         try:
             trainer.setup()
             summary = trainer.fit()
         finally:
             trainer.close()
+        assert (trainer.model.workspace.buffer is not None) == (name == "fused")  # the path that ran
         weights.append([p.detach() for p in trainer.model.parameters()])
         assert summary.last_val is not None
         weights[-1].append(torch.tensor(summary.last_val.loss, dtype=torch.float64))  # evaluation chunks too
-    for a, b in zip(*weights):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for other in weights[1:]:
+        for a, b in zip(weights[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_chunked_eval_scores_like_the_plain_model():

@@ -17,7 +17,8 @@ from torch import nn
 from rnnlm.config import ModelConfig
 from rnnlm.data.batching import PAD
 from rnnlm.models.regularize import activation_penalty, dropout, embedding_dropout
-from rnnlm.models.softmax import AdaptiveSoftmax, chunked_cross_entropy, resolve_cutoffs
+from rnnlm.models.softmax import (AdaptiveSoftmax, Workspace, chunked_cross_entropy, fused_cross_entropy, log_softmax,
+                                  resolve_cutoffs)
 from rnnlm.models.stack import State, build_stack, layer_sizes
 
 
@@ -49,6 +50,7 @@ class RNNLM(nn.Module):
             self.decoder = nn.Linear(top, vocab_size)
         if config.tie_weights:  # Press & Wolf 2017; Inan et al. 2017
             self.decoder.weight = self.embedding.weight
+        self.workspace = Workspace()  # the fused loss's logits buffer, kept between training steps
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -87,6 +89,10 @@ class RNNLM(nn.Module):
         if self.config.loss_chunk:  # never the whole (T * B, V) logits
             return chunked_cross_entropy(hidden.reshape(-1, hidden.size(-1)), self.decoder, targets.reshape(-1),
                                          self.config.loss_chunk)
+        on_cpu_fp32 = hidden.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+        if self.config.fused_loss and hidden.requires_grad and on_cpu_fp32:  # training: one reused buffer
+            return fused_cross_entropy(hidden.reshape(-1, hidden.size(-1)), self.decoder, targets.reshape(-1),
+                                       self.workspace)
         logits = self.decoder(hidden)  # (T, B, V)
         return F.cross_entropy(logits.view(-1, self.vocab_size), targets.reshape(-1), ignore_index=PAD,
                                reduction="sum")
@@ -95,7 +101,7 @@ class RNNLM(nn.Module):
         """Log-probabilities (B, V) of the next token given the top layer's output (B, H)."""
         if isinstance(self.decoder, AdaptiveSoftmax):
             return self.decoder.log_prob(hidden)
-        return F.log_softmax(self.decoder(hidden).float(), dim=-1)
+        return log_softmax(self.decoder(hidden))  # float32 at least
 
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:
         """Token ids (T, B) -> embeddings (T, B, E), with embedding and input dropout when training."""

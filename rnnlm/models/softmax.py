@@ -59,25 +59,25 @@ class AdaptiveSoftmax(nn.Module):
         scored = targets != PAD
         cluster = torch.bucketize(targets, self.starts, right=True)  # (N,) 0: head, k: tail cluster k - 1
         head_index = torch.where(cluster == 0, targets, self.shortlist + cluster - 1).clamp(min=0)  # PAD -> 0
-        log_prob = _log_softmax(self.head(hidden)).gather(1, head_index.unsqueeze(1)).squeeze(1)  # (N,)
+        log_prob = log_softmax(self.head(hidden)).gather(1, head_index.unsqueeze(1)).squeeze(1)  # (N,)
         for k, tail in enumerate(self.tail):
             # only the targets in this cluster; with none, the tail still runs on zero rows, so its
             # parameters get (zero) gradients every step, as DistributedDataParallel expects
             rows = ((cluster == k + 1) & scored).nonzero().squeeze(1)
             within = (targets[rows] - self.bounds[k]).unsqueeze(1)
-            log_prob = log_prob.index_add(0, rows, _log_softmax(tail(hidden[rows])).gather(1, within).squeeze(1))
+            log_prob = log_prob.index_add(0, rows, log_softmax(tail(hidden[rows])).gather(1, within).squeeze(1))
         return -log_prob.masked_fill(~scored, 0.0).sum()
 
     def log_prob(self, hidden: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (N, V) of every word given `hidden` (N, H)."""
-        head = _log_softmax(self.head(hidden))  # (N, shortlist + clusters)
+        head = log_softmax(self.head(hidden))  # (N, shortlist + clusters)
         parts = [head[:, : self.shortlist]]
         for k, tail in enumerate(self.tail):
-            parts.append(_log_softmax(tail(hidden)) + head[:, self.shortlist + k: self.shortlist + k + 1])
+            parts.append(log_softmax(tail(hidden)) + head[:, self.shortlist + k: self.shortlist + k + 1])
         return torch.cat(parts, dim=1)
 
 
-def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+def log_softmax(logits: torch.Tensor) -> torch.Tensor:
     """In float32 at least, as the full softmax's loss: half precision would round the normaliser."""
     return F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
 
@@ -127,6 +127,94 @@ class ChunkedCrossEntropy(torch.autograd.Function):
                 grad_weight.addmm_(dlogits.t(), rows)
                 grad_bias += dlogits.sum(dim=0)
         return grad_hidden, grad_weight, grad_bias, None, None
+
+
+class Workspace:
+    """One (N, V) buffer that the fused loss writes its logits into, kept from step to step.
+
+    Allocating 93 MB of logits afresh each step (700 x 33,278 floats) costs more than filling it: a block
+    that size is mapped from the kernel page by page and zeroed, then unmapped when freed. The buffer is
+    taken by a forward pass and handed back by its backward pass; a second forward before that backward
+    (or a graph dropped without one) gets a new buffer, so two live graphs never share it."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+
+    def take(self, rows: int, columns: int, like: torch.Tensor) -> torch.Tensor:
+        buffer, self.buffer = self.buffer, None
+        if (buffer is None or buffer.numel() < rows * columns or buffer.dtype != like.dtype
+                or buffer.device != like.device):
+            buffer = torch.empty(rows * columns, dtype=like.dtype, device=like.device)
+        return buffer[: rows * columns].view(rows, columns)
+
+    def give_back(self, view: torch.Tensor) -> None:
+        base = view._base if view._base is not None else view
+        if self.buffer is None or base.numel() > self.buffer.numel():
+            self.buffer = base
+
+
+class FusedCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of a linear decoder with the logits, softmax and gradient in one buffer.
+
+        forward:  z = h W^T + b  (into the buffer),  p = softmax(z)  (in place, a few rows at a time),
+                  nll = sum_i (logsumexp(z_i) - z_i[y_i])   (rows with y_i = PAD skipped)
+        backward: p_i[y_i] -= 1  (in place),  dh = g p W,  dW = g p^T h,  db = g sum_i p_i
+
+    F.cross_entropy(F.linear(h, W, b), y) writes the (N, V) logits, their log-softmax, a zero-filled
+    gradient with one entry per row, and the logits' gradient: four (N, V) tensors and as many passes
+    through memory. Here there is one, reused across steps (Workspace), and the softmax runs on blocks
+    of rows small enough to stay in cache. The same loss and gradients, up to the order of float additions
+    (tests/test_chunked_loss.py). It runs in the weights' dtype, outside autocast.
+    """
+
+    ROWS = 16  # rows per softmax block: 16 x 33,278 floats = 2 MB, within the cache
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                workspace: Workspace) -> torch.Tensor:
+        hidden = hidden.to(weight.dtype)
+        rows = hidden.size(0)
+        probs = workspace.take(rows, weight.size(0), weight)
+        with torch.autocast(hidden.device.type, enabled=False):
+            if bias is None:
+                torch.mm(hidden, weight.t(), out=probs)
+            else:
+                torch.addmm(bias, hidden, weight.t(), out=probs)  # the logits, for now
+            wanted = targets.clamp(min=0)  # PAD -> 0, masked out below
+            picked = probs.gather(1, wanted.unsqueeze(1)).squeeze(1)
+            normalisers = torch.empty_like(picked)
+            for start in range(0, rows, FusedCrossEntropy.ROWS):
+                block = probs[start: start + FusedCrossEntropy.ROWS]
+                peak = block.amax(dim=1, keepdim=True)
+                total = block.sub_(peak).exp_().sum(dim=1, keepdim=True)
+                block.div_(total)  # softmax, in place of the logits
+                normalisers[start: start + FusedCrossEntropy.ROWS] = (peak + total.log()).squeeze(1)
+            scored = targets != PAD
+            nll = (normalisers - picked).masked_fill(~scored, 0.0).sum()
+        ctx.save_for_backward(hidden, weight, wanted, scored)
+        ctx.probs, ctx.workspace, ctx.has_bias = probs, workspace, bias is not None
+        return nll
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        hidden, weight, wanted, scored = ctx.saved_tensors
+        dlogits, ctx.probs = ctx.probs, None  # the softmax, turned into the gradient in place
+        with torch.autocast(hidden.device.type, enabled=False):
+            dlogits[torch.arange(dlogits.size(0), device=dlogits.device), wanted] -= 1.0
+            if not bool(scored.all()):
+                dlogits[~scored] = 0.0
+            grad_hidden = torch.mm(dlogits, weight).mul_(grad)  # the scale on the small (N, H) and (V, H)
+            grad_weight = torch.mm(dlogits.t(), hidden).mul_(grad)  # products, not on the (N, V) one
+            grad_bias = dlogits.sum(dim=0).mul_(grad) if ctx.has_bias else None
+        ctx.workspace.give_back(dlogits)
+        return grad_hidden, grad_weight, grad_bias, None, None
+
+
+def fused_cross_entropy(hidden: torch.Tensor, decoder: nn.Linear, targets: torch.Tensor,
+                        workspace: Workspace) -> torch.Tensor:
+    """Summed nll of `targets` (N,) under `decoder` applied to `hidden` (N, H), for training (see
+    FusedCrossEntropy)."""
+    return FusedCrossEntropy.apply(hidden, decoder.weight, decoder.bias, targets, workspace)
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, decoder: nn.Linear, targets: torch.Tensor, chunk: int) -> torch.Tensor:
