@@ -6,19 +6,24 @@ import functools
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.models.bidirectional import BidirectionalLM
 from rnnlm.models.lm import RNNLM
+from rnnlm.models.softmax import log_softmax
+from rnnlm.models.stack import State
 
 
 def generate(model: RNNLM, tokenizer: Tokenizer, *, prompt: str = "", length: int = 200, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, num_samples: int = 1, seed: int = 0,
-             device: torch.device | str = "cpu", on_text: Callable[[str], None] | None = None) -> list[str]:
+             device: torch.device | str = "cpu", on_text: Callable[[str], None] | None = None,
+             weights: torch.dtype | None = None) -> list[str]:
     """Continue `prompt` by `length` tokens, `num_samples` times in one batch; returns the full texts.
 
     The model first reads a line end and then the prompt, as evaluation conditions the first token.
     `on_text`, if given, receives the first sample's text piece by piece as it is generated.
+    `weights` torch.bfloat16 generates with a bf16 copy of the weights (half the bytes read per token).
     The same seed, device and settings give the same text.
     """
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -31,7 +36,7 @@ def generate(model: RNNLM, tokenizer: Tokenizer, *, prompt: str = "", length: in
     if on_text and prompt:
         on_text(prompt)
     pick = functools.partial(choose, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-    for drawn in _draw(model, model.prefill, model.step, context, num_samples, length, pick, device):
+    for drawn in _draw(model, model.prefill, OneStep(model, weights), context, num_samples, length, pick, device):
         for b, token in enumerate(drawn):
             texts[b].append(decoders[b](token))
         if on_text:
@@ -52,6 +57,74 @@ def _draw(model: RNNLM, prefill: Callable, step: Callable, context: list[int], n
             log_probs, state = step(chosen, state)
 
 
+class OneStep:
+    """model.step for generation, with one matrix product per layer and no fused-kernel call.
+
+    The fused recurrent kernels are built for sequences: called for one time step, oneDNN sets up its
+    primitive on every call, which costs a CPU several times the reading of the weights. Here each
+    layer is the lecture's equations (models/cells.py) on the layer's own weights, with W and U side by
+    side in one matrix so that [x_t, h_{t-1}] takes one product: the same numbers as model.step up to
+    float rounding (tests/test_sample.py). With `dtype` bfloat16 the matrices are a bf16 copy (half
+    the bytes read per token, bf16 biases too); the state and the softmax stay in the model's dtype.
+    """
+
+    def __init__(self, model: RNNLM, dtype: torch.dtype | None = None) -> None:
+        c = model.config
+        self.model, self.cell = model, c.cell
+        self.act = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}[c.nonlinearity]
+        params = dict(model.rnn.named_parameters())
+        self.exact = model.embedding.weight.dtype  # the state's and the softmax's (float32, or float64 in tests)
+        self.dtype = dtype or self.exact
+        self.layers = []
+        with torch.no_grad():
+            for k in range(c.num_layers):
+                w_ih, w_hh, b_ih, b_hh = (params[f"{name}_l{k}"] for name in ("weight_ih", "weight_hh", "bias_ih",
+                                                                             "bias_hh"))
+                if c.cell == "gru":  # r gates U h + b inside the new memory: the two products stay apart
+                    self.layers.append(tuple(map(self._cast, (w_ih.t(), w_hh.t(), b_ih, b_hh))))
+                else:  # W x + U h + b_W + b_U in one product over [x, h]
+                    self.layers.append((self._cast(torch.cat([w_ih, w_hh], dim=1).t()), self._cast(b_ih + b_hh)))
+            self.embedding = self._cast(model.embedding.weight)
+            decoder = model.decoder
+            full = isinstance(decoder, torch.nn.Linear)
+            self.decoder = (self._cast(decoder.weight.t()), self._cast(decoder.bias)) if full else None
+
+    def _cast(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.detach().to(self.dtype).contiguous()
+
+    def __call__(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """tokens (B,) -> log-probabilities (B, V) of the next token, and the new state (float32)."""
+        x, new, n = F.embedding(tokens, self.embedding), [], 2 if self.cell == "lstm" else 1
+        for k, layer in enumerate(self.layers):
+            layer_state = state[k * n:(k + 1) * n]
+            h = self._layer(x, layer_state, layer)
+            new.extend(h)
+            x = h[0].to(self.dtype)
+        if self.decoder is None:  # adaptive softmax: its own log-probabilities
+            return self.model.log_probs(new[-n]), tuple(new)
+        weight, bias = self.decoder
+        return log_softmax(torch.addmm(bias, x, weight)), tuple(new)
+
+    def _layer(self, x: torch.Tensor, state: State, layer: tuple[torch.Tensor, ...]) -> State:
+        h_prev = state[0]
+        if self.cell == "gru":
+            w, u, b, d = layer
+            r, z, n = torch.addmm(b, x, w).to(self.exact).chunk(3, dim=1)  # W x + b_W, gates r, z, n
+            r_u, z_u, n_u = torch.addmm(d, h_prev.to(self.dtype), u).to(self.exact).chunk(3, dim=1)  # U h + b_U
+            r, z = torch.sigmoid(r + r_u), torch.sigmoid(z + z_u)
+            new = torch.tanh(n + r * n_u)
+            return (new + z * (h_prev - new),)  # z h_{t-1} + (1 - z) h~
+        weight, bias = layer
+        gates = torch.addmm(bias, torch.cat([x, h_prev.to(self.dtype)], dim=1), weight).to(self.exact)
+        if self.cell != "lstm":
+            return (self.act(gates),)
+        size = h_prev.size(1)
+        candidate = gates[:, 2 * size: 3 * size].tanh()  # c~ (gate order i, f, g, o)
+        gates = gates.sigmoid_()
+        c = torch.addcmul(gates[:, size: 2 * size] * state[1], gates[:, :size], candidate)  # f c + i c~
+        return gates[:, 3 * size:] * c.tanh(), c  # h = o tanh(c)
+
+
 def choose(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: float,
            generator: torch.Generator) -> torch.Tensor:
     """Pick the next token per row of log_probs (B, V): argmax at temperature 0, else sample."""
@@ -68,8 +141,19 @@ def choose(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: float
     if top_p < 1.0:  # nucleus (Holtzman et al. 2020): the fewest tokens holding mass top_p
         before = probs.cumsum(dim=-1) - probs
         probs = probs.masked_fill(before >= top_p, 0.0)
-    picked = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,); needs no renormalising
+    picked = _inverse_cdf(probs, generator)
     return picked if candidates is None else candidates.gather(-1, picked.unsqueeze(-1)).squeeze(-1)
+
+
+def _inverse_cdf(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One id per row of `probs` (B, V), drawn with probability proportional to its entry (the rows need
+    not sum to 1): the first id whose running sum exceeds a uniform draw below the total. The same law as
+    torch.multinomial, which draws V exponential variates per row: a tenth of a millisecond per token at
+    10,000 words, as long as the rest of the step."""
+    running = probs.cumsum(dim=-1)
+    point = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=running.dtype)
+    point *= running[:, -1:]
+    return torch.searchsorted(running, point, right=True).clamp_(max=probs.size(-1) - 1).squeeze(-1)  # (B,)
 
 
 def _most_likely(probs: torch.Tensor, mass: float, first: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

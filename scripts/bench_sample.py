@@ -2,8 +2,9 @@
 
 The plain side is the generation loop of pytorch/examples' word_language_model: under no_grad, feed
 one token, take the decoder's logits, exponentiate them divided by the temperature, draw one id with
-torch.multinomial, feed it back. rnnlm's side is `generate` (inference_mode, the model's one-step
-function, its sampler), first with one sample, then with several drawn together as one batch.
+torch.multinomial, feed it back. rnnlm's side is `generate` (inference_mode, its one-step function
+`OneStep`, its sampler): one sample, one sample from bf16 weights, then several drawn together as one
+batch.
 
 Reading one token costs reading every weight of the recurrent stack and of the decoder once (the
 embedding contributes one row), so a single stream cannot beat memory bandwidth / those bytes; the
@@ -52,11 +53,13 @@ def plain_sample(plain: PlainLM, tokens: int, temperature: float, seed: int) -> 
     return time.perf_counter() - begin
 
 
-def rnnlm_sample(model, tokenizer, tokens: int, samples: int, temperature: float, seed: int) -> float:
+def rnnlm_sample(model, tokenizer, tokens: int, samples: int, temperature: float, seed: int,
+                 weights: torch.dtype | None = None) -> float:
     from rnnlm.sample import generate
 
     begin = time.perf_counter()
-    generate(model, tokenizer, length=tokens, temperature=temperature, num_samples=samples, seed=seed)
+    generate(model, tokenizer, length=tokens, temperature=temperature, num_samples=samples, seed=seed,
+             weights=weights)
     return time.perf_counter() - begin
 
 
@@ -109,6 +112,8 @@ def main() -> None:
     sides = {"plain (1 sample)": lambda seed: args.tokens / plain_sample(plain, args.tokens, args.temperature, seed),
              "rnnlm (1 sample)": lambda seed: args.tokens / rnnlm_sample(model, tokenizer, args.tokens, 1,
                                                                          args.temperature, seed),
+             "rnnlm bf16 (1 sample)": lambda seed: args.tokens / rnnlm_sample(
+                 model, tokenizer, args.tokens, 1, args.temperature, seed, torch.bfloat16),
              f"rnnlm ({args.batch} samples)": lambda seed: args.batch * args.tokens / rnnlm_sample(
                  model, tokenizer, args.tokens, args.batch, args.temperature, seed)}
     speeds: dict[str, list[float]] = {name: [] for name in sides}
@@ -132,8 +137,9 @@ def main() -> None:
           f"{bound:,.0f} tokens/s | {torch.get_num_threads()} threads")
     for name, speed in report["tokens_per_sec"].items():
         streams = args.batch if "samples" in name else 1
-        print(f"{name:<22}{speed:>10,.0f} tokens/s  {speed / baseline:5.2f}x plain  "
-              f"{speed / (bound * streams):6.1%} of its bandwidth bound")
+        halved = 2 if "bf16" in name else 1  # bf16 weights: half the bytes per step
+        print(f"{name:<24}{speed:>10,.0f} tokens/s  {speed / baseline:5.2f}x plain  "
+              f"{speed / (bound * streams * halved):6.1%} of its bandwidth bound")
 
 
 if __name__ == "__main__":

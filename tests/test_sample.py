@@ -5,8 +5,9 @@ import torch
 
 from rnnlm.config import load_config
 from rnnlm.data.tokenizers import CharTokenizer, WordVocabBuilder
+from rnnlm.models import build_model
 from rnnlm.models.lm import RNNLM
-from rnnlm.sample import choose, generate
+from rnnlm.sample import OneStep, choose, generate
 
 TEXT = "to be or not to be, that is the question\n"
 
@@ -104,3 +105,61 @@ def test_top_p_over_a_large_vocabulary_equals_sorting_it_all():
         best = order[0].item()
         share = probs[0].item() / probs[: len(nucleus)].sum().item()
         assert (picks == best).float().mean().item() == pytest.approx(share, abs=0.03)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.cell=lstm", "model.num_layers=2"],
+    ["model.cell=gru", "model.num_layers=2"],
+    ["model.cell=rnn", "model.nonlinearity=relu"],
+    ["model.cell=rnn", "model.nonlinearity=sigmoid", "model.impl=reference"],
+    ["model.cell=lstm", "model.num_layers=2", "model.output_size=8"],  # layer by layer, unequal sizes
+    ["model.cell=gru", "model.impl=reference"],
+    ["model.softmax=adaptive", "model.cutoffs=[10,20]", "tokenizer.kind=word"],
+    ["model.bidirectional=true", "model.num_layers=2"],  # its forward stack
+])
+def test_the_one_step_generator_computes_what_model_step_does(overrides):
+    torch.manual_seed(0)
+    config = load_config(None, ["model.hidden_size=16", "model.embed_size=8", *overrides]).model
+    model = build_model(30, config).double().eval()
+    fast = OneStep(model)
+    tokens = torch.tensor([3, 0, 29])
+    state = fast_state = tuple(torch.randn_like(s) for s in model.init_state(3))
+    with torch.inference_mode():
+        for _ in range(4):  # each feeding its own state and its own argmax back
+            expected, state = model.step(tokens, state)
+            log_probs, fast_state = fast(tokens, fast_state)
+            torch.testing.assert_close(log_probs, expected, rtol=1e-12, atol=1e-12)
+            for a, b in zip(fast_state, state):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+            tokens = expected.argmax(dim=-1)
+
+
+def test_bf16_weights_halve_the_bytes_and_stay_close_to_float32():
+    torch.manual_seed(0)
+    model = RNNLM(50, load_config(None, ["model.hidden_size=32", "model.num_layers=2"]).model).eval()
+    exact, half = OneStep(model), OneStep(model, torch.bfloat16)
+    assert half.embedding.dtype == half.layers[0][0].dtype == half.decoder[0].dtype == torch.bfloat16
+    tokens, state = torch.tensor([1, 7]), model.init_state(2)
+    half_state = state
+    with torch.inference_mode():
+        for _ in range(10):
+            expected, state = exact(tokens, state)
+            log_probs, half_state = half(tokens, half_state)
+            assert log_probs.dtype == half_state[0].dtype == torch.float32
+            assert (log_probs - expected).abs().max() < 0.05  # nats; bf16 keeps 8 bits of mantissa
+            tokens = expected.argmax(dim=-1)
+
+
+def test_bf16_sampling_draws_text(char_model):
+    model, tokenizer = char_model
+    text = generate(model, tokenizer, prompt="to ", length=40, seed=7, weights=torch.bfloat16)[0]
+    assert text.startswith("to ") and len(text) == 43
+
+
+def test_draws_follow_the_distribution_and_never_take_an_impossible_token():
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05, 0.0])
+    log_probs = probs.clamp(min=1e-30).log().expand(20_000, -1)  # 20,000 rows drawn at once
+    drawn = choose(log_probs, 1.0, 0, 1.0, torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(drawn, minlength=6).double() / 20_000
+    assert frequencies[1] == frequencies[5] == 0  # 1e-30: possible in principle, never in 20,000 draws
+    torch.testing.assert_close(frequencies, probs.double(), rtol=0, atol=0.012)  # ~4 standard errors
