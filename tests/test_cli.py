@@ -58,6 +58,15 @@ def test_several_samples_are_numbered(tiny_corpus, tmp_path):
     assert result.exit_code == 0 and "----- sample 2 -----" in result.output
 
 
+def test_sampling_from_bf16_weights(tiny_corpus, tmp_path):
+    train(tiny_corpus, tmp_path / "run")
+    result = invoke("sample", tmp_path / "run" / "last.pt", "--length", 30, "--seed", 1, "--precision", "bf16",
+                    "--prompt", "All:")
+    assert result.exit_code == 0 and result.output.startswith("All:") and len(result.output) == len("All:") + 30 + 1
+    refused = invoke("sample", tmp_path / "run" / "last.pt", "--precision", "fp16")
+    assert refused.exit_code == 2 and "'fp16' is not one of 'fp32', 'bf16'" in refused.output
+
+
 def test_unknown_key_exits_2_and_suggests(tiny_corpus, tmp_path):
     result = train(tiny_corpus, tmp_path / "run", "model.hiden_size=3")
     assert result.exit_code == 2
