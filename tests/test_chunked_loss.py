@@ -33,9 +33,9 @@ def test_chunked_loss_and_gradients_equal_the_plain_ones(dtype, tolerance, chunk
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-@pytest.mark.parametrize("rows,bias", [(16, True), (7, True), (1, False), (64, False)])
-def test_fused_loss_and_gradients_equal_the_plain_ones(dtype, tolerance, rows, bias, monkeypatch):
-    monkeypatch.setattr(FusedCrossEntropy, "ROWS", rows)  # softmax blocks: several, partial, one row, all
+@pytest.mark.parametrize("block,bias", [(800, True), (350, True), (1, False), (10**6, False)])
+def test_fused_loss_and_gradients_equal_the_plain_ones(dtype, tolerance, block, bias, monkeypatch):
+    monkeypatch.setattr(FusedCrossEntropy, "BLOCK", block)  # softmax blocks of 16, 7, 1 and all 30 rows of 50
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(30, 12, dtype=dtype, generator=generator, requires_grad=True)
     decoder = torch.nn.Linear(12, 50, bias=bias).to(dtype)
@@ -51,6 +51,27 @@ def test_fused_loss_and_gradients_equal_the_plain_ones(dtype, tolerance, rows, b
     for a, b in zip(fused_grads, plain_grads):
         torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
     assert not fused_grads[0][[3, 17]].any()  # PAD rows get no gradient
+
+
+def test_the_bf16_fused_loss_matches_autocast_and_keeps_its_buffer_in_bf16():
+    generator = torch.Generator().manual_seed(2)
+    decoder = torch.nn.Linear(32, 300)
+    targets = torch.randint(0, 300, (40,), generator=generator)
+    targets[5] = PAD
+    results = []
+    for fused in (True, False):
+        hidden = torch.randn(40, 32, generator=torch.Generator().manual_seed(3)).bfloat16().requires_grad_()
+        workspace = Workspace()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = (fused_cross_entropy(hidden, decoder, targets, workspace, torch.bfloat16) if fused else
+                    F.cross_entropy(decoder(hidden), targets, ignore_index=PAD, reduction="sum"))
+        grads = torch.autograd.grad(loss, [hidden, decoder.weight, decoder.bias])
+        assert loss.dtype == torch.float32 and [g.dtype for g in grads] == [torch.bfloat16] + 2 * [torch.float32]
+        results.append((loss, *grads))
+        if fused:
+            assert workspace.buffer is not None and workspace.buffer.dtype == torch.bfloat16
+    for a, b in zip(*results):  # the same bf16 products, rounded at different points
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-3)
 
 
 def test_the_fused_loss_reuses_its_buffer_but_never_shares_it_between_live_graphs():

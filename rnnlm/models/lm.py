@@ -89,10 +89,11 @@ class RNNLM(nn.Module):
         if self.config.loss_chunk:  # never the whole (T * B, V) logits
             return chunked_cross_entropy(hidden.reshape(-1, hidden.size(-1)), self.decoder, targets.reshape(-1),
                                          self.config.loss_chunk)
-        on_cpu_fp32 = hidden.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-        if self.config.fused_loss and hidden.requires_grad and on_cpu_fp32:  # training: one reused buffer
+        half = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        fusable = hidden.requires_grad and hidden.device.type == "cpu" and half in (None, torch.bfloat16)
+        if self.config.fused_loss and fusable:  # CPU training in fp32 or bf16 (fp16's overflows: GradScaler's)
             return fused_cross_entropy(hidden.reshape(-1, hidden.size(-1)), self.decoder, targets.reshape(-1),
-                                       self.workspace)
+                                       self.workspace, half)
         logits = self.decoder(hidden)  # (T, B, V)
         return F.cross_entropy(logits.view(-1, self.vocab_size), targets.reshape(-1), ignore_index=PAD,
                                reduction="sum")

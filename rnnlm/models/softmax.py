@@ -156,65 +156,77 @@ class Workspace:
 class FusedCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of a linear decoder with the logits, softmax and gradient in one buffer.
 
-        forward:  z = h W^T + b  (into the buffer),  p = softmax(z)  (in place, a few rows at a time),
-                  nll = sum_i (logsumexp(z_i) - z_i[y_i])   (rows with y_i = PAD skipped)
+        forward:  z = h W^T  (into the buffer),  then a few rows at a time, in cache: z += b,
+                  p = softmax(z) in place,  nll = sum_i (logsumexp(z_i) - z_i[y_i])  (y_i = PAD skipped)
         backward: p_i[y_i] -= 1  (in place),  dh = g p W,  dW = g p^T h,  db = g sum_i p_i
 
     F.cross_entropy(F.linear(h, W, b), y) writes the (N, V) logits, their log-softmax, a zero-filled
     gradient with one entry per row, and the logits' gradient: four (N, V) tensors and as many passes
-    through memory. Here there is one, reused across steps (Workspace), and the softmax runs on blocks
-    of rows small enough to stay in cache. The same loss and gradients, up to the order of float additions
-    (tests/test_chunked_loss.py). It runs in the weights' dtype, outside autocast.
+    through memory. Here there is one, reused across steps (Workspace). The same loss and gradients,
+    up to the order of float additions (tests/test_chunked_loss.py).
+
+    `dtype` is what the matrix products run in: the weights' own, or bfloat16 for a bf16 run, which
+    then holds the buffer in bf16 (half the bytes) and does the bias, softmax and normaliser of each
+    block in float32, as autocast's linear then cross_entropy would.
     """
 
-    ROWS = 16  # rows per softmax block: 16 x 33,278 floats = 2 MB, within the cache
+    BLOCK = 2**19  # floats per softmax block, 2 MB, within the cache: 15 rows of 33,278 words, 8,065 of 65 chars
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                workspace: Workspace) -> torch.Tensor:
-        hidden = hidden.to(weight.dtype)
+                workspace: Workspace, dtype: torch.dtype) -> torch.Tensor:
+        exact = torch.promote_types(weight.dtype, torch.float32)  # the softmax's: float32 at least
+        inputs, matrix = hidden.to(dtype), weight.to(dtype)
         rows = hidden.size(0)
-        probs = workspace.take(rows, weight.size(0), weight)
+        buffer = workspace.take(rows, weight.size(0), matrix)
         with torch.autocast(hidden.device.type, enabled=False):
-            if bias is None:
-                torch.mm(hidden, weight.t(), out=probs)
-            else:
-                torch.addmm(bias, hidden, weight.t(), out=probs)  # the logits, for now
+            torch.mm(inputs, matrix.t(), out=buffer)  # the logits, less the bias
             wanted = targets.clamp(min=0)  # PAD -> 0, masked out below
-            picked = probs.gather(1, wanted.unsqueeze(1)).squeeze(1)
-            normalisers = torch.empty_like(picked)
-            for start in range(0, rows, FusedCrossEntropy.ROWS):
-                block = probs[start: start + FusedCrossEntropy.ROWS]
+            picked, normalisers = (torch.empty(rows, dtype=exact, device=hidden.device) for _ in range(2))
+            step = max(1, FusedCrossEntropy.BLOCK // weight.size(0))
+            for start in range(0, rows, step):
+                end = min(start + step, rows)
+                stored = buffer[start:end]
+                block = stored.to(exact)  # the buffer itself when it is float32
+                if bias is not None:
+                    block += bias
+                picked[start:end] = block.gather(1, wanted[start:end, None]).squeeze(1)
                 peak = block.amax(dim=1, keepdim=True)
                 total = block.sub_(peak).exp_().sum(dim=1, keepdim=True)
                 block.div_(total)  # softmax, in place of the logits
-                normalisers[start: start + FusedCrossEntropy.ROWS] = (peak + total.log()).squeeze(1)
+                normalisers[start:end] = (peak + total.log()).squeeze(1)
+                if block is not stored:
+                    stored.copy_(block)
             scored = targets != PAD
             nll = (normalisers - picked).masked_fill(~scored, 0.0).sum()
-        ctx.save_for_backward(hidden, weight, wanted, scored)
-        ctx.probs, ctx.workspace, ctx.has_bias = probs, workspace, bias is not None
+        ctx.save_for_backward(inputs, matrix, wanted, scored)
+        ctx.probs, ctx.workspace = buffer, workspace
+        ctx.dtypes = hidden.dtype, weight.dtype, None if bias is None else bias.dtype
         return nll
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        hidden, weight, wanted, scored = ctx.saved_tensors
+        inputs, matrix, wanted, scored = ctx.saved_tensors
+        hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
         dlogits, ctx.probs = ctx.probs, None  # the softmax, turned into the gradient in place
-        with torch.autocast(hidden.device.type, enabled=False):
+        with torch.autocast(inputs.device.type, enabled=False):
             dlogits[torch.arange(dlogits.size(0), device=dlogits.device), wanted] -= 1.0
             if not bool(scored.all()):
                 dlogits[~scored] = 0.0
-            grad_hidden = torch.mm(dlogits, weight).mul_(grad)  # the scale on the small (N, H) and (V, H)
-            grad_weight = torch.mm(dlogits.t(), hidden).mul_(grad)  # products, not on the (N, V) one
-            grad_bias = dlogits.sum(dim=0).mul_(grad) if ctx.has_bias else None
+            # the scale g on the small (N, H) and (V, H) products, not on the (N, V) buffer
+            grad_hidden = torch.mm(dlogits, matrix).to(hidden_dtype).mul_(grad)
+            grad_weight = torch.mm(dlogits.t(), inputs).to(weight_dtype).mul_(grad)
+            grad_bias = None if bias_dtype is None else dlogits.sum(dim=0, dtype=bias_dtype).mul_(grad)
         ctx.workspace.give_back(dlogits)
-        return grad_hidden, grad_weight, grad_bias, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
-def fused_cross_entropy(hidden: torch.Tensor, decoder: nn.Linear, targets: torch.Tensor,
-                        workspace: Workspace) -> torch.Tensor:
-    """Summed nll of `targets` (N,) under `decoder` applied to `hidden` (N, H), for training (see
-    FusedCrossEntropy)."""
-    return FusedCrossEntropy.apply(hidden, decoder.weight, decoder.bias, targets, workspace)
+def fused_cross_entropy(hidden: torch.Tensor, decoder: nn.Linear, targets: torch.Tensor, workspace: Workspace,
+                        dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Summed nll of `targets` (N,) under `decoder` applied to `hidden` (N, H), for training, with the
+    matrix products in `dtype` (default: the decoder's); see FusedCrossEntropy."""
+    return FusedCrossEntropy.apply(hidden, decoder.weight, decoder.bias, targets, workspace,
+                                   dtype or decoder.weight.dtype)
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, decoder: nn.Linear, targets: torch.Tensor, chunk: int) -> torch.Tensor:
