@@ -93,7 +93,7 @@ class OneStep:
         return weight.detach().to(self.dtype).contiguous()
 
     def __call__(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """tokens (B,) -> log-probabilities (B, V) of the next token, and the new state (float32)."""
+        """tokens (B,) -> log-probabilities (B, V) of the next token, and the new state (in the model's dtype)."""
         x, new, n = F.embedding(tokens, self.embedding), [], 2 if self.cell == "lstm" else 1
         for k, layer in enumerate(self.layers):
             layer_state = state[k * n:(k + 1) * n]

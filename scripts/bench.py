@@ -224,12 +224,16 @@ def flops_per_token(spec: dict, vocab_size: int) -> float:
     return 3.0 * forward
 
 
-def synthetic_corpus(vocab_size: int, folder: Path, train_tokens: int = 400_000) -> None:
-    """A word corpus (train.txt, valid.txt) using exactly `vocab_size` ids: vocab_size - 2 words, <eos>, <unk>."""
+def synthetic_corpus(vocab_size: int, folder: Path, train_tokens: int = 400_000, zipf: bool = False) -> None:
+    """A word corpus (train.txt, valid.txt) using exactly `vocab_size` ids: vocab_size - 2 words, <eos>, <unk>.
+    Words are drawn uniformly, or with `zipf` by Zipf's law (the word of rank r with probability
+    proportional to 1 / r), as the words of real text are: the frequent ones then fill an adaptive
+    softmax's head as they would."""
     rng = np.random.default_rng(0)
     words = np.array([f"w{i}" for i in range(vocab_size - 2)])
+    law = 1.0 / np.arange(1, len(words) + 1) if zipf else np.ones(len(words))
     for name, count in (("train", max(train_tokens, 2 * len(words))), ("valid", 20_000)):
-        drawn = rng.integers(0, len(words), count)
+        drawn = rng.choice(len(words), size=count, p=law / law.sum())
         if name == "train":
             drawn[: len(words)] = rng.permutation(len(words))  # every word occurs in training
         lines = [" ".join(words[drawn[i: i + 20]]) for i in range(0, count, 20)]
@@ -339,6 +343,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="training steps per round (default: per preset)")
     parser.add_argument("--vocab-size", type=int, default=0,
                         help="word preset on a generated corpus with this many ids (e.g. 33278, as WikiText-2)")
+    parser.add_argument("--zipf", action="store_true",
+                        help="with --vocab-size: draw the words by Zipf's law, as in real text (default: uniformly)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an rnnlm config override for the rnnlm side only, e.g. train.precision=bf16 "
                              "(repeatable; the plain side stays the fp32 full-softmax loop)")
@@ -352,6 +358,8 @@ def main() -> None:
         parser.error("--rounds must be at least 1 and --steps 0 (the preset's) or more")
     if args.vocab_size and (args.vocab_size < 3 or args.preset == "char"):
         parser.error("--vocab-size needs the word preset and at least 3 ids")
+    if args.zipf and not args.vocab_size:
+        parser.error("--zipf needs --vocab-size")
     from rnnlm.errors import RnnlmError
     from rnnlm.runtime import resolve_device
 
@@ -366,9 +374,9 @@ def main() -> None:
         for name in names:
             spec = dict(PRESETS[name], overrides=args.set)
             if name == "word" and args.vocab_size:
-                synthetic_corpus(args.vocab_size, Path(scratch))
+                synthetic_corpus(args.vocab_size, Path(scratch), zipf=args.zipf)
                 spec.update(corpus=scratch, cache_dir=str(Path(scratch) / "cache"))
-                name = f"word-v{args.vocab_size}"
+                name = f"word-v{args.vocab_size}{'-zipf' if args.zipf else ''}"
             reports.append(run_preset(name, spec, args, device))
     peak = max(before, peak_matmul_flops(device))  # measured on both sides of the run: noise only lowers it
     machine = {"device": str(device), "name": device_name(device), "cpu_count": os.cpu_count(),

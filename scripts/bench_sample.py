@@ -7,11 +7,14 @@ torch.multinomial, feed it back. rnnlm's side is `generate` (inference_mode, its
 batch.
 
 Reading one token costs reading every weight of the recurrent stack and of the decoder once (the
-embedding contributes one row), so a single stream cannot beat memory bandwidth / those bytes; the
-script measures the read bandwidth of this machine (summing a 512 MB tensor) and prints the fraction
-of that bound each side reaches. A batch of samples reads the weights once per step for all of them.
+embedding contributes one row), so a single stream cannot beat read bandwidth / those bytes. The
+script measures the read bandwidth of this machine twice, summing a 512 MB tensor (memory) and a
+tensor the size of the weights (which the caches may hold: a 2x200 PTB model's 10.6 MB fit in a 32 MB
+L3), takes the higher as the bound and prints the fraction of it each side reaches. A batch of
+samples reads the weights once per step for all of them.
 
     RNNLM_DATA=/work/shared/corpora python scripts/bench_sample.py                 # PTB vocabulary
+    python scripts/bench_sample.py --vocab-size 33278                               # WikiText-2's size
     python scripts/bench_sample.py --checkpoint runs/ptb-small/best.pt --tokens 400
 """
 
@@ -63,15 +66,19 @@ def rnnlm_sample(model, tokenizer, tokens: int, samples: int, temperature: float
     return time.perf_counter() - begin
 
 
-def read_bandwidth(megabytes: int = 512, rounds: int = 5) -> float:
-    """Best bytes/s of summing a float32 tensor too large for any cache."""
-    data = torch.ones(megabytes * 2 ** 20 // 4)
+def read_bandwidth(megabytes: float = 512, rounds: int = 5) -> float:
+    """Best bytes/s of summing a float32 tensor of this size: 512 MB is too large for any cache (the
+    memory's bandwidth); the size of a model's weights is what one generation step reads (from the
+    caches, when they hold it)."""
+    data = torch.ones(int(megabytes * 2 ** 20) // 4)
     data.sum()
+    repeat = max(1, int(512 // megabytes))  # ~512 MB read per timing, however small the tensor
     best = 0.0
     for _ in range(rounds):
         tick = time.perf_counter()
-        data.sum()
-        best = max(best, data.numel() * 4 / (time.perf_counter() - tick))
+        for _ in range(repeat):
+            data.sum()
+        best = max(best, repeat * data.numel() * 4 / (time.perf_counter() - tick))
     return best
 
 
@@ -87,19 +94,30 @@ def load(args):
 
     config = load_config(None, ["data.corpus=ptb", "tokenizer.kind=word", "model.cell=lstm", "model.num_layers=2",
                                 "model.embed_size=200", "model.hidden_size=200", "model.dropout=0"])
-    tokenizer = load_corpus(config.data, config.tokenizer, splits=("valid",)).tokenizer
+    if args.vocab_size:  # made-up words w0, w1, ...: speed does not depend on which words they are
+        from rnnlm.data.tokenizers import WordVocabBuilder
+
+        builder = WordVocabBuilder()
+        builder.add(" ".join(f"w{i}" for i in range(args.vocab_size - 2)) + "\n")  # + <eos> and <unk>
+        tokenizer = builder.build()
+    else:
+        tokenizer = load_corpus(config.data, config.tokenizer, splits=("valid",)).tokenizer
     return build_model(tokenizer.vocab_size, config.model).eval(), tokenizer
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="an rnnlm word-LSTM checkpoint (default: a fresh 2x200 PTB model)")
+    parser.add_argument("--vocab-size", type=int, default=0,
+                        help="a fresh 2x200 model with this many words instead of PTB's (e.g. 33278, as WikiText-2)")
     parser.add_argument("--tokens", type=int, default=300, help="tokens per sample and round")
     parser.add_argument("--batch", type=int, default=16, help="samples drawn together in the batched rnnlm rounds")
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds per side, after one warm-up")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.checkpoint and args.vocab_size:
+        parser.error("--vocab-size makes a fresh model: give it or --checkpoint, not both")
     try:
         model, tokenizer = load(args)
     except Exception as exc:  # noqa: BLE001  (the rnnlm error says what is wrong; no traceback for a script user)
@@ -122,10 +140,12 @@ def main() -> None:
             speed = measure(index)
             if index:
                 speeds[name].append(speed)
-    bandwidth = read_bandwidth()
+    memory = read_bandwidth()
+    bandwidth = max(memory, read_bandwidth(weight_bytes / 2 ** 20))  # the weights may stay in the caches
     bound = bandwidth / weight_bytes  # tokens/s of one stream that only reads the weights
     report = {"vocab_size": model.vocab_size, "parameters": model.num_parameters(), "weight_bytes_per_step": weight_bytes,
-              "read_bandwidth_gb_s": bandwidth / 1e9, "one_stream_bound_tokens_per_sec": bound,
+              "read_bandwidth_gb_s": bandwidth / 1e9,
+              "memory_bandwidth_gb_s": memory / 1e9, "one_stream_bound_tokens_per_sec": bound,
               "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "tokens_per_sec": {name: statistics.median(values) for name, values in speeds.items()}}
     if args.json:
@@ -133,7 +153,8 @@ def main() -> None:
         return
     baseline = report["tokens_per_sec"]["plain (1 sample)"]
     print(f"vocabulary {model.vocab_size:,} | {model.num_parameters():,} parameters | {weight_bytes / 1e6:.1f} MB of "
-          f"weights read per step | read bandwidth {bandwidth / 1e9:.1f} GB/s | one-stream bound "
+          f"weights read per step | read bandwidth {bandwidth / 1e9:.1f} GB/s at that size ({memory / 1e9:.1f} from "
+          f"memory) | one-stream bound "
           f"{bound:,.0f} tokens/s | {torch.get_num_threads()} threads")
     for name, speed in report["tokens_per_sec"].items():
         streams = args.batch if "samples" in name else 1
