@@ -70,8 +70,9 @@ class ModelConfig:
     # full softmax: score this many rows (time steps x streams) of logits at a time, in training and
     # evaluation, so the (bptt * batch, vocab) logits never exist whole (0: all at once)
     loss_chunk: int = 0
-    # full softmax, training on a CPU in fp32: logits, softmax and their gradient in one buffer kept from
-    # step to step, instead of four fresh (bptt * batch, vocab) tensors (false: torch's cross_entropy)
+    # full softmax of a unidirectional model, training on a CPU in fp32 or bf16, with loss_chunk 0: logits,
+    # softmax and gradient in one buffer kept between steps, not four fresh (bptt * batch, vocab) tensors
+    # (false: torch's cross_entropy)
     fused_loss: bool = True
     adaptive_div: float = 4.0  # adaptive: tail cluster k projects the hidden state to hidden / adaptive_div^k
 

@@ -74,6 +74,19 @@ def test_the_bf16_fused_loss_matches_autocast_and_keeps_its_buffer_in_bf16():
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-3)
 
 
+def test_the_bf16_fused_loss_keeps_the_gradient_of_a_confident_prediction():
+    decoder = torch.nn.Linear(4, 10)
+    with torch.no_grad():
+        decoder.weight.zero_()
+        decoder.bias.zero_()
+        decoder.bias[3] = 9.0  # p(3) = e^9 / (e^9 + 9) = 0.99889: bf16 rounds it to 1
+    hidden = torch.zeros(1, 4, dtype=torch.bfloat16)
+    loss = fused_cross_entropy(hidden, decoder, torch.tensor([3]), Workspace(), torch.bfloat16)
+    (grad_bias,) = torch.autograd.grad(loss, [decoder.bias])
+    exact = torch.softmax(decoder.bias.detach().double(), dim=0)[3] - 1  # -0.00111
+    assert grad_bias[3].item() == pytest.approx(exact.item(), rel=0.01)
+
+
 def test_the_fused_loss_reuses_its_buffer_but_never_shares_it_between_live_graphs():
     generator = torch.Generator().manual_seed(1)
     decoder = torch.nn.Linear(6, 40).double()

@@ -158,7 +158,7 @@ class FusedCrossEntropy(torch.autograd.Function):
 
         forward:  z = h W^T  (into the buffer),  then a few rows at a time, in cache: z += b,
                   p = softmax(z) in place,  nll = sum_i (logsumexp(z_i) - z_i[y_i])  (y_i = PAD skipped)
-        backward: p_i[y_i] -= 1  (in place),  dh = g p W,  dW = g p^T h,  db = g sum_i p_i
+        backward: p_i[y_i] - 1 in place of p_i[y_i],  dh = g p W,  dW = g p^T h,  db = g sum_i p_i
 
     F.cross_entropy(F.linear(h, W, b), y) writes the (N, V) logits, their log-softmax, a zero-filled
     gradient with one entry per row, and the logits' gradient: four (N, V) tensors and as many passes
@@ -199,18 +199,24 @@ class FusedCrossEntropy(torch.autograd.Function):
                     stored.copy_(block)
             scored = targets != PAD
             nll = (normalisers - picked).masked_fill(~scored, 0.0).sum()
-        ctx.save_for_backward(inputs, matrix, wanted, scored)
+            target_probs = (picked - normalisers).exp_()  # p_i[y_i] at the softmax's precision, for backward
+        ctx.save_for_backward(inputs, matrix, wanted, scored, target_probs)
         ctx.probs, ctx.workspace = buffer, workspace
         ctx.dtypes = hidden.dtype, weight.dtype, None if bias is None else bias.dtype
         return nll
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        inputs, matrix, wanted, scored = ctx.saved_tensors
+        inputs, matrix, wanted, scored, target_probs = ctx.saved_tensors
         hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
         dlogits, ctx.probs = ctx.probs, None  # the softmax, turned into the gradient in place
+        if dlogits is None:
+            raise RuntimeError("the fused loss's buffer supports one backward pass per forward pass: set "
+                               "model.fused_loss=false to backpropagate through it twice")
         with torch.autocast(inputs.device.type, enabled=False):
-            dlogits[torch.arange(dlogits.size(0), device=dlogits.device), wanted] -= 1.0
+            # p - 1 at each target, rounded once: in a bf16 buffer, p rounded first and then p - 1 would lose
+            # the gradient of every confident prediction (bf16 steps by 2^-8 just below 1)
+            dlogits[torch.arange(dlogits.size(0), device=dlogits.device), wanted] = (target_probs - 1).to(dlogits.dtype)
             if not bool(scored.all()):
                 dlogits[~scored] = 0.0
             # the scale g on the small (N, H) and (V, H) products, not on the (N, V) buffer
