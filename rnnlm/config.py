@@ -409,7 +409,6 @@ def _check_ranges(c: Config) -> list[str]:
     return problems
 
 
-
 def _check_output_layer(c: Config) -> list[str]:
     """model.loss_chunk and model.softmax adaptive: the settings they cannot work with. Cutoffs past the
     vocabulary are caught here when tokenizer.vocab_size caps it, else when the model is built."""

@@ -87,11 +87,34 @@ class PlainLM(nn.Module):
         return self.decoder(output).view(-1, self.decoder.out_features), hidden  # (T*B, V)
 
 
+def columns(ids: torch.Tensor, batch: int) -> torch.Tensor:
+    """(T, batch): column j holds the j-th of `batch` equal slices of the stream."""
+    return ids[: len(ids) // batch * batch].view(batch, -1).t().contiguous()
+
+
+def plain_step(model: PlainLM, criterion: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, hidden: tuple,
+               lr: float, clip: float, scale: float = 1.0) -> tuple[torch.Tensor, tuple]:
+    """One SGD step of pytorch/examples' loop on one window: (the loss, not read back; the new state).
+    `scale` multiplies the mean loss, e.g. by the window's length to sum it over time."""
+    # the columns are continuous text, so the state carries over; detaching stops backprop at the window
+    hidden = tuple(h.detach() for h in hidden)
+    model.zero_grad()
+    output, hidden = model(inputs, hidden)
+    loss = criterion(output, targets)
+    if scale != 1.0:
+        loss = loss * scale
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), clip)  # keeps one exploding window from wrecking the weights
+    for p in model.parameters():
+        p.data.add_(p.grad, alpha=-lr)
+    return loss, hidden
+
+
 def plain_round(spec: dict, ids: torch.Tensor, vocab_size: int, steps: int, device: torch.device) -> dict:
     """Setup (untimed), then `steps` SGD steps over BPTT windows from the start of the stream (timed)."""
     B, bptt, lr = spec["batch"], spec["bptt"], spec["lr"]
     torch.manual_seed(1234)
-    data = ids[: len(ids) // B * B].to(device).view(B, -1).t().contiguous()  # (T, B): column j = j-th slice
+    data = columns(ids, B).to(device)
     model = PlainLM(vocab_size, spec["hidden"], spec["layers"]).to(device)
     criterion = nn.CrossEntropyLoss()
     starts = range(0, data.size(0) - 1, bptt)
@@ -104,15 +127,7 @@ def plain_round(spec: dict, ids: torch.Tensor, vocab_size: int, steps: int, devi
             hidden = (torch.zeros(shape, device=device), torch.zeros(shape, device=device))
         length = min(bptt, data.size(0) - 1 - i)
         inputs, targets = data[i: i + length], data[i + 1: i + 1 + length].reshape(-1)
-        # the columns are continuous text, so the state carries over; detaching stops backprop at the window
-        hidden = tuple(h.detach() for h in hidden)
-        model.zero_grad()
-        output, hidden = model(inputs, hidden)
-        loss = criterion(output, targets)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), CLIP)  # keeps one exploding window from wrecking the weights
-        for p in model.parameters():
-            p.data.add_(p.grad, alpha=-lr)
+        loss, hidden = plain_step(model, criterion, inputs, targets, hidden, lr, CLIP)
         tokens += targets.numel()
         if (step + 1) % LOG_INTERVAL == 0:
             loss.item()

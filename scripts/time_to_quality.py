@@ -31,17 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import PlainLM  # the plain side of scripts/bench.py (this folder is on the path when run)
+from bench import PlainLM, columns, plain_step  # scripts/bench.py's plain side (this folder is on the path)
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 120.7  # Zaremba et al. 2014, Table 1, small non-regularized LSTM: validation perplexity
 BATCH, BPTT, LAYERS, HIDDEN = 20, 20, 2, 200
-
-
-def columns(ids, batch: int) -> torch.Tensor:
-    """(T, batch): column j holds the j-th of `batch` equal slices of the stream."""
-    ids = torch.from_numpy(np.asarray(ids, dtype=np.int64))
-    return ids[: len(ids) // batch * batch].view(batch, -1).t().contiguous()
 
 
 def plain_perplexity(model: PlainLM, data: torch.Tensor) -> float:
@@ -67,7 +61,8 @@ def run_plain(epochs: int) -> dict:
 
     config = load_config(ROOT / "configs" / "ptb-small.yaml")
     corpus = load_corpus(config.data, config.tokenizer)
-    train, valid, test = (columns(corpus.splits[name].ids, BATCH) for name in ("train", "valid", "test"))
+    train, valid, test = (columns(torch.from_numpy(np.asarray(corpus.splits[name].ids, dtype=np.int64)), BATCH)
+                          for name in ("train", "valid", "test"))
     torch.manual_seed(1234)
     model = PlainLM(corpus.tokenizer.vocab_size, HIDDEN, LAYERS)
     for p in model.parameters():
@@ -81,14 +76,8 @@ def run_plain(epochs: int) -> dict:
         hidden = (torch.zeros(shape), torch.zeros(shape))
         for i in range(0, train.size(0) - 1, BPTT):
             length = min(BPTT, train.size(0) - 1 - i)
-            hidden = tuple(h.detach() for h in hidden)
-            model.zero_grad()
-            output, hidden = model(train[i: i + length], hidden)
-            loss = criterion(output, train[i + 1: i + 1 + length].reshape(-1)) * length  # summed over time
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            for p in model.parameters():
-                p.data.add_(p.grad, alpha=-lr)
+            _, hidden = plain_step(model, criterion, train[i: i + length], train[i + 1: i + 1 + length].reshape(-1),
+                                   hidden, lr, clip=5.0, scale=length)  # the loss summed over time
         perplexity = plain_perplexity(model, valid)
         curve.append({"epoch": epoch, "seconds": time.perf_counter() - begin, "val_ppl": perplexity})
         print(json.dumps(curve[-1]), file=sys.stderr)

@@ -84,19 +84,16 @@ class RNNLM(nn.Module):
 
     def score(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed negative log-likelihood of `targets` (T, B) given the top layer's output (T, B, H)."""
+        hidden, targets = hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1)  # (T * B, H), (T * B,)
         if isinstance(self.decoder, AdaptiveSoftmax):
-            return self.decoder.nll(hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1))
+            return self.decoder.nll(hidden, targets)
         if self.config.loss_chunk:  # never the whole (T * B, V) logits
-            return chunked_cross_entropy(hidden.reshape(-1, hidden.size(-1)), self.decoder, targets.reshape(-1),
-                                         self.config.loss_chunk)
+            return chunked_cross_entropy(hidden, self.decoder, targets, self.config.loss_chunk)
         half = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
         fusable = hidden.requires_grad and hidden.device.type == "cpu" and half in (None, torch.bfloat16)
         if self.config.fused_loss and fusable:  # CPU training in fp32 or bf16 (fp16's overflows: GradScaler's)
-            return fused_cross_entropy(hidden.reshape(-1, hidden.size(-1)), self.decoder, targets.reshape(-1),
-                                       self.workspace, half)
-        logits = self.decoder(hidden)  # (T, B, V)
-        return F.cross_entropy(logits.view(-1, self.vocab_size), targets.reshape(-1), ignore_index=PAD,
-                               reduction="sum")
+            return fused_cross_entropy(hidden, self.decoder, targets, self.workspace, half)
+        return F.cross_entropy(self.decoder(hidden), targets, ignore_index=PAD, reduction="sum")
 
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (B, V) of the next token given the top layer's output (B, H)."""
