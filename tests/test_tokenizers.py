@@ -161,8 +161,7 @@ def test_word_vocab_size_cap_keeps_most_frequent_plus_specials() -> None:
     text = "a a a a a b b b b c c c d d e\n" * 2  # a 10, b 8, c 6, d 4, <eos> 2, e 2
     tokenizer = word_tokenizer(text, vocab_size=4)
     assert tokenizer.vocab_size == 4
-    assert sorted(tokenizer.words) == sorted(["a", "b", EOS, UNK])
-    assert tokenizer.words == ["a", "b", EOS, UNK]
+    assert tokenizer.words == [UNK, "a", "b", EOS]  # <unk> stands for c, d and e: 12, the most frequent
     ids = tokenizer.encode("a b c d e\n").tolist()
     unk = tokenizer.unk_id
     assert ids == [tokenizer.words.index("a"), tokenizer.words.index("b"), unk, unk, unk, tokenizer.boundary_id]
@@ -175,6 +174,17 @@ def test_word_vocab_size_cap_counts_a_literal_unk_in_the_corpus_once() -> None:
     tokenizer = word_tokenizer(text, vocab_size=3)
     assert tokenizer.words == [UNK, "a", EOS]
     assert tokenizer.encode("b\n").tolist() == [tokenizer.unk_id, tokenizer.boundary_id]
+
+
+def test_unk_is_ranked_by_the_words_it_replaces() -> None:
+    # 3,000 distinct words seen once each, capped at 1,000: <unk> replaces 2,002 tokens and ranks first,
+    # where the adaptive softmax gives it the head's full width rather than the rarest cluster's
+    text = " ".join(f"w{i:04d}" for i in range(3000)) + "\n" + "the " * 50 + "\n"
+    tokenizer = word_tokenizer(text, vocab_size=1000)
+    assert tokenizer.words[:2] == [UNK, "the"]
+    assert tokenizer.words[2] == EOS  # seen twice, then the 997 kept singletons by spelling
+    assert tokenizer.words[3:] == [f"w{i:04d}" for i in range(997)]
+    assert (tokenizer.encode(text) == tokenizer.unk_id).sum() == 3000 - 997
 
 
 def test_word_vocab_size_cap_larger_than_vocab_changes_nothing() -> None:

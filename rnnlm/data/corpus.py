@@ -35,7 +35,7 @@ CACHE_VERSION = 1
 _SETTINGS = {"char": ("kind",), "word": ("kind", "vocab_size", "min_count"),
              "bpe": ("kind", "vocab_size", "character_coverage", "sample_bytes")}
 _SETTINGS["unigram"] = _SETTINGS["bpe"]
-TOKENIZER_CACHE_VERSION = 1  # raise it when tokenizers are built differently, so older cached ones are not used
+TOKENIZER_CACHE_VERSION = 2  # raise it when tokenizers are built differently, so older cached ones are not used
 
 
 @dataclass(frozen=True)

@@ -223,14 +223,20 @@ class WordVocabBuilder:
             self.counts.update(line.split())
 
     def build(self) -> WordTokenizer:
-        ranked = sorted(self.counts.items(), key=lambda item: (-item[1], item[0]))
-        words = [w for w, n in ranked if n >= self.min_count or w in (EOS, UNK)]
-        if UNK not in words:
-            words.append(UNK)
-        if self.vocab_size and len(words) > max(self.vocab_size, 2):
-            kept = set([w for w in words if w not in (EOS, UNK)][: self.vocab_size - 2])
-            words = [w for w in words if w in kept or w in (EOS, UNK)]
-        return WordTokenizer(words)
+        """The kept words, `<eos>` and `<unk>`, ranked by count. `<unk>` counts every word it stands for:
+        with a capped vocabulary it is often among the most frequent tokens, and its rank matters to
+        the adaptive softmax, which gives the rarest ids the fewest dimensions."""
+        kept = [w for w, n in sorted(self.counts.items(), key=_by_count) if n >= self.min_count and w not in (EOS, UNK)]
+        if self.vocab_size:
+            kept = kept[: max(self.vocab_size - 2, 0)]
+        unk = sum(self.counts.values()) - self.counts[EOS] - sum(self.counts[w] for w in kept)
+        ranked = sorted([(w, self.counts[w]) for w in kept] + [(EOS, self.counts[EOS]), (UNK, unk)], key=_by_count)
+        return WordTokenizer([w for w, _ in ranked])
+
+
+def _by_count(item: tuple[str, int]) -> tuple[int, str]:
+    """Most frequent first, ties by spelling."""
+    return -item[1], item[0]
 
 
 def vocab_builder(kind: str, vocab_size: int = 0, min_count: int = 1,
