@@ -60,6 +60,18 @@ def test_a_cluster_without_targets_gets_zero_gradients_not_none():
     assert model.decoder.head.weight.grad.any()
 
 
+def test_projections_start_orthonormal_and_output_layers_uniform():
+    torch.manual_seed(0)
+    decoder = AdaptiveSoftmax(64, 400, [100, 200], div_value=2.0)  # projections 64 -> 32 and 64 -> 16
+    decoder.reset_parameters(0.1)
+    for cluster, width in zip(decoder.tail, (32, 16)):
+        projection = cluster[0].weight
+        assert projection.shape == (width, 64)
+        assert torch.allclose(projection @ projection.T, torch.eye(width), atol=1e-5)  # keeps h's scale
+        assert cluster[1].weight.abs().max() <= 0.1 and not cluster[1].bias.any()
+    assert decoder.head.weight.abs().max() <= 0.1 and not decoder.head.bias.any()
+
+
 def test_cutoffs_default_to_the_vocabulary_and_must_fit_it():
     assert resolve_cutoffs((), 33278) == [2000, 10000]
     assert resolve_cutoffs((), 10000) == [2000]

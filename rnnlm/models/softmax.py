@@ -48,11 +48,15 @@ class AdaptiveSoftmax(nn.Module):
         self.register_buffer("starts", torch.tensor(cutoffs, dtype=torch.long), persistent=False)
 
     def reset_parameters(self, init_range: float) -> None:
-        """Every weight ~ U(-init_range, init_range), biases zero, as the full decoder."""
-        for module in [self.head, *(layer for cluster in self.tail for layer in cluster)]:
+        """Output weights ~ U(-init_range, init_range) and biases zero, as the full decoder's; each
+        cluster's projection with orthonormal rows, so it passes on the hidden state's scale. (Drawn from
+        U(-0.1, 0.1) it shrinks it about fourfold, and the cluster learns its words more slowly: PTB
+        validation perplexity 201.65 against 194.81 after one epoch; docs/benchmarks.md.)"""
+        for module in [self.head, *(cluster[1] for cluster in self.tail)]:
             nn.init.uniform_(module.weight, -init_range, init_range)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+            nn.init.zeros_(module.bias)
+        for cluster in self.tail:
+            nn.init.orthogonal_(cluster[0].weight)
 
     def nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed negative log-likelihood of `targets` (N,) given `hidden` (N, H); PAD targets are not scored."""
