@@ -75,6 +75,9 @@ class ModelConfig:
     # (false: torch's cross_entropy)
     fused_loss: bool = True
     adaptive_div: float = 4.0  # adaptive: tail cluster k projects the hidden state to hidden / adaptive_div^k
+    # adaptive: the head's cluster entries learn at this fraction of the learning rate (their gradient is
+    # scaled): each carries a whole cluster's probability, and at the full rate SGD overshoots it (1: unscaled)
+    adaptive_cluster_grad: float = 0.1
 
     def dropouts(self) -> tuple[float, float, float]:
         """Dropout on the input, between layers and on the output, model.dropout filling the unset ones."""
@@ -420,6 +423,8 @@ def _check_output_layer(c: Config) -> list[str]:
         problems.append(f"model.cutoffs must be below tokenizer.vocab_size {t.vocab_size} (got {list(m.cutoffs)})")
     if not (m.adaptive_div >= 1.0 and math.isfinite(m.adaptive_div)):
         problems.append(f"model.adaptive_div must be at least 1 (got {m.adaptive_div})")
+    if not 0.0 < m.adaptive_cluster_grad <= 1.0:
+        problems.append(f"model.adaptive_cluster_grad must be above 0 and at most 1 (got {m.adaptive_cluster_grad})")
     if m.loss_chunk < 0:
         problems.append(f"model.loss_chunk must be 0 or more (got {m.loss_chunk})")
     if m.loss_chunk and (m.softmax == "adaptive" or m.bidirectional):

@@ -72,6 +72,32 @@ def test_projections_start_orthonormal_and_output_layers_uniform():
     assert decoder.head.weight.abs().max() <= 0.1 and not decoder.head.bias.any()
 
 
+def test_cluster_rows_learn_at_cluster_grad_and_nothing_else_changes():
+    torch.manual_seed(0)
+    hidden = torch.randn(40, 16, dtype=torch.float64)
+    targets = torch.randint(0, 60, (40,), generator=torch.Generator().manual_seed(2))
+    targets[:3] = torch.tensor([25, 45, 59])  # both clusters have targets
+    grads, values = [], []
+    for scale in (1.0, 0.1):
+        torch.manual_seed(1)
+        decoder = AdaptiveSoftmax(16, 60, [20, 40], div_value=2.0, cluster_grad=scale).double()
+        decoder.reset_parameters(0.3)
+        h = hidden.clone().requires_grad_()
+        nll = decoder.nll(h, targets)
+        nll.backward()
+        values.append((nll.detach(), decoder.log_prob(hidden).detach()))
+        grads.append({"hidden": h.grad, **{name: p.grad for name, p in decoder.named_parameters()}})
+    assert torch.equal(values[0][0], values[1][0]) and torch.equal(values[0][1], values[1][1])  # same forward
+    plain, scaled = grads
+    for name in ("head.weight", "head.bias"):
+        assert torch.equal(scaled[name][:20], plain[name][:20])  # the head's words: untouched
+        assert torch.allclose(scaled[name][20:], 0.1 * plain[name][20:], rtol=1e-15, atol=0)  # its 2 clusters
+        assert plain[name][20:].abs().min() > 0
+    for name in plain:
+        if not name.startswith("head."):
+            assert torch.equal(scaled[name], plain[name]), name  # hidden state and tail clusters: untouched
+
+
 def test_cutoffs_default_to_the_vocabulary_and_must_fit_it():
     assert resolve_cutoffs((), 33278) == [2000, 10000]
     assert resolve_cutoffs((), 10000) == [2000]
@@ -138,8 +164,10 @@ def test_eval_is_exact_and_sample_works_from_an_adaptive_checkpoint(tiny_corpus,
     (["tokenizer.vocab_size=10"], "model.cutoffs must be below tokenizer.vocab_size 10 (got [4, 12])"),
     (["model.cutoffs=[4, 500]"], "model.cutoffs must be below the vocabulary size, 25 words here (got [4, 500])"),
     (["model.adaptive_div=0.5"], "model.adaptive_div must be at least 1 (got 0.5)"),
+    (["model.adaptive_cluster_grad=0"], "model.adaptive_cluster_grad must be above 0 and at most 1 (got 0.0)"),
+    (["model.adaptive_cluster_grad=2"], "model.adaptive_cluster_grad must be above 0 and at most 1 (got 2.0)"),
 ], ids=["tie-weights", "bidirectional", "char-tokenizer", "decreasing", "zero", "not-a-list", "over-vocab-cap",
-        "over-vocabulary", "div"])
+        "over-vocabulary", "div", "cluster-grad-zero", "cluster-grad-above-one"])
 def test_each_refusal_is_one_clear_error_with_exit_2(tiny_corpus, tmp_path, overrides, message):
     result = train_cli(tiny_corpus, tmp_path / "run", *ADAPTIVE, *overrides)
     assert result.exit_code == 2, result.output

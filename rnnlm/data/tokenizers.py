@@ -118,8 +118,8 @@ class CharTokenizer:
 class WordTokenizer:
     """Whitespace-separated words with one `<eos>` per line (the PTB / WikiText convention).
 
-    Ids are sorted by training frequency, most frequent first. Lossy by design: runs of spaces
-    collapse and rare words become `<unk>`.
+    Ids are sorted by training frequency, most frequent first (`<unk>` by the words it stands for).
+    Lossy by design: runs of spaces collapse and rare words become `<unk>`.
     """
 
     kind = "word"

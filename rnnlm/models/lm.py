@@ -45,7 +45,7 @@ class RNNLM(nn.Module):
         self.decoder: nn.Linear | AdaptiveSoftmax
         if config.softmax == "adaptive":  # Grave et al. 2017; config validation refuses tying it
             self.decoder = AdaptiveSoftmax(top, vocab_size, resolve_cutoffs(config.cutoffs, vocab_size),
-                                           config.adaptive_div)
+                                           config.adaptive_div, config.adaptive_cluster_grad)
         else:
             self.decoder = nn.Linear(top, vocab_size)
         if config.tie_weights:  # Press & Wolf 2017; Inan et al. 2017

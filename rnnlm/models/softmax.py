@@ -34,7 +34,8 @@ def resolve_cutoffs(cutoffs: tuple[int, ...], vocab_size: int) -> list[int]:
 
 
 class AdaptiveSoftmax(nn.Module):
-    def __init__(self, in_features: int, vocab_size: int, cutoffs: list[int], div_value: float) -> None:
+    def __init__(self, in_features: int, vocab_size: int, cutoffs: list[int], div_value: float,
+                 cluster_grad: float = 1.0) -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.bounds = [*cutoffs, vocab_size]  # cluster k holds ids bounds[k] .. bounds[k + 1] - 1
@@ -46,6 +47,7 @@ class AdaptiveSoftmax(nn.Module):
             self.tail.append(nn.Sequential(nn.Linear(in_features, projected, bias=False),
                                            nn.Linear(projected, self.bounds[k + 1] - self.bounds[k])))
         self.register_buffer("starts", torch.tensor(cutoffs, dtype=torch.long), persistent=False)
+        self.cluster_grad = cluster_grad
 
     def reset_parameters(self, init_range: float) -> None:
         """Output weights ~ U(-init_range, init_range) and biases zero, as the full decoder's; each
@@ -58,12 +60,26 @@ class AdaptiveSoftmax(nn.Module):
         for cluster in self.tail:
             nn.init.orthogonal_(cluster[0].weight)
 
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The head's logits (N, shortlist + clusters); the gradient of its cluster rows is scaled by
+        `cluster_grad`, the forward pass unchanged.
+
+        One cluster entry carries the probability of thousands of words, so on nearly every token its
+        gradient is as large as a frequent word's, where the full softmax spreads that mass over thousands
+        of rows that each move a little. At a learning rate tuned for the full softmax, SGD overshoots
+        it: the entry swings about, and the model overpredicts its cluster (docs/benchmarks.md)."""
+        weight, bias = self.head.weight, self.head.bias
+        if self.cluster_grad != 1.0 and torch.is_grad_enabled():
+            weight = ScaleRowGrad.apply(weight, self.shortlist, self.cluster_grad)
+            bias = ScaleRowGrad.apply(bias, self.shortlist, self.cluster_grad)
+        return F.linear(hidden, weight, bias)
+
     def nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed negative log-likelihood of `targets` (N,) given `hidden` (N, H); PAD targets are not scored."""
         scored = targets != PAD
         cluster = torch.bucketize(targets, self.starts, right=True)  # (N,) 0: head, k: tail cluster k - 1
         head_index = torch.where(cluster == 0, targets, self.shortlist + cluster - 1).clamp(min=0)  # PAD -> 0
-        log_prob = log_softmax(self.head(hidden)).gather(1, head_index.unsqueeze(1)).squeeze(1)  # (N,)
+        log_prob = log_softmax(self.head_logits(hidden)).gather(1, head_index.unsqueeze(1)).squeeze(1)  # (N,)
         for k, tail in enumerate(self.tail):
             # only the targets in this cluster; with none, the tail still runs on zero rows, so its
             # parameters get (zero) gradients every step, as DistributedDataParallel expects
@@ -74,11 +90,26 @@ class AdaptiveSoftmax(nn.Module):
 
     def log_prob(self, hidden: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (N, V) of every word given `hidden` (N, H)."""
-        head = log_softmax(self.head(hidden))  # (N, shortlist + clusters)
+        head = log_softmax(self.head_logits(hidden))  # (N, shortlist + clusters)
         parts = [head[:, : self.shortlist]]
         for k, tail in enumerate(self.tail):
             parts.append(log_softmax(tail(hidden)) + head[:, self.shortlist + k: self.shortlist + k + 1])
         return torch.cat(parts, dim=1)
+
+
+class ScaleRowGrad(torch.autograd.Function):
+    """The identity on `tensor`, whose gradient rows from `start` on are multiplied by `scale`."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, start: int, scale: float) -> torch.Tensor:
+        ctx.start, ctx.scale = start, scale
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone()
+        grad[ctx.start:] *= ctx.scale
+        return grad, None, None
 
 
 def log_softmax(logits: torch.Tensor) -> torch.Tensor:
