@@ -44,7 +44,8 @@ LOG_INTERVAL = 20  # both sides read the loss back to Python this often (rnnlm's
 
 def rnnlm_overrides(spec: dict, steps: int, device: str) -> list[str]:
     return [f"data.corpus={spec['corpus']}", f"data.cache_dir={spec.get('cache_dir', '')}",
-            f"tokenizer.kind={spec['tokenizer']}", "model.cell=lstm", f"model.num_layers={spec['layers']}",
+            f"tokenizer.kind={spec['tokenizer']}", f"tokenizer.vocab_size={spec.get('vocab_cap', 0)}",
+            "model.cell=lstm", f"model.num_layers={spec['layers']}",
             f"model.embed_size={spec['hidden']}", f"model.hidden_size={spec['hidden']}", "model.dropout=0",
             "model.tie_weights=false", f"train.batch_size={spec['batch']}", f"train.bptt={spec['bptt']}",
             f"train.max_steps={steps}", "train.epochs=0",
@@ -358,6 +359,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="training steps per round (default: per preset)")
     parser.add_argument("--vocab-size", type=int, default=0,
                         help="word preset on a generated corpus with this many ids (e.g. 33278, as WikiText-2)")
+    parser.add_argument("--corpus", help="word preset on this corpus (a file, folder or registry name) instead of "
+                        "PTB; with --vocab-size, its word vocabulary capped at that size")
     parser.add_argument("--zipf", action="store_true",
                         help="with --vocab-size: draw the words by Zipf's law, as in real text (default: uniformly)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -375,6 +378,8 @@ def main() -> None:
         parser.error("--vocab-size needs the word preset and at least 3 ids")
     if args.zipf and not args.vocab_size:
         parser.error("--zipf needs --vocab-size")
+    if args.corpus and (args.zipf or args.preset == "char"):
+        parser.error("--corpus needs the word preset and no --zipf")
     from rnnlm.errors import RnnlmError
     from rnnlm.runtime import resolve_device
 
@@ -388,7 +393,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rnnlm-bench-data-") as scratch:
         for name in names:
             spec = dict(PRESETS[name], overrides=args.set)
-            if name == "word" and args.vocab_size:
+            if name == "word" and args.corpus:
+                spec.update(corpus=args.corpus, vocab_cap=args.vocab_size)
+                name = f"word-{Path(args.corpus).stem}{f'-v{args.vocab_size}' if args.vocab_size else ''}"
+            elif name == "word" and args.vocab_size:
                 synthetic_corpus(args.vocab_size, Path(scratch), zipf=args.zipf)
                 spec.update(corpus=scratch, cache_dir=str(Path(scratch) / "cache"))
                 name = f"word-v{args.vocab_size}{'-zipf' if args.zipf else ''}"
