@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from rnnlm import __version__
-from rnnlm.config import Config, build_config
+from rnnlm.config import Config, saved_config
 from rnnlm.data.tokenizers import Tokenizer, from_state
 from rnnlm.errors import CheckpointError, ConfigError
 from rnnlm.models import build_model
@@ -126,10 +126,10 @@ def load_tokenizer(path: str | Path) -> tuple[Tokenizer, Config]:
 
 def _saved_config(payload: dict[str, Any], path: str | Path) -> Config:
     try:
-        return build_config(payload["config"])
+        return saved_config(payload["config"])
     except ConfigError as exc:
         raise CheckpointError(f"{path} holds a configuration this rnnlm cannot use: {exc}") from None
-    except KeyError:
+    except (KeyError, AttributeError, TypeError):
         raise CheckpointError(f"{path} lacks its configuration") from None
 
 

@@ -75,8 +75,9 @@ class ModelConfig:
     # (false: torch's cross_entropy)
     fused_loss: bool = True
     adaptive_div: float = 4.0  # adaptive: tail cluster k projects the hidden state to hidden / adaptive_div^k
-    # adaptive: the head's cluster entries learn at this fraction of the learning rate (their gradient is
-    # scaled): each carries a whole cluster's probability, and at the full rate SGD overshoots it (1: unscaled)
+    # adaptive: scale the gradient of the head's cluster entries by this (1: unscaled). Each carries a whole
+    # cluster's probability, and SGD at a rate tuned for the full softmax overshoots it; with SGD the entries
+    # then learn at this fraction of the rate (Adam sizes each weight's step itself: nearly no effect)
     adaptive_cluster_grad: float = 0.1
 
     def dropouts(self) -> tuple[float, float, float]:
@@ -167,6 +168,23 @@ RESUMABLE_KEYS = frozenset(
         "data.cache_dir",
     }
 )
+
+
+# Keys added after checkpoints were first written, with the value that reproduces what a run saved
+# before them computed: a saved config without the key gets this, not today's default.
+LEGACY_DEFAULTS = {"model.adaptive_cluster_grad": 1.0}
+
+
+def saved_config(values: dict[str, Any]) -> Config:
+    """The Config a checkpoint saved, the keys it predates set to their old behaviour."""
+    if not isinstance(values, dict):
+        return build_config(values)  # reports what is wrong with it
+    values = {section: dict(v) if isinstance(v, dict) else v for section, v in values.items()}
+    for key, old in LEGACY_DEFAULTS.items():
+        section, _, name = key.partition(".")
+        if isinstance(values.get(section), dict):
+            values[section].setdefault(name, old)
+    return build_config(values)
 
 
 def all_keys() -> list[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnlm.checkpoint import load_checkpoint
-from rnnlm.config import Config, build_config, load_config, requested_changes, resume_config
+from rnnlm.config import Config, load_config, requested_changes, resume_config, saved_config
 from rnnlm.errors import UsageError
 
 RUN_FILES = ("best.pt", "last.pt", "config.yaml")
@@ -34,7 +34,7 @@ def plan_run(config_path: str | None, overrides: list[str], run_dir: str | None,
     if not (folder / "last.pt").is_file():
         raise UsageError(f"cannot resume: {folder / 'last.pt'} does not exist")
     saved = load_checkpoint(folder / "last.pt")
-    config = resume_config(build_config(saved["config"]), requested_changes(config_path, overrides))
+    config = resume_config(saved_config(saved["config"]), requested_changes(config_path, overrides))
     return config, folder, saved
 
 

@@ -358,7 +358,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="measured rounds per side, after one warm-up each")
     parser.add_argument("--steps", type=int, default=0, help="training steps per round (default: per preset)")
     parser.add_argument("--vocab-size", type=int, default=0,
-                        help="word preset on a generated corpus with this many ids (e.g. 33278, as WikiText-2)")
+                        help="word preset on a generated corpus with this many ids (e.g. 33278, as WikiText-2); "
+                        "with --corpus, that corpus's vocabulary capped at this size")
     parser.add_argument("--corpus", help="word preset on this corpus (a file, folder or registry name) instead of "
                         "PTB; with --vocab-size, its word vocabulary capped at that size")
     parser.add_argument("--zipf", action="store_true",

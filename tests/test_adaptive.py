@@ -98,6 +98,27 @@ def test_cluster_rows_learn_at_cluster_grad_and_nothing_else_changes():
             assert torch.equal(scaled[name], plain[name]), name  # hidden state and tail clusters: untouched
 
 
+def test_the_configured_cluster_grad_reaches_the_model():
+    assert adaptive_model().decoder.cluster_grad == 0.1  # the default
+    config = load_config(None, [*TINY_MODEL, "tokenizer.kind=word", "model.softmax=adaptive",
+                                "model.adaptive_cluster_grad=0.5"])
+    assert build_model(30, config.model).decoder.cluster_grad == 0.5
+
+
+def test_a_run_saved_before_cluster_grad_resumes_and_loads_unscaled(tiny_corpus, tmp_path):
+    result = train_cli(tiny_corpus, tmp_path / "run", *ADAPTIVE, "train.max_steps=4")
+    assert result.exit_code == 0, result.output
+    last = tmp_path / "run" / "last.pt"
+    payload = torch.load(last, weights_only=True)
+    del payload["config"]["model"]["adaptive_cluster_grad"]  # as written before the key existed
+    torch.save(payload, last)
+    assert load_model(last).model.decoder.cluster_grad == 1.0  # what that run trained with, not the new 0.1
+    resumed = invoke("train", "--resume", tmp_path / "run", "train.max_steps=6")
+    assert resumed.exit_code == 0, resumed.output
+    assert "Done: 6 steps" in resumed.output
+    assert load_model(last).config.model.adaptive_cluster_grad == 1.0
+
+
 def test_cutoffs_default_to_the_vocabulary_and_must_fit_it():
     assert resolve_cutoffs((), 33278) == [2000, 10000]
     assert resolve_cutoffs((), 10000) == [2000]

@@ -170,14 +170,14 @@ def test_word_vocab_size_cap_keeps_most_frequent_plus_specials() -> None:
 
 def test_word_vocab_size_cap_counts_a_literal_unk_in_the_corpus_once() -> None:
     # PTB writes rare words as <unk> already; the cap must not count it twice
-    text = "<unk> <unk> <unk> a a b\n"
+    text = "<unk> a a a b\n"  # <unk>: 1 written + 1 for b = 2, below a's 3; counted twice it would tie a
     tokenizer = word_tokenizer(text, vocab_size=3)
-    assert tokenizer.words == [UNK, "a", EOS]
+    assert tokenizer.words == ["a", UNK, EOS]
     assert tokenizer.encode("b\n").tolist() == [tokenizer.unk_id, tokenizer.boundary_id]
 
 
 def test_unk_is_ranked_by_the_words_it_replaces() -> None:
-    # 3,000 distinct words seen once each, capped at 1,000: <unk> replaces 2,002 tokens and ranks first,
+    # 3,000 distinct words seen once each, capped at 1,000: <unk> replaces 2,003 tokens and ranks first,
     # where the adaptive softmax gives it the head's full width rather than the rarest cluster's
     text = " ".join(f"w{i:04d}" for i in range(3000)) + "\n" + "the " * 50 + "\n"
     tokenizer = word_tokenizer(text, vocab_size=1000)
@@ -190,6 +190,11 @@ def test_unk_is_ranked_by_the_words_it_replaces() -> None:
 def test_word_vocab_size_cap_larger_than_vocab_changes_nothing() -> None:
     text = "a a b\n"
     assert word_tokenizer(text, vocab_size=100).words == word_tokenizer(text).words
+
+
+def test_words_below_min_count_are_counted_for_unk() -> None:
+    tokenizer = word_tokenizer("x y z a a\n", min_count=2)  # <unk> stands for x, y and z: 3, above a's 2
+    assert tokenizer.words == [UNK, "a", EOS]
 
 
 def test_word_min_count_drops_rare_words_but_keeps_specials() -> None:
