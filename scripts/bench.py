@@ -360,8 +360,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=0,
                         help="word preset on a generated corpus with this many ids (e.g. 33278, as WikiText-2); "
                         "with --corpus, that corpus's vocabulary capped at this size")
-    parser.add_argument("--corpus", help="word preset on this corpus (a file, folder or registry name) instead of "
-                        "PTB; with --vocab-size, its word vocabulary capped at that size")
+    parser.add_argument("--corpus", help="word preset on this corpus (a file, folder or registry name) instead of PTB")
     parser.add_argument("--zipf", action="store_true",
                         help="with --vocab-size: draw the words by Zipf's law, as in real text (default: uniformly)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
