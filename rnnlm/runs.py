@@ -122,10 +122,9 @@ class RunFolder:
         the changes). A folder without a checkpoint holds no run to protect: it starts afresh. A run that
         --overwrite replaces is moved aside, until `commit` (deleted) or `rollback` (put back).
         """
-        notes = self._recover() + self._remove_partial_checkpoints() if modify else []
         if resume:
             _check_resumable(self.path)
-            return notes
+            return []
         checkpoints = [name for name in CHECKPOINTS if (self.path / name).exists()]
         if checkpoints and not overwrite:
             if "last.pt" not in checkpoints:
@@ -133,21 +132,22 @@ class RunFolder:
                                  f"--overwrite to replace it, or choose another --run-dir")
             raise UsageError(f"run folder {self.path} already holds a run ({', '.join(checkpoints)}): pass --resume "
                              f"{self.path} to continue it, --overwrite to replace it, or choose another --run-dir")
-        if not modify:
-            return notes
-        leftovers = self._run_files()
-        if checkpoints:
+        leftovers = self._run_files() if modify else []
+        if checkpoints and leftovers:
             self._replacing = True
             (self.path / MOVING).mkdir()
             for path in leftovers:
                 os.replace(path, self.path / MOVING / path.name)
             os.replace(self.path / MOVING, self.path / ASIDE)  # the old run is aside, whole
-        elif leftovers:
-            for path in leftovers:
-                path.unlink()
-            notes.append(f"run folder {self.path} holds no checkpoint yet (a start stopped before its first save): "
-                         f"starting it afresh")
-        return notes
+            return []
+        for path in leftovers:
+            path.unlink()
+        return [f"run folder {self.path} holds no checkpoint yet (a start stopped before its first save): starting "
+                f"it afresh"] * bool(leftovers)
+
+    def tidy(self) -> list[str]:
+        """Once locked: finish a stopped --overwrite and remove partial checkpoints; returns lines to log."""
+        return self._recover() + self._remove_partial_checkpoints()
 
     def commit(self) -> None:
         """The new run has saved its first last.pt: the run it replaces goes for good."""

@@ -89,6 +89,8 @@ class Trainer:
         try:
             if main:
                 self.folder.lock()
+                for note in self.folder.tidy():
+                    self.log(note)
                 self.run_id = self.folder.run_id(resume_from)
             for note in self.folder.prepare(resume=self.resume, overwrite=overwrite, modify=main):
                 self.log(note)
@@ -138,12 +140,7 @@ class Trainer:
         self.last_val: EvalResult | None = None
         self._last_eval_step = -1
         if saved:
-            try:
-                self._restore(saved)
-            except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-                first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-                raise CheckpointError(f"{self.run_dir / 'last.pt'} cannot be resumed: its saved state does not fit "
-                                      f"the run it describes ({first}); it is damaged or was edited") from None
+            self._restore_checked(saved)
         self._start_step = self.step
         if g.is_main:
             dump_yaml(c, self.run_dir / "config.yaml")
@@ -396,6 +393,17 @@ class Trainer:
             "run_id": self.run_id,
             "data_fingerprint": self.fingerprints,
         }
+
+    def _restore_checked(self, saved: dict[str, Any]) -> None:
+        """`_restore`, with a hand-damaged last.pt as one CheckpointError; nothing is written before this."""
+        try:
+            self._restore(saved)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+            detail = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # torch's "Error(s) in ...:"
+            detail = f"missing {detail}" if isinstance(exc, KeyError) else detail
+            raise CheckpointError(f"{self.run_dir / 'last.pt'} cannot be resumed: its saved state does not fit the "
+                                  f"run it describes ({detail}); it is damaged or was edited") from None
 
     def _restore(self, saved: dict[str, Any]) -> None:
         saved_world = saved.get("world_size", 1)

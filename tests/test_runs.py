@@ -101,6 +101,7 @@ def test_an_overwrite_killed_before_its_first_checkpoint_is_undone_at_the_next_s
 
     result = train(tiny_corpus, run_a)  # a plain start: the old run comes back, and is protected
     assert result.exit_code == 2 and "already holds a run" in result.output
+    assert f"put back the run in {run_a}" in result.output
     assert snapshot(run_a) == before
 
 
