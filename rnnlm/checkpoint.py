@@ -124,6 +124,36 @@ def load_tokenizer(path: str | Path) -> tuple[Tokenizer, Config]:
     return from_state(payload.get("tokenizer")), _saved_config(payload, path)
 
 
+_RESUME_PARTS = ("model", "optimizer", "schedule", "batches", "trainer", "averager")
+
+
+def resume_payload(path: str | Path) -> tuple[dict[str, Any], Config]:
+    """A checkpoint to resume from, and its config: one CheckpointError for every missing or damaged part
+    that can be seen without building the run (what only the built run can check, `Trainer` checks)."""
+    payload = load_checkpoint(path)
+    config = _saved_config(payload, path)
+    try:
+        from_state(payload.get("tokenizer"))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    for key in _RESUME_PARTS:
+        if not isinstance(payload.get(key), dict):
+            raise CheckpointError(f"{path} cannot be resumed: its {key!r} part is "
+                                  f"{'missing' if key not in payload else 'damaged'}")
+    trainer = payload["trainer"]
+    for name, least in (("step", 0), ("epoch", 1)):
+        if type(trainer.get(name)) is not int or trainer[name] < least:
+            raise CheckpointError(f"{path} cannot be resumed: its trainer {name} is {trainer.get(name)!r}")
+    if not isinstance(trainer.get("best_val"), (float, type(None))) or not isinstance(trainer.get("history"), list):
+        raise CheckpointError(f"{path} cannot be resumed: its trainer state is damaged")
+    ranks = payload.get("ranks", [payload])  # each rank's hidden state and generators (one rank: the payload's)
+    if not isinstance(ranks, list) or not ranks or not all(
+            isinstance(r, dict) and isinstance(r.get("hidden"), (tuple, list)) and isinstance(r.get("rng"), dict)
+            for r in ranks):
+        raise CheckpointError(f"{path} cannot be resumed: its hidden state or random generators are missing or damaged")
+    return payload, config
+
+
 def _saved_config(payload: dict[str, Any], path: str | Path) -> Config:
     try:
         return saved_config(payload["config"])

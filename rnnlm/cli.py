@@ -68,19 +68,23 @@ def cli() -> None:
 @click.option("--seed", type=int, help="Random seed (same as train.seed=...).")
 @click.option("--resume", metavar="RUN_DIR|auto",
               help="Continue the run in RUN_DIR exactly where it stopped; 'auto' resumes --run-dir if it holds a run.")
-@click.option("--overwrite", is_flag=True, help="Replace the run already in --run-dir.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run already in --run-dir (kept until the new run saves its first last.pt).")
+@click.option("--allow-data-change", is_flag=True,
+              help="With --resume: go on although the corpus's token ids differ from those the run trained on.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: only on a terminal].")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @reports_errors
 def train(config_path: str | None, run_dir: str | None, device: str | None, seed: int | None, resume: str | None,
-          overwrite: bool, progress: bool | None, overrides: tuple[str, ...]) -> None:
+          overwrite: bool, allow_data_change: bool, progress: bool | None, overrides: tuple[str, ...]) -> None:
     """Train a model; KEY=VALUE pairs such as model.hidden_size=256 override the config."""
     from rnnlm.runs import plan_run
     from rnnlm.train import Trainer
 
     flags = [f"train.device={device}"] * bool(device) + [f"train.seed={seed}"] * (seed is not None)
     config, folder, saved = plan_run(config_path, [*overrides, *flags], run_dir, resume, overwrite)
-    trainer = Trainer(config, folder, resume_from=saved, overwrite=overwrite, progress=progress)
+    trainer = Trainer(config, folder, resume_from=saved, overwrite=overwrite, allow_data_change=allow_data_change,
+                      progress=progress)
     try:
         trainer.setup()
         summary = trainer.fit()

@@ -40,3 +40,7 @@ class Interrupted(RnnlmError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class RunInUse(RnnlmError):
+    """Another trainer holds the run folder (exit 1)."""

@@ -1,15 +1,36 @@
-"""Run folders: what `rnnlm train` runs (a new run or a resumed one) and where its files go."""
+"""Run folders: what `rnnlm train` runs (a new run or a resumed one), where its files go, who may write
+them (one trainer at a time, by the OS's file lock), which run they belong to, and on what data."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+import shutil
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from rnnlm.checkpoint import load_checkpoint
-from rnnlm.config import Config, load_config, requested_changes, resume_config, saved_config
-from rnnlm.errors import UsageError
+import numpy as np
 
-RUN_FILES = ("best.pt", "last.pt", "config.yaml")
+from rnnlm.checkpoint import resume_payload
+from rnnlm.config import Config, load_config, requested_changes, resume_config
+from rnnlm.errors import CheckpointError, RnnlmError, RunInUse, UsageError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are then not guarded against a second trainer
+    fcntl = None  # type: ignore[assignment]
+
+CHECKPOINTS = ("best.pt", "last.pt")
+ID_FILE = "run_id"
+RUN_FILES = ("best.pt", "last.pt", "config.yaml", ID_FILE)
+LOCK_FILE = ".lock"
+ASIDE = ".replaced"  # the run an --overwrite replaces, whole, kept until the new run's first last.pt
+MOVING = ".replacing"  # that run while it moves aside (the folder holds only its other files)
+RESTORING = ".restoring"  # that run while it moves back (the new run's files are gone already)
+_PARTIAL = re.compile(r"^\..+\.pt\.\d+\.tmp$")  # save_checkpoint's temporary files
+_HASH_CHUNK = 1 << 24  # ids hashed per chunk, so a memory-mapped split is never copied whole
 
 
 def plan_run(config_path: str | None, overrides: list[str], run_dir: str | None, resume: str | None,
@@ -31,29 +52,206 @@ def plan_run(config_path: str | None, overrides: list[str], run_dir: str | None,
         return load_config(config_path, overrides), folder, None
     if overwrite:
         raise UsageError("--resume and --overwrite cannot be used together")
-    if not (folder / "last.pt").is_file():
-        raise UsageError(f"cannot resume: {folder / 'last.pt'} does not exist")
-    saved = load_checkpoint(folder / "last.pt")
-    config = resume_config(saved_config(saved["config"]), requested_changes(config_path, overrides))
-    return config, folder, saved
+    _check_resumable(folder)
+    saved, config = resume_payload(folder / "last.pt")
+    return resume_config(config, requested_changes(config_path, overrides)), folder, saved
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, modify: bool = True) -> None:
-    """Refuse to mix two runs in one folder unless asked to resume or overwrite.
+def _check_resumable(folder: Path) -> None:
+    if (folder / "last.pt").is_file():
+        return
+    if any((folder / aside / "last.pt").is_file() for aside in (ASIDE, MOVING, RESTORING)):
+        raise UsageError(f"cannot resume yet: an --overwrite killed during its start-up left the run of {folder} "
+                         f"set aside; rnnlm train --run-dir {folder} (without --overwrite) puts it back, then "
+                         f"--resume {folder} continues it")
+    if not any((folder / name).exists() for name in CHECKPOINTS):  # --resume never starts a run: it has no config
+        raise UsageError(f"nothing to resume in {folder}: it holds no checkpoint yet (a start stopped before its first "
+                         f"save); start it afresh with rnnlm train --run-dir {folder} ...")
+    raise UsageError(f"cannot resume: {folder / 'last.pt'} does not exist")
 
-    `modify` False only checks (the other ranks of a distributed run; rank 0 makes the changes).
+
+class RunFolder:
+    """One trainer's hold on a run folder: the lock, the preparation, and the run an --overwrite replaces.
+
+    The lock is `flock` on `.lock`: the kernel releases it when its holder exits in any way (kill -9
+    included), so a stale lock cannot exist; the file only names the last holder for the message.
     """
-    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if resume:
-        if not (run_dir / "last.pt").is_file():
-            raise UsageError(f"cannot resume: {run_dir / 'last.pt'} does not exist")
-        return
-    if existing and not overwrite:
-        raise UsageError(f"run folder {run_dir} already holds a run ({', '.join(existing)}): pass --resume "
-                         f"{run_dir} to continue it, --overwrite to replace it, or choose another --run-dir")
-    if not modify:
-        return
-    if existing:
-        for path in [run_dir / name for name in existing] + list(run_dir.glob("events.out.tfevents.*")):
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.locked = False
+        self._fd: int | None = None
+        self._replacing = False  # this trainer set a run aside and has not yet committed or rolled back
+
+    def lock(self) -> None:
+        """Take the folder (creating it) or raise RunInUse naming the process that holds it."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RnnlmError(f"cannot use run folder {self.path}: {exc.strerror or exc}") from None
+        self._fd = fd
+        if fcntl is None:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            self.release()
+            raise RunInUse(f"run folder {self.path} is in use by process {holder or '(unknown)'}: another rnnlm "
+                           f"train holds it; wait for it to end or stop it, or choose another --run-dir") from None
+        except OSError:  # a file system without locks (some network mounts): run unguarded, as before
+            return
+        self.locked = True
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        if self.locked:
+            os.ftruncate(self._fd, 0)  # no stale pid: an empty lock file means nobody holds the folder
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd, self.locked = None, False
+
+    def prepare(self, *, resume: bool, overwrite: bool, modify: bool = True) -> list[str]:
+        """Refuse to mix two runs in one folder unless asked to resume or overwrite; returns lines to log.
+
+        `modify` False only checks (the other ranks of a distributed run; rank 0 holds the lock and makes
+        the changes). A folder without a checkpoint holds no run to protect: it starts afresh. A run that
+        --overwrite replaces is moved aside, until `commit` (deleted) or `rollback` (put back).
+        """
+        if resume:
+            _check_resumable(self.path)
+            return []
+        checkpoints = [name for name in CHECKPOINTS if (self.path / name).exists()]
+        if checkpoints and not overwrite:
+            if "last.pt" not in checkpoints:
+                raise UsageError(f"run folder {self.path} holds best.pt but no last.pt to resume from: pass "
+                                 f"--overwrite to replace it, or choose another --run-dir")
+            raise UsageError(f"run folder {self.path} already holds a run ({', '.join(checkpoints)}): pass --resume "
+                             f"{self.path} to continue it, --overwrite to replace it, or choose another --run-dir")
+        leftovers = self._run_files() if modify else []
+        if checkpoints and leftovers:
+            self._replacing = True
+            (self.path / MOVING).mkdir()
+            for path in leftovers:
+                os.replace(path, self.path / MOVING / path.name)
+            os.replace(self.path / MOVING, self.path / ASIDE)  # the old run is aside, whole
+            return []
+        for path in leftovers:
             path.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
+        return [f"run folder {self.path} holds no checkpoint yet (a start stopped before its first save): starting "
+                f"it afresh"] * bool(leftovers)
+
+    def tidy(self) -> list[str]:
+        """Once locked: finish a stopped --overwrite and remove partial checkpoints; returns lines to log."""
+        return self._recover() + self._remove_partial_checkpoints()
+
+    def commit(self) -> None:
+        """The new run has saved its first last.pt: the run it replaces goes for good."""
+        if self._replacing:
+            shutil.rmtree(self.path / ASIDE, ignore_errors=True)  # what stays is removed at the next start
+            self._replacing = False
+
+    def rollback(self) -> None:
+        """The new run stopped before its first last.pt: put back the run it was to replace."""
+        if self._replacing:
+            self._recover()
+            self._replacing = False
+
+    def _run_files(self) -> list[Path]:
+        """The files of the run in the folder, TensorBoard events included."""
+        return [self.path / name for name in RUN_FILES if (self.path / name).exists()] + \
+            sorted(self.path.glob("events.out.tfevents.*"))
+
+    def _recover(self) -> list[str]:
+        """Finish what a stopped --overwrite left: if its new run saved a last.pt, drop the old run, else put
+        it back. Each step of moving a run aside or back is named by its folder, so that one killed at any
+        moment is finished right: nothing of the old run is ever deleted before the new run has a last.pt."""
+        for name in (MOVING, RESTORING):
+            if (self.path / name).is_dir():
+                self._move_back(self.path / name)
+                return [f"put back the run in {self.path} that an interrupted --overwrite was moving"]
+        aside = self.path / ASIDE
+        if not aside.is_dir():
+            return []
+        if (self.path / "last.pt").exists():
+            shutil.rmtree(aside)
+            return []
+        for path in self._run_files():  # what the new run's start-up wrote
+            path.unlink()
+        os.replace(aside, self.path / RESTORING)
+        self._move_back(self.path / RESTORING)
+        return [f"put back the run in {self.path} that an --overwrite stopped before its first checkpoint had "
+                f"set aside"]
+
+    def _move_back(self, holder: Path) -> None:
+        for path in holder.iterdir():
+            os.replace(path, self.path / path.name)
+        holder.rmdir()
+
+    def _remove_partial_checkpoints(self) -> list[str]:
+        """Temporary files of checkpoint writes that never finished. All of them go, whatever their pid: the
+        lock proves that no other trainer writes here, and a pid may have been reused (or be another
+        machine's on a shared disk). Without a lock, none are touched."""
+        if not self.locked:
+            return []
+        partial = [path for path in self.path.iterdir() if _PARTIAL.match(path.name) and path.is_file()]
+        for path in partial:
+            path.unlink()
+        return [f"removed {len(partial)} partial checkpoint files left by stopped writers in {self.path}"] * bool(partial)
+
+    def read_id(self) -> str | None:
+        try:
+            text = (self.path / ID_FILE).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return text if re.fullmatch(r"[0-9a-f]{32}", text) else None
+
+    def write_id(self, run_id: str) -> None:
+        if self.read_id() != run_id:
+            (self.path / ID_FILE).write_text(run_id + "\n", encoding="ascii")
+
+    def run_id(self, saved: Mapping[str, Any] | None) -> str:
+        """A new run's new id, or the resumed run's: refused when last.pt belongs to another run.
+
+        A run saved before runs had ids resumes, and keeps the folder's id or gets a new one."""
+        if saved is None:
+            return uuid.uuid4().hex
+        mine, theirs = self.read_id(), saved.get("run_id")
+        if mine and theirs and mine != theirs:
+            raise CheckpointError(f"{self.path / 'last.pt'} belongs to another run (run id {theirs[:12]}, while "
+                                  f"{self.path / ID_FILE} says {mine[:12]}): it was copied here from another run "
+                                  f"folder; resume that folder instead, or put this run's own last.pt back")
+        return theirs or mine or uuid.uuid4().hex
+
+
+def split_fingerprint(ids: np.ndarray) -> dict[str, Any]:
+    """The token count and a sha256 of a split's ids: the data a run trains on, whatever file held it."""
+    digest = hashlib.sha256(ids.dtype.str.encode("ascii"))
+    for start in range(0, len(ids), _HASH_CHUNK):
+        digest.update(np.ascontiguousarray(ids[start:start + _HASH_CHUNK]).data)
+    return {"tokens": int(len(ids)), "sha256": digest.hexdigest()}
+
+
+def changed_splits(saved: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[str]:
+    """The splits whose ids differ from those recorded in a checkpoint (none for one without a record)."""
+    if not isinstance(saved, Mapping):
+        return []
+    names = [*current, *(name for name in saved if name not in current)]
+    return [name for name in names if saved.get(name) != current.get(name)]
+
+
+def describe_changes(changed: list[str], saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    """'the train split differs (4,000 tokens then, 4,100 now)', for a log line or an error."""
+    def counts(name: str) -> str:
+        then, now = (saved.get(name) or {}).get("tokens"), (current.get(name) or {}).get("tokens")
+        if then is None or now is None:
+            return "added" if then is None else "removed"
+        return f"{now:,} tokens, other ones" if then == now else f"{then:,} tokens then, {now:,} now"
+    if len(changed) == 1:
+        return f"the {changed[0]} split differs ({counts(changed[0])})"
+    return (f"the {' and '.join(changed)} splits differ ("
+            + "; ".join(f"{name}: {counts(name)}" for name in changed) + ")")

@@ -24,13 +24,13 @@ from rnnlm.config import Config, dump_yaml
 from rnnlm.data.batching import TrainBatches
 from rnnlm.data.corpus import load_corpus
 from rnnlm.data.tokenizers import from_state
-from rnnlm.errors import DataError, Interrupted, TrainingError, UsageError
+from rnnlm.errors import CheckpointError, DataError, Interrupted, TrainingError, UsageError
 from rnnlm.evaluate import EvalResult, evaluate
 from rnnlm.metrics import open_writer
 from rnnlm.models import build_model
 from rnnlm.models.lm import detach_state
 from rnnlm.optim import Averager, Schedule, build_optimizer
-from rnnlm.runs import prepare_run_dir
+from rnnlm.runs import RunFolder, changed_splits, describe_changes, split_fingerprint
 from rnnlm.runtime import StopSignals
 
 @dataclass
@@ -70,19 +70,35 @@ class Meter:
 
 class Trainer:
     def __init__(self, config: Config, run_dir: str | Path, *, resume_from: dict[str, Any] | None = None,
-                 overwrite: bool = False, progress: bool | None = None,
+                 overwrite: bool = False, allow_data_change: bool = False, progress: bool | None = None,
                  log: Callable[[str], None] | None = None) -> None:
-        """`resume_from` is the payload of the run's last.pt, when continuing it."""
+        """`resume_from` is the payload of the run's last.pt, when continuing it.
+
+        Rank 0 holds the run folder's lock from here until `close`, before it changes anything there."""
         self.config = config
         self.run_dir = Path(run_dir)
         self.saved = resume_from
         self.resume = resume_from is not None
+        self.allow_data_change = allow_data_change
         self.group, self.device = distributed.join(config.train.device, config.train.dist_timeout)
         main = self.group.is_main  # only rank 0 writes files, logs and shows progress
         self.progress = progress if main else False
         self.log = (log or (lambda message: tqdm.write(message, file=sys.stderr))) if main else (lambda _: None)
-        prepare_run_dir(self.run_dir, resume=self.resume, overwrite=overwrite, modify=main)
-        self.group.barrier()
+        self.folder = RunFolder(self.run_dir)
+        self.run_id: str | None = None
+        try:
+            if main:
+                self.folder.lock()
+                for note in self.folder.tidy():
+                    self.log(note)
+                self.run_id = self.folder.run_id(resume_from)
+            for note in self.folder.prepare(resume=self.resume, overwrite=overwrite, modify=main):
+                self.log(note)
+            self.group.barrier()
+        except BaseException:  # Ctrl-C included: a replaced run goes back, and the folder is free again
+            self.folder.rollback()
+            self.folder.release()
+            raise
 
     def setup(self) -> None:
         c = self.config
@@ -92,6 +108,7 @@ class Trainer:
         tokenizer = from_state(saved["tokenizer"]) if saved else None
         self.corpus = load_corpus(c.data, c.tokenizer, tokenizer)  # the test split too: bad text shows up now
         self.tokenizer = self.corpus.tokenizer
+        self.fingerprints = self._check_data(saved)
         train = self.corpus.splits["train"]
         g = self.group
         self.batches = TrainBatches(train.ids, c.train.batch_size, c.train.bptt, g.rank, g.world_size,
@@ -123,12 +140,29 @@ class Trainer:
         self.last_val: EvalResult | None = None
         self._last_eval_step = -1
         if saved:
-            self._restore(saved)
+            self._restore_checked(saved)
         self._start_step = self.step
         if g.is_main:
             dump_yaml(c, self.run_dir / "config.yaml")
+            self.folder.write_id(self.run_id)
         self.writer = open_writer(self.run_dir, c.train.tensorboard and g.is_main)
         self.log(self._describe())
+
+    def _check_data(self, saved: dict[str, Any] | None) -> dict[str, Any]:
+        """Fingerprint the splits (on rank 0, which saves them); a resume on other data is refused unless
+        allowed. A checkpoint saved before fingerprints resumes unchecked."""
+        if not self.group.is_main:
+            return {}
+        current = {name: split_fingerprint(split.ids) for name, split in self.corpus.splits.items()}
+        recorded = saved.get("data_fingerprint") if saved else None
+        changed = changed_splits(recorded, current)
+        if changed:
+            what = describe_changes(changed, recorded, current)
+            if not self.allow_data_change:
+                raise UsageError(f"cannot resume {self.run_dir} on other data than it trained on: {what}. Put the "
+                                 f"original text back, or pass --allow-data-change to go on with this data")
+            self.log(f"warning: resuming on changed data: {what} (--allow-data-change)")
+        return current
 
     def _describe(self) -> str:
         c, splits = self.config, self.corpus.splits
@@ -336,6 +370,8 @@ class Trainer:
         if self.group.is_main:
             save_checkpoint({**self._payload(), "world_size": self.group.world_size, "ranks": ranks,
                              "hidden": ranks[0]["hidden"], "rng": ranks[0]["rng"]}, self.run_dir / name)
+            if name == "last.pt":
+                self.folder.commit()  # the new run can be resumed: a run it replaces goes now
 
     def _payload(self) -> dict[str, Any]:
         averaged = {}
@@ -354,7 +390,20 @@ class Trainer:
             "batches": self.batches.state_dict(),
             "trainer": {"step": self.step, "epoch": self.epoch, "best_val": self.best_val, "history": self.history},
             "metrics": self.last_val.to_dict() if self.last_val else {},
+            "run_id": self.run_id,
+            "data_fingerprint": self.fingerprints,
         }
+
+    def _restore_checked(self, saved: dict[str, Any]) -> None:
+        """`_restore`, with a hand-damaged last.pt as one CheckpointError; nothing is written before this."""
+        try:
+            self._restore(saved)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+            detail = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # torch's "Error(s) in ...:"
+            detail = f"missing {detail}" if isinstance(exc, KeyError) else detail
+            raise CheckpointError(f"{self.run_dir / 'last.pt'} cannot be resumed: its saved state does not fit the "
+                                  f"run it describes ({detail}); it is damaged or was edited") from None
 
     def _restore(self, saved: dict[str, Any]) -> None:
         saved_world = saved.get("world_size", 1)
@@ -368,7 +417,11 @@ class Trainer:
             self.scaler.load_state_dict(saved["scaler"])
         self.schedule.load_state_dict(saved["schedule"])
         self.batches.load_state_dict(saved["batches"])
-        self.state = tuple(s.to(self.device) for s in mine["hidden"])
+        hidden = tuple(s.to(self.device) for s in mine["hidden"])
+        if [h.shape for h in hidden] != [s.shape for s in self.state]:
+            raise ValueError(f"hidden state of shapes {[tuple(h.shape) for h in hidden]}, where the model's are "
+                             f"{[tuple(s.shape) for s in self.state]}")
+        self.state = hidden
         trainer = saved["trainer"]
         self.step, self.epoch, self.best_val = trainer["step"], trainer["epoch"], trainer["best_val"]
         self.history = list(trainer["history"])
@@ -382,4 +435,6 @@ class Trainer:
         writer = getattr(self, "writer", None)
         if writer is not None:
             writer.close()
+        self.folder.rollback()  # stopped before its first last.pt: the run it was to replace goes back
+        self.folder.release()
         distributed.leave()

@@ -199,3 +199,23 @@ def test_a_full_disk_during_training_is_reported_and_keeps_the_old_checkpoint(ti
     assert result.exit_code == 1
     assert "Error: could not write checkpoint" in result.output and "No space left on device" in result.output
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_second_real_trainer_on_a_running_folder_is_refused(tiny_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    process = start_long_training(tiny_corpus, run_dir, until_step=5)
+    try:
+        for extra in (["--run-dir", str(run_dir), f"data.corpus={tiny_corpus}", *TINY, "model.cell=gru"],
+                      ["--resume", str(run_dir)]):
+            second = subprocess.run([sys.executable, "-m", "rnnlm", "train", *extra], capture_output=True, text=True,
+                                    timeout=60)
+            assert second.returncode == 1, second.stderr
+            assert second.stderr == (f"Error: run folder {run_dir} is in use by process {process.pid}: another rnnlm "
+                                     f"train holds it; wait for it to end or stop it, or choose another --run-dir\n")
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+    from rnnlm.checkpoint import load_checkpoint
+    assert load_checkpoint(run_dir / "last.pt")["config"]["model"]["cell"] == "lstm"
+    assert "cell: lstm" in (run_dir / "config.yaml").read_text()

@@ -48,7 +48,8 @@ def test_two_ranks_train_what_one_process_trains_with_twice_the_batch(corpus, tm
     assert not torch.equal(saved["ranks"][0]["hidden"][0], saved["ranks"][1]["hidden"][0])  # own columns each
     assert first.stderr.count("val loss") == 2  # steps 4 and 6, logged once (rank 0), not once per rank
     assert first.stderr.count("Done: 6 steps") == 1
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["best.pt", "config.yaml", "last.pt"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [".lock", "best.pt", "config.yaml", "last.pt",
+                                                                  "run_id"]
 
     resumed = rnnlm("train", "--resume", tmp_path / "two", "train.max_steps=12", processes=2)
     assert resumed.returncode == 0, resumed.stderr
