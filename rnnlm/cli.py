@@ -193,7 +193,7 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
 
     torch_device = runtime.resolve_device(device)
     loaded = load_model(checkpoint, torch_device, impl)
-    runtime.check_precision(precision, torch_device, loaded.config.model.impl)
+    runtime.check_precision(precision, torch_device, loaded.config.model.impl, loaded.config.model.cell)
     data = loaded.config.data
     if text:
         scored = corpus.encode_text_file(Path(text), loaded.tokenizer, registry.default_cache_dir(data.cache_dir))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import re
 import signal
@@ -46,13 +47,30 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=PRECISIONS[precision])
 
 
-def check_precision(precision: str, device: torch.device, impl: str) -> None:
+def check_precision(precision: str, device: torch.device, impl: str, cell: str = "lstm") -> None:
     """Refuse a precision the device's kernels cannot run, before any work is done."""
     if precision == "fp16" and device.type == "cpu" and impl == "fused":
         raise UsageError("train.precision=fp16 cannot run torch's fused recurrent kernels on a CPU (oneDNN has no "
                          "fp16 LSTM): use train.precision=bf16, or model.impl=reference")
+    if precision == "bf16" and device.type == "cpu" and impl == "fused" and cell == "lstm" \
+            and not cpu_has_bf16_lstm():
+        raise UsageError("train.precision=bf16 cannot run torch's fused LSTM on this CPU (oneDNN builds its bf16 LSTM "
+                         "only for CPUs with AVX-512; bf16 would not be faster here anyway): use "
+                         "train.precision=fp32, or model.impl=reference")
     if precision != "fp32" and device.type == "mps":
         raise UsageError(f"train.precision={precision} is not supported on mps: use fp32")
+
+
+@functools.cache
+def cpu_has_bf16_lstm() -> bool:
+    """Whether oneDNN runs torch's fused LSTM under bf16 autocast on this CPU (it refuses without AVX-512)."""
+    lstm = torch.nn.LSTM(4, 4)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(torch.zeros(1, 1, 4))
+    except RuntimeError:
+        return False
+    return True
 
 
 def _mps_available() -> bool:

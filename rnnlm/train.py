@@ -121,7 +121,7 @@ class Trainer:
                             f"text or lower them")
         if len(self.corpus.splits["valid"].ids) < g.world_size:
             raise DataError("the validation split is empty: use more text or raise data.valid_fraction")
-        runtime.check_precision(c.train.precision, self.device, c.model.impl)
+        runtime.check_precision(c.train.precision, self.device, c.model.impl, c.model.cell)
         self.model = build_model(self.tokenizer.vocab_size, c.model).to(self.device)
         self.network = self.model  # what training calls: the model, or its DistributedDataParallel wrapper
         if g.enabled:

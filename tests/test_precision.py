@@ -7,9 +7,14 @@ import torch
 from click.testing import CliRunner
 
 from helpers import tiny_config
+from rnnlm import runtime
 from rnnlm.checkpoint import load_checkpoint
 from rnnlm.cli import cli
 from rnnlm.train import Trainer
+
+# oneDNN has a bf16 LSTM only on CPUs with AVX-512: elsewhere bf16 runs through the reference cells,
+# and the fused kernel's refusal is tested on its own below
+BF16_IMPL = "model.impl=fused" if runtime.cpu_has_bf16_lstm() else "model.impl=reference"
 
 
 def run(config, run_dir, resume=False):
@@ -28,7 +33,7 @@ def losses(trainer):
 
 
 def test_bf16_follows_the_fp32_loss_curve(tiny_corpus, tmp_path):
-    common = ["train.max_steps=80", "optim.name=adam", "optim.lr=0.01", "model.num_layers=2"]
+    common = ["train.max_steps=80", "optim.name=adam", "optim.lr=0.01", "model.num_layers=2", BF16_IMPL]
     fp32 = losses(run(tiny_config(tiny_corpus, *common), tmp_path / "fp32"))
     bf16_run = run(tiny_config(tiny_corpus, *common, "train.precision=bf16"), tmp_path / "bf16")
     bf16 = losses(bf16_run)
@@ -77,7 +82,7 @@ def test_eval_in_bf16_is_close_to_fp32(tiny_corpus, tmp_path):
     runner = CliRunner()
     args = ["train", "--run-dir", tmp_path / "run", f"data.corpus={tiny_corpus}", "model.embed_size=8",
             "model.hidden_size=16", "train.batch_size=4", "train.bptt=8", "train.epochs=0", "train.max_steps=20",
-            "train.tensorboard=false", "data.valid_fraction=0.1", "data.test_fraction=0.1"]
+            "train.tensorboard=false", "data.valid_fraction=0.1", "data.test_fraction=0.1", BF16_IMPL]
     assert runner.invoke(cli, [str(a) for a in args]).exit_code == 0
     scores = {}
     for precision in ("fp32", "bf16"):
@@ -110,8 +115,8 @@ def test_bf16_that_runs_as_fp16_is_reported_once(tiny_corpus, tmp_path, monkeypa
         return out
     monkeypatch.setattr(RNNLM, "forward", as_fp16)
     messages = []
-    trainer = Trainer(tiny_config(tiny_corpus, "train.precision=bf16"), tmp_path / "run", progress=False,
-                      log=messages.append)
+    trainer = Trainer(tiny_config(tiny_corpus, "train.precision=bf16", BF16_IMPL), tmp_path / "run",
+                      progress=False, log=messages.append)
     try:
         trainer.setup()
         trainer.fit()
@@ -119,3 +124,22 @@ def test_bf16_that_runs_as_fp16_is_reported_once(tiny_corpus, tmp_path, monkeypa
         trainer.close()
     warnings = [m for m in messages if "ran in fp16" in m]
     assert len(warnings) == 1 and "train.precision=fp16 adds it" in warnings[0]
+
+
+def test_bf16_with_the_fused_lstm_is_refused_where_the_cpu_has_no_kernel(tiny_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_bf16_lstm", lambda: False)
+    args = ["train", "--run-dir", str(tmp_path / "run"), f"data.corpus={tiny_corpus}", "train.precision=bf16",
+            "train.device=cpu", "train.tensorboard=false", "data.valid_fraction=0.1", "data.test_fraction=0.1",
+            "model.embed_size=8", "model.hidden_size=16", "train.batch_size=4", "train.bptt=8", "train.epochs=0",
+            "train.max_steps=2"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error: train.precision=bf16 cannot run torch's fused "
+                                                             "LSTM on this CPU")
+    assert not (tmp_path / "run" / "last.pt").exists()
+    # a GRU, and the reference LSTM, are not refused: their kernels run bf16 on any CPU
+    for other in ("model.cell=gru", "model.impl=reference"):
+        again = CliRunner().invoke(cli, [*args, "--overwrite", other])
+        assert again.exit_code == 0, again.output
+    monkeypatch.setattr(runtime, "cpu_has_bf16_lstm", lambda: True)  # where oneDNN has the kernel: no refusal
+    runtime.check_precision("bf16", torch.device("cpu"), "fused", "lstm")
