@@ -17,12 +17,26 @@ from typing import TYPE_CHECKING, Any, Callable
 import click
 
 from rnnlm import __version__
+from rnnlm.config import MAX_SEED
 from rnnlm.errors import RnnlmError
 
 if TYPE_CHECKING:
     from rnnlm.data.analysis import Report
 
 SPLITS = ("train", "valid", "test")
+SEED = click.IntRange(0, MAX_SEED)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf, which every range comparison lets through."""
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number.", param, ctx)
+        return number
 
 
 class CommandError(click.ClickException):
@@ -65,7 +79,7 @@ def cli() -> None:
 @click.option("--run-dir", type=click.Path(file_okay=False),
               help="Folder for best.pt, last.pt, config.yaml and TensorBoard events [default: runs/<config name>].")
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps (same as train.device=...).")
-@click.option("--seed", type=int, help="Random seed (same as train.seed=...).")
+@click.option("--seed", type=SEED, help="Random seed (same as train.seed=...).")
 @click.option("--resume", metavar="RUN_DIR|auto",
               help="Continue the run in RUN_DIR exactly where it stopped; 'auto' resumes --run-dir if it holds a run.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --run-dir.")
@@ -88,7 +102,10 @@ def train(config_path: str | None, run_dir: str | None, device: str | None, seed
         trainer.close()
     if not trainer.group.is_main:  # under torchrun, rank 0 speaks for the job
         return
-    best = f"best validation perplexity {math.exp(summary.best_val_loss):.2f}" if summary.best_val_loss else ""
+    from rnnlm.evaluate import perplexity
+
+    best = f"best validation perplexity {perplexity(summary.best_val_loss):.2f}" \
+        if summary.best_val_loss is not None else ""
     click.echo(f"Done: {summary.steps:,} steps ({summary.tokens_per_sec:,.0f} tokens/s), {best}. Checkpoints in "
                f"{folder}/", err=True)
     click.echo(f"Next: rnnlm sample {folder}/best.pt   |   rnnlm eval {folder}/best.pt --split test", err=True)
@@ -111,13 +128,13 @@ def show_config(config_path: str | None, overrides: tuple[str, ...]) -> None:
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("--prompt", default="", help="Text to continue [default: start at a line start].")
 @click.option("--length", default=500, show_default=True, type=click.IntRange(min=0), help="Tokens to generate.")
-@click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
+@click.option("--temperature", default=1.0, show_default=True, type=FiniteFloatRange(min=0.0),
               help="Sharpness of the distribution; 0 always takes the most likely token.")
 @click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0),
               help="Sample among the k most likely tokens only (0: all).")
-@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+@click.option("--top-p", default=1.0, show_default=True, type=FiniteFloatRange(min=0.0, max=1.0, min_open=True),
               help="Sample among the most likely tokens holding this probability mass (1: all).")
-@click.option("--seed", type=int, help="Same seed, same text [default: a random seed, printed].")
+@click.option("--seed", type=SEED, help="Same seed, same text [default: a random seed, printed].")
 @click.option("--num-samples", default=1, show_default=True, type=click.IntRange(min=1),
               help="Independent samples, generated together.")
 @click.option("--reverse", is_flag=True,
@@ -203,11 +220,17 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
         raise CommandError(RnnlmError(f"{source} holds no text to score"))
     result = evaluate(loaded.model, scored, boundary_id=loaded.tokenizer.boundary_id, batch_size=batch_size,
                       bptt=bptt, device=torch_device, precision=precision)
+    broken = [name or "forward" for name, numbers in [("", result), *result.heads.items()]
+              if not math.isfinite(numbers.loss)]
+    if broken:  # a diverged or damaged model: no number to report
+        raise CommandError(RnnlmError(f"the {', '.join(broken)} loss on {source} is not finite: the "
+                                      f"checkpoint's weights are diverged or damaged"))
     unk = count_token(scored.ids, loaded.tokenizer.unk_id)
     lossy = loaded.tokenizer.kind == "word" or unk > 0  # then bits per byte are not those of the raw text
     if as_json:
-        click.echo(json.dumps({**result.to_dict(), "source": source, "batch_size": batch_size, "unk_tokens": unk,
-                               "lossless": not lossy, "precision": precision}))
+        click.echo(json.dumps(_finite_or_null({**result.to_dict(), "source": source, "batch_size": batch_size,
+                                               "unk_tokens": unk, "lossless": not lossy, "precision": precision}),
+                              allow_nan=False))
         return
     context = "full left context" if batch_size == 1 else f"{batch_size} parallel streams"
     click.echo(f"{source}: {result.tokens:,} tokens, {result.chars:,} characters, batch size {batch_size} ({context})")
@@ -223,6 +246,15 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
                    + " (lossy*)" * lossy)
     if lossy:
         click.echo(_lossy_note(loaded.tokenizer.kind, unk))
+
+
+def _finite_or_null(value: Any) -> Any:
+    """JSON has no NaN or Infinity: a perplexity too large for a float becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    return value
 
 
 def _lossy_note(kind: str, unk: int) -> str:
