@@ -73,7 +73,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):
+        if "unsupported global" in str(exc).lower():  # torch 2.13: "unsupported GLOBAL"; older: "Unsupported global"
             raise CheckpointError(f"{path} is not an rnnlm checkpoint: it holds Python objects rnnlm does not load "
                                   f"(rnnlm never unpickles arbitrary code)") from None
         raise CheckpointError(f"{path} cannot be read as a checkpoint: it is truncated, damaged, or not a "

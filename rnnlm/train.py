@@ -337,9 +337,9 @@ class Trainer:
                               batch_size=c.eval_batch_size, bptt=c.bptt, device=self.device, group=self.group,
                               precision=c.precision)
         if not math.isfinite(result.loss):
-            raise TrainingError(f"non-finite validation loss ({result.loss}) at step {self.step:,} (epoch {self.epoch}); "
-                                f"stopped without saving, so the last good checkpoint in {self.run_dir} is untouched. "
-                                f"Try a lower optim.lr or optim.clip")
+            raise TrainingError(f"non-finite validation loss ({result.loss}) at step {self.step:,} "
+                                f"(epoch {self.epoch}); stopped without saving, so the last good checkpoint in "
+                                f"{self.run_dir} is untouched. Try a lower optim.lr or optim.clip")
         self._check_diverged(result.loss, "validation loss")
         self._last_eval_step = self.step
         self.last_val = result

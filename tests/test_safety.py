@@ -167,3 +167,36 @@ def test_eval_of_a_nan_model_is_an_error_not_a_number(trained, tmp_path):
         assert result.exit_code == 1, result.output
         assert result.output.startswith("Error: the forward loss on ") and "not finite" in result.output
         assert "NaN" not in result.output and "nan" not in result.output.split("not finite")[1]
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a malicious checkpoint would hold."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_as_such(tmp_path):
+    import torch
+    marker = tmp_path / "ran"
+    torch.save({"format": "rnnlm-checkpoint", "format_version": 1, "model": RunsCode(marker)}, tmp_path / "evil.pt")
+    result = invoke("eval", tmp_path / "evil.pt")
+    assert result.exit_code == 1
+    assert "not an rnnlm checkpoint: it holds Python objects rnnlm does not load" in result.output, result.output
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("text, key, lines", [("optim:\n  lr: 1.0\n  clip: 0.5\n  lr: 2.0\n", "lr", (2, 4)),
+                                              ("optim:\n  lr: 1.0\ntrain:\n  seed: 1\noptim:\n  clip: 0.5\n",
+                                               "optim", (1, 5))])
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path, text, key, lines):
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    result = invoke("config", "--config", path)
+    assert result.exit_code == 2
+    assert f"at line {lines[1]}, column " in result.output
+    assert f"duplicate key '{key}' (first on line {lines[0]})" in result.output
