@@ -6,6 +6,7 @@ configuration error, 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import math
@@ -18,12 +19,14 @@ import click
 
 from rnnlm import __version__
 from rnnlm.config import MAX_SEED
-from rnnlm.errors import RnnlmError
+from rnnlm.errors import RnnlmError, storage_error
 
 if TYPE_CHECKING:
     from rnnlm.data.analysis import Report
 
 SPLITS = ("train", "valid", "test")
+# the operating system refusing a file is the user's to fix, never a bug in rnnlm: one line, not a traceback
+REFUSED_BY_THE_SYSTEM = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 SEED = click.IntRange(0, MAX_SEED)
 
 
@@ -60,6 +63,10 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except RnnlmError as exc:
             raise CommandError(exc) from None
+        except OSError as exc:  # what the library did not name itself: a run folder it may not create, ...
+            if exc.errno not in REFUSED_BY_THE_SYSTEM:
+                raise
+            raise CommandError(storage_error(exc, doing="accessing")) from None
         except KeyboardInterrupt:
             click.echo("\nInterrupted: stopped at once; checkpoints on disk are intact", err=True)
             sys.exit(130)

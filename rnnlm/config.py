@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from rnnlm.errors import ConfigError
+from rnnlm.errors import ConfigError, storage_error
 
 
 MAX_SEED = 2**63 - 1  # torch takes seeds below 2**64; a signed 64-bit range leaves room for per-rank offsets
@@ -279,7 +280,15 @@ def flatten(nested: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def dump_yaml(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    """Write the resolved config atomically: a full disk leaves the old file, never an empty one."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+        os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise storage_error(exc, path) from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
