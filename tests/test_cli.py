@@ -197,5 +197,6 @@ def test_a_full_disk_during_training_is_reported_and_keeps_the_old_checkpoint(ti
     monkeypatch.setattr(checkpoint.torch, "save", disk_full)
     result = invoke("train", "--resume", tmp_path / "run", "train.max_steps=12")
     assert result.exit_code == 1
-    assert "Error: could not write checkpoint" in result.output and "No space left on device" in result.output
+    assert "Error: no space left on device while writing " in result.output
+    assert "; the previous checkpoint is intact" in result.output
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
