@@ -200,3 +200,59 @@ def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path, text, key, line
     assert result.exit_code == 2
     assert f"at line {lines[1]}, column " in result.output
     assert f"duplicate key '{key}' (first on line {lines[0]})" in result.output
+
+
+def cached_ids(cache):
+    return sorted((cache / "ids").glob("*.ids"))
+
+
+def valid_loss(checkpoint):
+    result = invoke("eval", checkpoint, "--split", "valid", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)["loss"]
+
+
+def test_a_token_cache_rewritten_in_place_is_rebuilt(trained, monkeypatch, tmp_path):
+    import numpy as np
+    monkeypatch.setenv("RNNLM_CACHE", str(tmp_path / "cache"))
+    right = valid_loss(trained[0])
+    for path in cached_ids(tmp_path / "cache"):  # same size, valid ids, other text
+        ids = np.fromfile(path, dtype=np.uint16)
+        ids[::-1].tofile(path)
+    assert valid_loss(trained[0]) == right
+    for path in cached_ids(tmp_path / "cache"):  # ids beyond the vocabulary: an IndexError in the embedding
+        np.full(path.stat().st_size // 2, 60000, dtype=np.uint16).tofile(path)
+    assert valid_loss(trained[0]) == right
+
+
+def test_a_token_cache_entry_without_a_checksum_is_rebuilt(trained, monkeypatch, tmp_path):
+    monkeypatch.setenv("RNNLM_CACHE", str(tmp_path / "cache"))
+    right = valid_loss(trained[0])
+    (path,) = cached_ids(tmp_path / "cache")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({k: v for k, v in meta.items() if k != "sha256"}))
+    path.write_bytes(path.read_bytes()[::-1])  # an older rnnlm could not have noticed this
+    assert valid_loss(trained[0]) == right
+    assert json.loads(path.with_suffix(".json").read_text()) == meta
+
+
+def test_partial_cache_files_of_dead_processes_are_removed(tiny_corpus, monkeypatch, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from rnnlm.data.corpus import load_corpus
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RNNLM_CACHE", str(cache))
+    leftovers = {"ids": [f"a.ids.{dead}.part", f"b.ids.{os.getpid()}.part"],
+                 "tokenizers": [f"c.json.{dead}.part", f"d.json.{os.getpid()}.part"],
+                 "tinyshakespeare": [f"input.txt.{dead}.download", f"input.txt.{os.getpid()}.download"]}
+    for folder, names in leftovers.items():
+        (cache / folder).mkdir(parents=True)
+        for name in names:
+            (cache / folder / name).write_bytes(b"partial")
+    config = tiny_config(tiny_corpus)
+    load_corpus(config.data, config.tokenizer)
+    left = {path.name for path in cache.rglob("*") if path.name.endswith((".part", ".download"))}
+    assert left == {names[1] for names in leftovers.values()}
