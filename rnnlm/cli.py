@@ -10,7 +10,9 @@ import errno
 import functools
 import json
 import math
+import os
 import secrets
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -19,7 +21,7 @@ import click
 
 from rnnlm import __version__
 from rnnlm.config import MAX_SEED
-from rnnlm.errors import RnnlmError, storage_error
+from rnnlm.errors import Interrupted, RnnlmError, storage_error
 
 if TYPE_CHECKING:
     from rnnlm.data.analysis import Report
@@ -28,6 +30,7 @@ SPLITS = ("train", "valid", "test")
 # the operating system refusing a file is the user's to fix, never a bug in rnnlm: one line, not a traceback
 REFUSED_BY_THE_SYSTEM = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 SEED = click.IntRange(0, MAX_SEED)
+STOPPED_BY_SIGINT, STOPPED_BY_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -61,6 +64,9 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except Interrupted as exc:
+            _exit_at_once_on_signals(exc.exit_code)
+            raise CommandError(exc) from None
         except RnnlmError as exc:
             raise CommandError(exc) from None
         except OSError as exc:  # what the library did not name itself: a run folder it may not create, ...
@@ -68,10 +74,30 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             raise CommandError(storage_error(exc, doing="accessing")) from None
         except KeyboardInterrupt:
+            _exit_at_once_on_signals(STOPPED_BY_SIGINT)
             click.echo("\nInterrupted: stopped at once; checkpoints on disk are intact", err=True)
-            sys.exit(130)
+            sys.exit(STOPPED_BY_SIGINT)
 
     return wrapper
+
+
+def _exit_at_once_on_signals(code: int) -> None:
+    """After a stop, another Ctrl-C or SIGTERM ends the process at once with the same exit code: Python's
+    default handler would raise KeyboardInterrupt in whatever cleanup runs, or kill it (exit -2)."""
+    def exit_now(signum: int, frame: object) -> None:
+        _flush_and_exit(code)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, exit_now)
+
+
+def _flush_and_exit(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -341,4 +367,11 @@ def fill(checkpoint: str, text: str, top_k: int, blank: str, device: str) -> Non
 
 
 def main() -> None:
-    cli(prog_name="rnnlm")
+    try:
+        cli(prog_name="rnnlm")
+    except SystemExit as exc:
+        if exc.code in (STOPPED_BY_SIGINT, STOPPED_BY_SIGTERM):
+            # the run is saved and closed: skip the interpreter's teardown (seconds with torch loaded),
+            # during which Python restores the default signal handlers and a second Ctrl-C kills it (-2)
+            _flush_and_exit(exc.code)
+        raise

@@ -140,11 +140,12 @@ def test_resume_through_the_cli(tiny_corpus, tmp_path):
     assert refused.exit_code == 2 and "run has 16, asked for 64" in refused.output
 
 
-def start_long_training(tiny_corpus, run_dir, until_step):
-    """`rnnlm train` in a subprocess, returned once it has validated at step `until_step`."""
+def start_long_training(tiny_corpus, run_dir, until_step, start=("-m", "rnnlm")):
+    """`rnnlm train` in a subprocess (`python START train ...`), returned once it has validated at step
+    `until_step`."""
     corpus = run_dir.parent / "long.txt"
     corpus.write_text(tiny_corpus.read_text() * 20)
-    args = [sys.executable, "-m", "rnnlm", "train", "--run-dir", str(run_dir), f"data.corpus={corpus}",
+    args = [sys.executable, *start, "train", "--run-dir", str(run_dir), f"data.corpus={corpus}",
             *TINY, "train.max_steps=100000", "train.eval_every=5"]
     process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -256,3 +256,35 @@ def test_partial_cache_files_of_dead_processes_are_removed(tiny_corpus, monkeypa
     load_corpus(config.data, config.tokenizer)
     left = {path.name for path in cache.rglob("*") if path.name.endswith((".part", ".download"))}
     assert left == {names[1] for names in leftovers.values()}
+
+
+# rnnlm's entry point behind a slow interpreter teardown, as torch's finalizers make it: by then Python has
+# put back the default signal handlers, so a second Ctrl-C killed the process (exit -2 instead of 130)
+SLOW_TEARDOWN = """
+import time
+class SlowToTearDown:
+    def __del__(self):
+        time.sleep(5)
+keep = SlowToTearDown()
+from rnnlm.cli import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_after_the_save_still_exits_130(tiny_corpus, tmp_path):
+    import signal
+    import time
+    from test_cli import start_long_training
+    run_dir = tmp_path / "run"
+    process = start_long_training(tiny_corpus, run_dir, until_step=5, start=("-c", SLOW_TEARDOWN))
+    process.send_signal(signal.SIGINT)
+    for line in process.stderr:
+        if line.startswith("Interrupted: stopped at step"):  # saved; the process is on its way out
+            break
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=60)
+    assert process.returncode == 130, rest
+    assert "KeyboardInterrupt" not in rest and "Traceback" not in rest
+    assert load_checkpoint(run_dir / "last.pt")["trainer"]["step"] >= 5
