@@ -138,7 +138,9 @@ class Trainer:
         self._start_step = self.step
         if g.is_main:
             dump_yaml(c, self.run_dir / "config.yaml")
-        self.writer = open_writer(self.run_dir, c.train.tensorboard and g.is_main)
+        # a resumed run logs again the steps after its checkpoint, which a crash may have logged already
+        self.writer = open_writer(self.run_dir, c.train.tensorboard and g.is_main,
+                                  purge_step=self.step + 1 if self.resume else None)
         self.log(self._describe())
 
     def _describe(self) -> str:
