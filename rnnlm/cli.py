@@ -31,6 +31,7 @@ SPLITS = ("train", "valid", "test")
 REFUSED_BY_THE_SYSTEM = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 SEED = click.IntRange(0, MAX_SEED)
 STOPPED_BY_SIGINT, STOPPED_BY_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
+_standalone = False  # running as the `rnnlm` program (main), not called in another program's process
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -83,7 +84,11 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _exit_at_once_on_signals(code: int) -> None:
     """After a stop, another Ctrl-C or SIGTERM ends the process at once with the same exit code: Python's
-    default handler would raise KeyboardInterrupt in whatever cleanup runs, or kill it (exit -2)."""
+    default handler would raise KeyboardInterrupt in whatever cleanup runs, or kill it (exit -2).
+    Only as the `rnnlm` program: a caller of the commands in its own process keeps its handlers."""
+    if not _standalone:
+        return
+
     def exit_now(signum: int, frame: object) -> None:
         _flush_and_exit(code)
 
@@ -367,6 +372,8 @@ def fill(checkpoint: str, text: str, top_k: int, blank: str, device: str) -> Non
 
 
 def main() -> None:
+    global _standalone
+    _standalone = True
     try:
         cli(prog_name="rnnlm")
     except SystemExit as exc:

@@ -42,6 +42,7 @@ from rnnlm.runtime import StopSignals
 DIVERGED_MARGIN = 5.0  # nats
 DIVERGED_LOG_POINTS = 3
 
+
 @dataclass
 class TrainSummary:
     steps: int
@@ -194,7 +195,7 @@ class Trainer:
             if log_point:
                 speed = meter.window()
                 if read is not None:
-                    self._check_diverged(read[0], "mean training loss")
+                    self._check_diverged(read[0])
                     self._log_train(read[0], speed, read[1], bar)
             if c.eval_every and self.step % c.eval_every == 0:
                 self._validate()
@@ -302,15 +303,14 @@ class Trainer:
                             + f"; stopped without saving, so the last good checkpoint in {self.run_dir} is untouched. "
                               f"Try a lower optim.lr or optim.clip")
 
-    def _check_diverged(self, loss: float, what: str) -> None:
+    def _check_diverged(self, loss: float, validation: bool = False) -> None:
         """Stop a run whose loss stays far above a uniform guess's (see DIVERGED_MARGIN), as for a NaN."""
-        if loss <= self.divergence_limit:
-            self._above_limit = 0
+        if not validation:
+            self._above_limit = self._above_limit + 1 if loss > self.divergence_limit else 0
+        if loss <= self.divergence_limit or (not validation and self._above_limit < DIVERGED_LOG_POINTS):
             return
-        self._above_limit += 1
-        if what == "mean training loss" and self._above_limit < DIVERGED_LOG_POINTS:
-            return
-        span = f" for {self._above_limit} log points in a row" if self._above_limit > 1 else ""
+        what = "validation loss" if validation else "mean training loss"
+        span = "" if validation else f" for {self._above_limit} log points in a row"
         raise TrainingError(f"the run diverged at step {self.step:,} (epoch {self.epoch}): {what} {loss:.4g}{span}, "
                             f"above {self.divergence_limit:.2f} (twice ln V plus {DIVERGED_MARGIN:g} nats; a uniform "
                             f"guess scores {math.log(self.tokenizer.vocab_size):.2f}); stopped without saving, so the "
@@ -342,7 +342,7 @@ class Trainer:
             raise TrainingError(f"non-finite validation loss ({result.loss}) at step {self.step:,} "
                                 f"(epoch {self.epoch}); stopped without saving, so the last good checkpoint in "
                                 f"{self.run_dir} is untouched. Try a lower optim.lr or optim.clip")
-        self._check_diverged(result.loss, "validation loss")
+        self._check_diverged(result.loss, validation=True)
         self._last_eval_step = self.step
         self.last_val = result
         self.history.append({"step": self.step, "val_loss": result.loss})
