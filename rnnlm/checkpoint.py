@@ -7,11 +7,12 @@ for resuming, the optimizer, schedule, data position, hidden state and RNG state
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -33,18 +34,44 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temp, "wb") as f:
-            torch.save(payload, f)
+            sink = _Sink(f)
+            try:
+                torch.save(payload, sink)
+            except RuntimeError:
+                if sink.error is None:
+                    raise
+                raise sink.error from None  # torch's zip writer reports a failed write as "unexpected pos"
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
     except OSError as exc:
         temp.unlink(missing_ok=True)
-        raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}; the previous "
-                              f"checkpoint there (if any) is intact") from None
+        kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint was written there"
+        if exc.errno == errno.ENOSPC:
+            raise CheckpointError(f"no space left on device while writing {path}; {kept}") from None
+        raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}; {kept}") from None
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+class _Sink:
+    """The file torch.save writes to, remembering the OSError that torch's writer turns into a RuntimeError."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -73,11 +100,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):
+        if "unsupported global" in str(exc).lower():  # torch 2.13: "unsupported GLOBAL"; older: "Unsupported global"
             raise CheckpointError(f"{path} is not an rnnlm checkpoint: it holds Python objects rnnlm does not load "
                                   f"(rnnlm never unpickles arbitrary code)") from None
         raise CheckpointError(f"{path} cannot be read as a checkpoint: it is truncated, damaged, or not a "
                               f"checkpoint file") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {(exc.strerror or str(exc)).lower()}") from None
     except Exception:  # torch.load fails on foreign bytes in many ways: zip, pickle, key and value errors
         raise CheckpointError(f"{path} cannot be read as a checkpoint: it is truncated, damaged, or not a "
                               f"checkpoint file") from None

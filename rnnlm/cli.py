@@ -6,10 +6,13 @@ configuration error, 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import math
+import os
 import secrets
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -17,12 +20,30 @@ from typing import TYPE_CHECKING, Any, Callable
 import click
 
 from rnnlm import __version__
-from rnnlm.errors import RnnlmError
+from rnnlm.config import MAX_SEED
+from rnnlm.errors import Interrupted, RnnlmError, storage_error
 
 if TYPE_CHECKING:
     from rnnlm.data.analysis import Report
 
 SPLITS = ("train", "valid", "test")
+# the operating system refusing a file is the user's to fix, never a bug in rnnlm: one line, not a traceback
+REFUSED_BY_THE_SYSTEM = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+SEED = click.IntRange(0, MAX_SEED)
+STOPPED_BY_SIGINT, STOPPED_BY_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
+_standalone = False  # running as the `rnnlm` program (main), not called in another program's process
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf, which every range comparison lets through."""
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number.", param, ctx)
+        return number
 
 
 class CommandError(click.ClickException):
@@ -44,13 +65,44 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except Interrupted as exc:
+            _exit_at_once_on_signals(exc.exit_code)
+            raise CommandError(exc) from None
         except RnnlmError as exc:
             raise CommandError(exc) from None
+        except OSError as exc:  # what the library did not name itself: a run folder it may not create, ...
+            if exc.errno not in REFUSED_BY_THE_SYSTEM:
+                raise
+            raise CommandError(storage_error(exc, doing="accessing")) from None
         except KeyboardInterrupt:
+            _exit_at_once_on_signals(STOPPED_BY_SIGINT)
             click.echo("\nInterrupted: stopped at once; checkpoints on disk are intact", err=True)
-            sys.exit(130)
+            sys.exit(STOPPED_BY_SIGINT)
 
     return wrapper
+
+
+def _exit_at_once_on_signals(code: int) -> None:
+    """After a stop, another Ctrl-C or SIGTERM ends the process at once with the same exit code: Python's
+    default handler would raise KeyboardInterrupt in whatever cleanup runs, or kill it (exit -2).
+    Only as the `rnnlm` program: a caller of the commands in its own process keeps its handlers."""
+    if not _standalone:
+        return
+
+    def exit_now(signum: int, frame: object) -> None:
+        _flush_and_exit(code)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, exit_now)
+
+
+def _flush_and_exit(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,7 +117,7 @@ def cli() -> None:
 @click.option("--run-dir", type=click.Path(file_okay=False),
               help="Folder for best.pt, last.pt, config.yaml and TensorBoard events [default: runs/<config name>].")
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps (same as train.device=...).")
-@click.option("--seed", type=int, help="Random seed (same as train.seed=...).")
+@click.option("--seed", type=SEED, help="Random seed (same as train.seed=...).")
 @click.option("--resume", metavar="RUN_DIR|auto",
               help="Continue the run in RUN_DIR exactly where it stopped; 'auto' resumes --run-dir if it holds a run.")
 @click.option("--overwrite", is_flag=True,
@@ -92,7 +144,10 @@ def train(config_path: str | None, run_dir: str | None, device: str | None, seed
         trainer.close()
     if not trainer.group.is_main:  # under torchrun, rank 0 speaks for the job
         return
-    best = f"best validation perplexity {math.exp(summary.best_val_loss):.2f}" if summary.best_val_loss else ""
+    from rnnlm.evaluate import perplexity
+
+    best = f"best validation perplexity {perplexity(summary.best_val_loss):.2f}" \
+        if summary.best_val_loss is not None else ""
     click.echo(f"Done: {summary.steps:,} steps ({summary.tokens_per_sec:,.0f} tokens/s), {best}. Checkpoints in "
                f"{folder}/", err=True)
     click.echo(f"Next: rnnlm sample {folder}/best.pt   |   rnnlm eval {folder}/best.pt --split test", err=True)
@@ -115,13 +170,13 @@ def show_config(config_path: str | None, overrides: tuple[str, ...]) -> None:
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("--prompt", default="", help="Text to continue [default: start at a line start].")
 @click.option("--length", default=500, show_default=True, type=click.IntRange(min=0), help="Tokens to generate.")
-@click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
+@click.option("--temperature", default=1.0, show_default=True, type=FiniteFloatRange(min=0.0),
               help="Sharpness of the distribution; 0 always takes the most likely token.")
 @click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0),
               help="Sample among the k most likely tokens only (0: all).")
-@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+@click.option("--top-p", default=1.0, show_default=True, type=FiniteFloatRange(min=0.0, max=1.0, min_open=True),
               help="Sample among the most likely tokens holding this probability mass (1: all).")
-@click.option("--seed", type=int, help="Same seed, same text [default: a random seed, printed].")
+@click.option("--seed", type=SEED, help="Same seed, same text [default: a random seed, printed].")
 @click.option("--num-samples", default=1, show_default=True, type=click.IntRange(min=1),
               help="Independent samples, generated together.")
 @click.option("--reverse", is_flag=True,
@@ -207,11 +262,17 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
         raise CommandError(RnnlmError(f"{source} holds no text to score"))
     result = evaluate(loaded.model, scored, boundary_id=loaded.tokenizer.boundary_id, batch_size=batch_size,
                       bptt=bptt, device=torch_device, precision=precision)
+    broken = [name or "forward" for name, numbers in [("", result), *result.heads.items()]
+              if not math.isfinite(numbers.loss)]
+    if broken:  # a diverged or damaged model: no number to report
+        raise CommandError(RnnlmError(f"the {', '.join(broken)} loss on {source} is not finite: the "
+                                      f"checkpoint's weights are diverged or damaged"))
     unk = count_token(scored.ids, loaded.tokenizer.unk_id)
     lossy = loaded.tokenizer.kind == "word" or unk > 0  # then bits per byte are not those of the raw text
     if as_json:
-        click.echo(json.dumps({**result.to_dict(), "source": source, "batch_size": batch_size, "unk_tokens": unk,
-                               "lossless": not lossy, "precision": precision}))
+        click.echo(json.dumps(_finite_or_null({**result.to_dict(), "source": source, "batch_size": batch_size,
+                                               "unk_tokens": unk, "lossless": not lossy, "precision": precision}),
+                              allow_nan=False))
         return
     context = "full left context" if batch_size == 1 else f"{batch_size} parallel streams"
     click.echo(f"{source}: {result.tokens:,} tokens, {result.chars:,} characters, batch size {batch_size} ({context})")
@@ -227,6 +288,15 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
                    + " (lossy*)" * lossy)
     if lossy:
         click.echo(_lossy_note(loaded.tokenizer.kind, unk))
+
+
+def _finite_or_null(value: Any) -> Any:
+    """JSON has no NaN or Infinity: a perplexity too large for a float becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    return value
 
 
 def _lossy_note(kind: str, unk: int) -> str:
@@ -306,4 +376,13 @@ def fill(checkpoint: str, text: str, top_k: int, blank: str, device: str) -> Non
 
 
 def main() -> None:
-    cli(prog_name="rnnlm")
+    global _standalone
+    _standalone = True
+    try:
+        cli(prog_name="rnnlm")
+    except SystemExit as exc:
+        if exc.code in (STOPPED_BY_SIGINT, STOPPED_BY_SIGTERM):
+            # the run is saved and closed: skip the interpreter's teardown (seconds with torch loaded),
+            # during which Python restores the default signal handlers and a second Ctrl-C kills it (-2)
+            _flush_and_exit(exc.code)
+        raise

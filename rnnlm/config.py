@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,7 +18,10 @@ from typing import Any, Literal
 
 import yaml
 
-from rnnlm.errors import ConfigError
+from rnnlm.errors import ConfigError, storage_error
+
+
+MAX_SEED = 2**63 - 1  # torch takes seeds below 2**64; a signed 64-bit range leaves room for per-rank offsets
 
 
 @dataclass(frozen=True)
@@ -276,7 +280,33 @@ def flatten(nested: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def dump_yaml(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    """Write the resolved config atomically: a full disk leaves the old file, never an empty one."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+        os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise storage_error(exc, path) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error: silently keeping the last
+    would train with a value the reader of the file may not see."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` overrides by design
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first on line {seen[key].line + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
@@ -287,7 +317,7 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -424,6 +454,7 @@ def _check_ranges(c: Config) -> list[str]:
     need(o.warmup_steps >= 0, f"optim.warmup_steps must be 0 or more (got {o.warmup_steps})")
     need(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, optim.lr] (got {o.min_lr})")
     need(o.nonmono >= 1, f"optim.nonmono must be at least 1 (got {o.nonmono})")
+    need(0 <= tr.seed <= MAX_SEED, f"train.seed must be in [0, 2**63 - 1] (got {tr.seed})")
     need(tr.skip_nonfinite >= 0, f"train.skip_nonfinite must be 0 or more (got {tr.skip_nonfinite})")
     need(0.0 < o.lr_decay <= 1.0, f"optim.lr_decay must be in (0, 1] (got {o.lr_decay})")
     need(o.decay_start >= 0, f"optim.decay_start must be 0 or more (got {o.decay_start})")

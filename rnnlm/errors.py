@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 
 class RnnlmError(Exception):
     """A known failure: the CLI prints `Error: <message>` and exits with `exit_code`."""
@@ -44,3 +47,20 @@ class Interrupted(RnnlmError):
 
 class RunInUse(RnnlmError):
     """Another trainer holds the run folder (exit 1)."""
+
+
+class StorageError(RnnlmError):
+    """The operating system refused a file: no space left, permission denied, read-only (exit 1)."""
+
+
+def storage_error(exc: OSError, path: str | Path | None = None, doing: str = "writing", hint: str = "") -> StorageError:
+    """One line for an OSError about `path` (default: the error's own file name)."""
+    where = path if path is not None else exc.filename
+    if exc.errno == errno.ENOSPC:
+        what = "no space left on device"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        what = "permission denied"
+    else:
+        what = (exc.strerror or str(exc)).lower()
+    place = f" {where}" if where is not None else " a file"
+    return StorageError(f"{what} while {doing}{place}" + (f"; {hint}" if hint else ""))

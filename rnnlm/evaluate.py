@@ -16,6 +16,14 @@ from rnnlm.models.lm import RNNLM
 from rnnlm.runtime import autocast
 
 
+MAX_EXP = math.log(float.fromhex("0x1.fffffffffffffp+1023"))  # 709.78: exp of more overflows a float
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), inf where that overflows (a diverged model's loss), NaN for NaN: never an OverflowError."""
+    return math.exp(loss) if loss <= MAX_EXP else (math.inf if loss > MAX_EXP else math.nan)
+
+
 @dataclass(frozen=True)
 class EvalResult:
     nll: float  # total negative log-likelihood, nats
@@ -31,7 +39,7 @@ class EvalResult:
 
     @property
     def ppl(self) -> float:
-        return math.exp(self.loss) if self.loss < 700 else math.inf
+        return perplexity(self.loss)
 
     @property
     def bits_per_token(self) -> float:

@@ -16,10 +16,14 @@ class NullWriter:
         pass
 
 
-def open_writer(run_dir: Path, enabled: bool) -> NullWriter:
-    """A TensorBoard SummaryWriter writing event files into `run_dir`, or a NullWriter."""
+def open_writer(run_dir: Path, enabled: bool, purge_step: int | None = None) -> NullWriter:
+    """A TensorBoard SummaryWriter writing event files into `run_dir`, or a NullWriter.
+
+    `purge_step`: TensorBoard hides the earlier files' events from this step on, as a resumed run logs
+    the steps after its checkpoint again (those logged before a crash would show twice).
+    """
     if not enabled:
         return NullWriter()
     from torch.utils.tensorboard import SummaryWriter  # imported late: it takes a second to load
 
-    return SummaryWriter(log_dir=str(run_dir))
+    return SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)

@@ -15,7 +15,7 @@ import numpy as np
 
 from rnnlm.checkpoint import resume_payload
 from rnnlm.config import Config, load_config, requested_changes, resume_config
-from rnnlm.errors import CheckpointError, RnnlmError, RunInUse, UsageError
+from rnnlm.errors import CheckpointError, RunInUse, UsageError, storage_error
 
 try:
     import fcntl
@@ -29,7 +29,7 @@ LOCK_FILE = ".lock"
 ASIDE = ".replaced"  # the run an --overwrite replaces, whole, kept until the new run's first last.pt
 MOVING = ".replacing"  # that run while it moves aside (the folder holds only its other files)
 RESTORING = ".restoring"  # that run while it moves back (the new run's files are gone already)
-_PARTIAL = re.compile(r"^\..+\.pt\.\d+\.tmp$")  # save_checkpoint's temporary files
+_PARTIAL = re.compile(r"^\.(.+\.pt|config\.yaml)\.\d+\.tmp$")  # save_checkpoint's and dump_yaml's temporary files
 _HASH_CHUNK = 1 << 24  # ids hashed per chunk, so a memory-mapped split is never copied whole
 
 
@@ -89,7 +89,7 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise RnnlmError(f"cannot use run folder {self.path}: {exc.strerror or exc}") from None
+            raise storage_error(exc, self.path, doing="accessing the run folder") from None
         self._fd = fd
         if fcntl is None:
             return
@@ -103,8 +103,11 @@ class RunFolder:
         except OSError:  # a file system without locks (some network mounts): run unguarded, as before
             return
         self.locked = True
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        try:  # the pid only names the holder in another trainer's message: a full disk must not stop this one
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        except OSError:
+            pass
 
     def release(self) -> None:
         if self._fd is None:

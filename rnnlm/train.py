@@ -25,13 +25,23 @@ from rnnlm.data.batching import TrainBatches
 from rnnlm.data.corpus import load_corpus
 from rnnlm.data.tokenizers import from_state
 from rnnlm.errors import CheckpointError, DataError, Interrupted, TrainingError, UsageError
-from rnnlm.evaluate import EvalResult, evaluate
+from rnnlm.evaluate import EvalResult, evaluate, perplexity
 from rnnlm.metrics import open_writer
 from rnnlm.models import build_model
 from rnnlm.models.lm import detach_state
 from rnnlm.optim import Averager, Schedule, build_optimizer
 from rnnlm.runs import RunFolder, changed_splits, describe_changes, split_fingerprint
 from rnnlm.runtime import StopSignals
+
+# A diverged run: its loss stays far above that of guessing uniformly (ln V nats per token). An untrained
+# model starts near ln V and any learning run stays below it, with passing spikes; twice ln V means the
+# model puts on the true token a probability V times smaller than a uniform guess would, and the margin
+# keeps small vocabularies (ln 30 = 3.4) from tripping on an early spike. The training loss must stay
+# above the limit for DIVERGED_LOG_POINTS log points in a row (each a mean over log_every steps);
+# a validation above it (a mean over the whole split) stops the run at once.
+DIVERGED_MARGIN = 5.0  # nats
+DIVERGED_LOG_POINTS = 3
+
 
 @dataclass
 class TrainSummary:
@@ -134,6 +144,8 @@ class Trainer:
         # fp16 gradients underflow: scale the loss up, and skip the steps whose scaled gradients overflow
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.train.precision == "fp16")
         self._skipped = 0  # non-finite steps skipped in a row
+        self._above_limit = 0  # log points in a row whose mean training loss was above the divergence limit
+        self.divergence_limit = 2 * math.log(self.tokenizer.vocab_size) + DIVERGED_MARGIN
         self._pending: list[tuple[int, torch.Tensor]] = []  # (step, [loss, grad norm]) not read back yet
         self.state = self.model.init_state(c.train.batch_size)
         self.step, self.epoch, self.best_val, self.history = 0, 1, None, []
@@ -145,7 +157,9 @@ class Trainer:
         if g.is_main:
             dump_yaml(c, self.run_dir / "config.yaml")
             self.folder.write_id(self.run_id)
-        self.writer = open_writer(self.run_dir, c.train.tensorboard and g.is_main)
+        # a resumed run logs again the steps after its checkpoint, which a crash may have logged already
+        self.writer = open_writer(self.run_dir, c.train.tensorboard and g.is_main,
+                                  purge_step=self.step + 1 if self.resume else None)
         self.log(self._describe())
 
     def _check_data(self, saved: dict[str, Any] | None) -> dict[str, Any]:
@@ -215,6 +229,7 @@ class Trainer:
             if log_point:
                 speed = meter.window()
                 if read is not None:
+                    self._check_diverged(read[0])
                     self._log_train(read[0], speed, read[1], bar)
             if c.eval_every and self.step % c.eval_every == 0:
                 self._validate()
@@ -322,6 +337,19 @@ class Trainer:
                             + f"; stopped without saving, so the last good checkpoint in {self.run_dir} is untouched. "
                               f"Try a lower optim.lr or optim.clip")
 
+    def _check_diverged(self, loss: float, validation: bool = False) -> None:
+        """Stop a run whose loss stays far above a uniform guess's (see DIVERGED_MARGIN), as for a NaN."""
+        if not validation:
+            self._above_limit = self._above_limit + 1 if loss > self.divergence_limit else 0
+        if loss <= self.divergence_limit or (not validation and self._above_limit < DIVERGED_LOG_POINTS):
+            return
+        what = "validation loss" if validation else "mean training loss"
+        span = "" if validation else f" for {self._above_limit} log points in a row"
+        raise TrainingError(f"the run diverged at step {self.step:,} (epoch {self.epoch}): {what} {loss:.4g}{span}, "
+                            f"above {self.divergence_limit:.2f} (twice ln V plus {DIVERGED_MARGIN:g} nats; a uniform "
+                            f"guess scores {math.log(self.tokenizer.vocab_size):.2f}); stopped without saving, so the "
+                            f"last good checkpoint in {self.run_dir} is untouched. Try a lower optim.lr or optim.clip")
+
     def _log_train(self, loss: float, speed: float, grad_norm: float, bar: tqdm) -> None:
         lr = self.schedule.lr
         self.history.append({"step": self.step, "loss": loss})
@@ -329,7 +357,7 @@ class Trainer:
         self.writer.add_scalar("train/lr", lr, self.step)
         self.writer.add_scalar("train/grad_norm", grad_norm, self.step)
         self.writer.add_scalar("perf/tokens_per_sec", speed, self.step)
-        bar.set_postfix(epoch=self.epoch, loss=f"{loss:.3f}", ppl=f"{math.exp(min(loss, 50)):.2f}", lr=f"{lr:.3g}",
+        bar.set_postfix(epoch=self.epoch, loss=f"{loss:.3f}", ppl=f"{perplexity(loss):.2f}", lr=f"{lr:.3g}",
                         tok_s=f"{speed:,.0f}", refresh=False)
 
     def _validate(self, final: bool = False) -> None:
@@ -344,6 +372,11 @@ class Trainer:
             result = evaluate(self.model, self.corpus.splits["valid"], boundary_id=self.tokenizer.boundary_id,
                               batch_size=c.eval_batch_size, bptt=c.bptt, device=self.device, group=self.group,
                               precision=c.precision)
+        if not math.isfinite(result.loss):
+            raise TrainingError(f"non-finite validation loss ({result.loss}) at step {self.step:,} "
+                                f"(epoch {self.epoch}); stopped without saving, so the last good checkpoint in "
+                                f"{self.run_dir} is untouched. Try a lower optim.lr or optim.clip")
+        self._check_diverged(result.loss, validation=True)
         self._last_eval_step = self.step
         self.last_val = result
         self.history.append({"step": self.step, "val_loss": result.loss})

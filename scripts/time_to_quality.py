@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from bench import PlainLM, columns, plain_step  # scripts/bench.py's plain side (this folder is on the path)
+from rnnlm.evaluate import perplexity as safe_perplexity  # inf, not OverflowError, for a diverged run
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 120.7  # Zaremba et al. 2014, Table 1, small non-regularized LSTM: validation perplexity
@@ -51,7 +51,7 @@ def plain_perplexity(model: PlainLM, data: torch.Tensor) -> float:
                                                  reduction="sum").item()
             count += length * data.size(1)
     model.train()
-    return math.exp(total / count)
+    return safe_perplexity(total / count)
 
 
 def run_plain(epochs: int) -> dict:
@@ -106,7 +106,7 @@ def run_rnnlm(epochs: int, overrides: list[str]) -> dict:
                          batch_size=BATCH, bptt=BPTT, device=trainer.device)
         clock["paused"] += time.perf_counter() - pause
         curve.append({"epoch": int(found[1]), "seconds": seconds, "val_ppl": exact.ppl,
-                      "val_ppl_at_train_precision": math.exp(float(found[2]))})
+                      "val_ppl_at_train_precision": safe_perplexity(float(found[2]))})
         print(json.dumps(curve[-1]), file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="rnnlm-ttq-") as folder:

@@ -42,7 +42,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(trained, tmp_path,
         f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(checkpoint.torch, "save", disk_full)
-    with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint there .* intact"):
+    with pytest.raises(CheckpointError, match="no space left on device while writing .*last.pt; the previous checkpoint is intact"):
         save_checkpoint({"model": {}}, path)
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []

@@ -140,11 +140,12 @@ def test_resume_through_the_cli(tiny_corpus, tmp_path):
     assert refused.exit_code == 2 and "run has 16, asked for 64" in refused.output
 
 
-def start_long_training(tiny_corpus, run_dir, until_step):
-    """`rnnlm train` in a subprocess, returned once it has validated at step `until_step`."""
+def start_long_training(tiny_corpus, run_dir, until_step, start=("-m", "rnnlm")):
+    """`rnnlm train` in a subprocess (`python START train ...`), returned once it has validated at step
+    `until_step`."""
     corpus = run_dir.parent / "long.txt"
     corpus.write_text(tiny_corpus.read_text() * 20)
-    args = [sys.executable, "-m", "rnnlm", "train", "--run-dir", str(run_dir), f"data.corpus={corpus}",
+    args = [sys.executable, *start, "train", "--run-dir", str(run_dir), f"data.corpus={corpus}",
             *TINY, "train.max_steps=100000", "train.eval_every=5"]
     process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -197,7 +198,8 @@ def test_a_full_disk_during_training_is_reported_and_keeps_the_old_checkpoint(ti
     monkeypatch.setattr(checkpoint.torch, "save", disk_full)
     result = invoke("train", "--resume", tmp_path / "run", "train.max_steps=12")
     assert result.exit_code == 1
-    assert "Error: could not write checkpoint" in result.output and "No space left on device" in result.output
+    assert "Error: no space left on device while writing " in result.output
+    assert "; the previous checkpoint is intact" in result.output
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
 
 

@@ -364,12 +364,12 @@ def test_resuming_a_damaged_checkpoint_is_one_error_line_and_changes_nothing(run
 
 
 def test_partial_checkpoints_of_dead_writers_are_removed_at_start(run_a):
-    leftovers = [run_a / ".last.pt.999999.tmp", run_a / ".best.pt.12.tmp"]
+    leftovers = [run_a / ".last.pt.999999.tmp", run_a / ".best.pt.12.tmp", run_a / ".config.yaml.12.tmp"]
     for path in leftovers:
         path.write_bytes(b"half a checkpoint")
     unrelated = run_a / ".notes.txt.12.tmp"
     unrelated.write_text("not ours")
     result = invoke("train", "--resume", run_a, "train.max_steps=9")
     assert result.exit_code == 0, result.output
-    assert "removed 2 partial checkpoint files" in result.output
+    assert "removed 3 partial checkpoint files" in result.output
     assert not any(path.exists() for path in leftovers) and unrelated.exists()

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from rnnlm.config import DataConfig, TokenizerConfig
 from rnnlm.data import registry
 from rnnlm.data.tokenizers import Tokenizer, fingerprint, from_state, vocab_builder
-from rnnlm.errors import CheckpointError, DataError
+from rnnlm.errors import CheckpointError, DataError, storage_error
 
 BLOCK = 4 << 20  # bytes read at a time
 MAX_LINE = 4 << 20  # characters: a longer line is handed out in pieces, so memory stays bounded
@@ -68,6 +69,15 @@ def load_corpus(data: DataConfig, tokenizer_config: TokenizerConfig, tokenizer: 
                 splits: tuple[str, ...] = registry.SPLITS) -> Corpus:
     """Resolve the corpus, build the tokenizer on its training split unless given, encode `splits`."""
     cache_dir = registry.default_cache_dir(data.cache_dir)
+    remove_leftovers(cache_dir)
+    try:
+        return _load_corpus(data, tokenizer_config, tokenizer, splits, cache_dir)
+    except PermissionError as exc:  # the cache's own writes say so themselves: this is the text
+        raise storage_error(exc, doing="reading") from None
+
+
+def _load_corpus(data: DataConfig, tokenizer_config: TokenizerConfig, tokenizer: Tokenizer | None,
+                 splits: tuple[str, ...], cache_dir: Path) -> Corpus:
     segments = split_segments(registry.resolve(data.corpus, cache_dir), data)
     if tokenizer is None:
         tokenizer = cached_tokenizer(tokenizer_config, segments["train"], cache_dir)
@@ -120,10 +130,45 @@ def _from_json(obj: dict[str, Any]) -> Any:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.part")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise _cache_error(exc, path) from None
+
+
+def _cache_error(exc: OSError, path: Path) -> Exception:
+    room = "free space there or " if exc.errno == errno.ENOSPC else ""
+    return storage_error(exc, path, hint=f"{room}point data.cache_dir (or RNNLM_CACHE) at a folder you can write")
+
+
+def remove_leftovers(cache_dir: Path) -> None:
+    """Delete the partial files (`NAME.PID.part`, `NAME.PID.download`) that killed processes left in the cache.
+
+    A file whose process still runs is being written and stays. The cache belongs to one machine: a
+    process id means nothing on another host sharing the folder.
+    """
+    for pattern in ("ids/*.part", "tokenizers/*.part", "*/*.download"):
+        for path in cache_dir.glob(pattern):
+            pid = path.name.rsplit(".", 2)[-2] if path.name.count(".") >= 2 else ""
+            if pid.isdigit() and not _alive(int(pid)):
+                try:
+                    path.unlink()
+                except OSError:  # gone already, or not ours to remove: it does no harm
+                    pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
 
 
 def sample_segments(segment: Segment, sample_bytes: int, window: int = SAMPLE_WINDOW) -> list[Segment]:
@@ -261,7 +306,7 @@ def encode_segment(segment: Segment, tokenizer: Tokenizer, cache_dir: Path) -> S
     ids_path = cache_dir / "ids" / f"{key}.ids"
     meta_path = ids_path.with_suffix(".json")
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
-    meta = _read_meta(meta_path, ids_path, dtype)
+    meta = _read_meta(meta_path, ids_path, dtype, tokenizer.vocab_size)
     if meta is None:
         meta = _encode_to_file(segment, tokenizer, ids_path, dtype)
         _write_atomic(meta_path, json.dumps(meta).encode())
@@ -271,34 +316,74 @@ def encode_segment(segment: Segment, tokenizer: Tokenizer, cache_dir: Path) -> S
 
 def encode_text_file(path: Path, tokenizer: Tokenizer, cache_dir: Path) -> Split:
     """Encode a whole text file (for `rnnlm eval --text`)."""
-    return encode_segment(Segment(path, 0, path.stat().st_size), tokenizer, cache_dir)
+    remove_leftovers(cache_dir)
+    try:
+        return encode_segment(Segment(path, 0, path.stat().st_size), tokenizer, cache_dir)
+    except PermissionError as exc:
+        raise storage_error(exc, doing="reading") from None
 
 
-def _read_meta(meta_path: Path, ids_path: Path, dtype: np.dtype) -> dict | None:
-    """The cache entry's metadata if it is complete and consistent; None means rebuild it."""
+def _read_meta(meta_path: Path, ids_path: Path, dtype: np.dtype, vocab_size: int) -> dict | None:
+    """The cache entry's metadata if it is complete and its ids file is the one written; None: rebuild it.
+
+    The ids file is hashed on every load (sha256 runs at about 1.4 GB/s, well below the cost of encoding
+    the text): a file changed in place, or ids beyond the vocabulary, would otherwise train on wrong data
+    or crash in the embedding. An entry without a checksum (an older rnnlm's) is rebuilt.
+    """
     try:
         meta = json.loads(meta_path.read_text())
         complete = meta["dtype"] == dtype.name and ids_path.stat().st_size == meta["count"] * dtype.itemsize
-        return meta if complete else None
+        if not complete or not isinstance(meta.get("sha256"), str):
+            return None
+        digest, largest = _digest_ids(ids_path, dtype)
+        return meta if digest == meta["sha256"] and largest < vocab_size else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
+def _digest_ids(path: Path, dtype: np.dtype) -> tuple[str, int]:
+    """The sha256 of an ids file and its largest id (-1 if empty), in one pass."""
+    digest, largest = hashlib.sha256(), -1
+    with open(path, "rb") as f:
+        while block := f.read(BLOCK):
+            digest.update(block)
+            largest = max(largest, int(np.frombuffer(block, dtype=dtype).max()))
+    return digest.hexdigest(), largest
+
+
 def _encode_to_file(segment: Segment, tokenizer: Tokenizer, ids_path: Path, dtype: np.dtype) -> dict:
-    ids_path.parent.mkdir(parents=True, exist_ok=True)
     partial = ids_path.with_name(f"{ids_path.name}.{os.getpid()}.part")
+    try:
+        ids_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "wb") as out:
+            count, chars, digest = _write_ids(segment, tokenizer, out, dtype)
+        os.replace(partial, ids_path)
+    except OSError as exc:
+        if isinstance(exc, PermissionError) and str(exc.filename) == str(segment.path):
+            raise  # the text, not the cache: load_corpus says so
+        partial.unlink(missing_ok=True)
+        raise _cache_error(exc, ids_path) from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return {"dtype": dtype.name, "count": count, "chars": chars, "bytes": segment.size, "sha256": digest}
+
+
+def _write_ids(segment: Segment, tokenizer: Tokenizer, out: BinaryIO, dtype: np.dtype) -> tuple[int, int, str]:
+    """Encode the segment piece by piece into `out`; the token and character counts and the bytes' sha256."""
     count = chars = 0
+    digest = hashlib.sha256()
     show = segment.size > 32 << 20
-    with open(partial, "wb") as out, tqdm(total=segment.size, unit="B", unit_scale=True, desc="encoding",
-                                          file=sys.stderr, disable=None if show else True, leave=False) as bar:
+    with tqdm(total=segment.size, unit="B", unit_scale=True, desc="encoding", file=sys.stderr,
+              disable=None if show else True, leave=False) as bar:
         for text, goes_on in iter_pieces(segment):
-            ids = tokenizer.encode(text, partial=goes_on)
-            out.write(ids.astype(dtype, copy=False).tobytes())
-            count += len(ids)
+            data = tokenizer.encode(text, partial=goes_on).astype(dtype, copy=False).tobytes()
+            out.write(data)
+            digest.update(data)
+            count += len(data) // dtype.itemsize
             chars += len(text)
             bar.update(len(text.encode("utf-8")) if show else 0)
-    os.replace(partial, ids_path)
-    return {"dtype": dtype.name, "count": count, "chars": chars, "bytes": segment.size}
+    return count, chars, digest.hexdigest()
 
 
 def _open_ids(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
