@@ -74,12 +74,22 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             if exc.errno not in REFUSED_BY_THE_SYSTEM:
                 raise
             raise CommandError(storage_error(exc, doing="accessing")) from None
-        except KeyboardInterrupt:
-            _exit_at_once_on_signals(STOPPED_BY_SIGINT)
+        except KeyboardInterrupt as exc:
+            code = STOPPED_BY_SIGTERM if isinstance(exc, Terminated) else STOPPED_BY_SIGINT
+            _exit_at_once_on_signals(code)
             click.echo("\nInterrupted: stopped at once; checkpoints on disk are intact", err=True)
-            sys.exit(STOPPED_BY_SIGINT)
+            sys.exit(code)
 
     return wrapper
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop (which handles it itself): raised where the program is, as Ctrl-C
+    is, so that what a start-up changed is put back (the old run an --overwrite set aside); exit 143."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def _exit_at_once_on_signals(code: int) -> None:
@@ -378,6 +388,7 @@ def fill(checkpoint: str, text: str, top_k: int, blank: str, device: str) -> Non
 def main() -> None:
     global _standalone
     _standalone = True
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         cli(prog_name="rnnlm")
     except SystemExit as exc:

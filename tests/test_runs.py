@@ -77,6 +77,25 @@ def test_ctrl_c_during_start_up_of_an_overwrite_puts_the_old_run_back_and_says_s
     assert snapshot(run_a) == before
 
 
+def test_sigterm_during_start_up_of_an_overwrite_puts_the_old_run_back_and_exits_143(run_a, tiny_corpus):
+    """A real SIGTERM to the real program while it builds its model (a job scheduler's stop)."""
+    before = snapshot(run_a)
+    program = ("import os, signal, sys\n"
+               "import rnnlm.cli, rnnlm.train\n"
+               "build = rnnlm.train.build_model\n"
+               "def build_and_be_stopped(*args, **kwargs):\n"
+               "    os.kill(os.getpid(), signal.SIGTERM)\n"
+               "    return build(*args, **kwargs)\n"
+               "rnnlm.train.build_model = build_and_be_stopped\n"
+               "rnnlm.cli.main()\n")
+    result = subprocess.run([sys.executable, "-c", program, "train", "--run-dir", str(run_a), "--overwrite",
+                             f"data.corpus={tiny_corpus}", *TINY, "train.seed=9"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 143, result.stderr
+    assert "checkpoints on disk are intact" in result.stderr and "Traceback" not in result.stderr
+    assert snapshot(run_a) == before
+
+
 def test_a_successful_overwrite_removes_the_old_run_and_leaves_nothing_aside(run_a, tiny_corpus):
     (run_a / "events.out.tfevents.1.old").write_bytes(b"old events")
     old_id = (run_a / "run_id").read_text()
