@@ -46,24 +46,29 @@ def plan_run(config_path: str | None, overrides: list[str], run_dir: str | None,
             raise UsageError(f"--resume {resume} and --run-dir {run_dir} name different folders")
         run_dir = resume
     folder = Path(run_dir) if run_dir else Path("runs") / (Path(config_path).stem if config_path else "run")
-    if resume == "auto" and not (folder / "last.pt").is_file():
+    checkpoint = resumable_checkpoint(folder)
+    if resume == "auto" and checkpoint is None:
         resume = None
     if not resume:
         return load_config(config_path, overrides), folder, None
     if overwrite:
         raise UsageError("--resume and --overwrite cannot be used together")
-    _check_resumable(folder)
-    saved, config = resume_payload(folder / "last.pt")
+    if checkpoint is None:
+        _nothing_to_resume(folder)
+    saved, config = resume_payload(checkpoint)
     return resume_config(config, requested_changes(config_path, overrides)), folder, saved
 
 
-def _check_resumable(folder: Path) -> None:
-    if (folder / "last.pt").is_file():
-        return
-    if any((folder / aside / "last.pt").is_file() for aside in (ASIDE, MOVING, RESTORING)):
-        raise UsageError(f"cannot resume yet: an --overwrite killed during its start-up left the run of {folder} "
-                         f"set aside; rnnlm train --run-dir {folder} (without --overwrite) puts it back, then "
-                         f"--resume {folder} continues it")
+def resumable_checkpoint(folder: Path) -> Path | None:
+    """The last.pt a resume of `folder` continues: its own, or that of the run an --overwrite stopped before
+    its first checkpoint had set aside (the trainer puts that run back once it holds the folder's lock)."""
+    for holder in (folder, *(folder / name for name in (ASIDE, MOVING, RESTORING))):
+        if (holder / "last.pt").is_file():
+            return holder / "last.pt"
+    return None
+
+
+def _nothing_to_resume(folder: Path) -> None:
     if not any((folder / name).exists() for name in CHECKPOINTS):  # --resume never starts a run: it has no config
         raise UsageError(f"nothing to resume in {folder}: it holds no checkpoint yet (a start stopped before its first "
                          f"save); start it afresh with rnnlm train --run-dir {folder} ...")
@@ -125,8 +130,9 @@ class RunFolder:
         the changes). A folder without a checkpoint holds no run to protect: it starts afresh. A run that
         --overwrite replaces is moved aside, until `commit` (deleted) or `rollback` (put back).
         """
-        if resume:
-            _check_resumable(self.path)
+        if resume:  # rank 0 has put back a run set aside by now; the other ranks may still see it aside
+            if resumable_checkpoint(self.path) is None:
+                _nothing_to_resume(self.path)
             return []
         checkpoints = [name for name in CHECKPOINTS if (self.path / name).exists()]
         if checkpoints and not overwrite:

@@ -115,13 +115,30 @@ def test_an_overwrite_killed_before_its_first_checkpoint_is_undone_at_the_next_s
     (run_a / "config.yaml").write_text("")  # what a start killed at once leaves
     folder.release()  # as the kernel does for a killed process: nothing is put back
     assert not (run_a / "last.pt").exists()
-    resumed = invoke("train", "--resume", run_a)
-    assert resumed.exit_code == 2 and "left the run" in resumed.output and "puts it back" in resumed.output
 
     result = train(tiny_corpus, run_a)  # a plain start: the old run comes back, and is protected
     assert result.exit_code == 2 and "already holds a run" in result.output
     assert f"put back the run in {run_a}" in result.output
     assert snapshot(run_a) == before
+
+
+@pytest.mark.parametrize("resume", ["auto", "folder"])
+def test_a_resume_after_an_overwrite_killed_before_its_first_checkpoint_continues_the_old_run(run_a, tiny_corpus,
+                                                                                              resume):
+    """What a job scheduler does after a kill: run the same `--resume auto` command again."""
+    before = snapshot(run_a)
+    folder = RunFolder(run_a)
+    folder.lock()
+    folder.prepare(resume=False, overwrite=True)  # the old run moves aside
+    (run_a / "config.yaml").write_text("")  # what a start killed at once leaves
+    (run_a / "run_id").write_text("f" * 32 + "\n")  # the new run's id, written before its first save
+    folder.release()  # as the kernel does for a killed process: nothing is put back
+    args = ["--resume", "auto", "--run-dir", run_a] if resume == "auto" else ["--resume", run_a]
+    result = invoke("train", *args, "train.max_steps=9")
+    assert result.exit_code == 0, result.output
+    assert f"put back the run in {run_a}" in result.output and "resuming at step 6" in result.output
+    assert load_checkpoint(run_a / "last.pt")["trainer"]["step"] == 9
+    assert (run_a / "run_id").read_bytes() == before["run_id"] and not (run_a / ".replaced").exists()
 
 
 def test_ctrl_c_while_the_old_run_moves_aside_puts_it_back(run_a, tiny_corpus, monkeypatch):
