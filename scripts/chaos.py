@@ -37,6 +37,7 @@ class Tally:
     during_write: int = 0
     during_startup: int = 0
     finished_before_kill: int = 0
+    after_completion: int = 0  # the signal reached a run that had finished and saved (exit 0, or the signal's own)
     loads: int = 0
     resumes: int = 0
     overwrites: int = 0
@@ -62,7 +63,7 @@ def train_command(run_dir: Path, text: Path, cache: Path, fresh: bool) -> list[s
     return [sys.executable, "-m", "rnnlm", "train", "--run-dir", str(run_dir), *start, "--no-progress",
             f"data.corpus={text}", f"data.cache_dir={cache}", "data.valid_fraction=0.05", "data.test_fraction=0.05",
             "model.num_layers=2", "model.hidden_size=96", "model.embed_size=32", "train.batch_size=16",
-            "train.bptt=32", "train.epochs=0", "train.max_steps=300", "train.eval_every=15",
+            "train.bptt=32", "train.epochs=0", "train.max_steps=600", "train.eval_every=15",
             "train.eval_batch_size=8", "train.log_every=5", "train.num_threads=1", "optim.name=adam",
             "optim.lr=0.003", "optim.schedule=cosine"]
 
@@ -120,10 +121,14 @@ def wait_and_kill(proc: subprocess.Popen, run_dir: Path, sig: signal.Signals, rn
     return False, False
 
 
-def second_trainer(command: list[str], env: dict[str, str], tally: Tally, label: str) -> None:
-    """A second trainer on a folder in use must be refused with one line, not run."""
+def second_trainer(first: subprocess.Popen, command: list[str], env: dict[str, str], tally: Tally,
+                   label: str) -> None:
+    """A second trainer on a folder in use must be refused with one line, not run. (If the first one ended
+    meanwhile, the second may rightly have taken the folder: nothing is concluded.)"""
     other = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     message = other.stderr.strip().splitlines()[-1] if other.stderr.strip() else ""
+    if first.poll() is not None:
+        return
     if other.returncode in (0, 130, 143) or "Traceback" in other.stderr or not message.startswith("Error:"):
         tally.failures.append(f"{label}: a second trainer on the same folder was not refused "
                               f"(exit {other.returncode}: {message})")
@@ -131,7 +136,7 @@ def second_trainer(command: list[str], env: dict[str, str], tally: Tally, label:
         tally.refused_second += 1
 
 
-def one_round(k: int, args: argparse.Namespace, paths: dict[str, Path], env: dict[str, str], rng: random.Random,
+def one_round(k: int, paths: dict[str, Path], env: dict[str, str], rng: random.Random,
               tally: Tally, fresh: bool) -> bool:
     """Start, (maybe) try a second trainer, kill, check. Returns whether the run finished on its own."""
     run_dir, cache = paths["run"], paths["cache"]
@@ -144,7 +149,7 @@ def one_round(k: int, args: argparse.Namespace, paths: dict[str, Path], env: dic
         if k % 10 == 5:  # while this one runs (it has taken the lock within its first seconds)
             time.sleep(4.0)
             if proc.poll() is None:
-                second_trainer(train_command(run_dir, paths["text"], cache, False), env, tally, f"round {k}")
+                second_trainer(proc, train_command(run_dir, paths["text"], cache, False), env, tally, f"round {k}")
         killed, during = wait_and_kill(proc, run_dir, sig, rng, tally, started)
         code = proc.wait(timeout=300)
     output = log.read_text(errors="replace")
@@ -155,18 +160,20 @@ def one_round(k: int, args: argparse.Namespace, paths: dict[str, Path], env: dic
         if code != 0:
             tally.failures.append(f"{label}: exited {code} on its own before the kill ({log})")
         tally.finished_before_kill += 1
+    elif code in (0, -sig) and "\nDone: " in output:  # the run had ended, saved, and was exiting
+        tally.after_completion += 1
     else:
         tally.kills[sig.name] += 1
         tally.during_write += during
         tally.during_startup += not (run_dir / "last.pt").exists()
-        if code not in (EXPECTED_EXIT[sig], 0):
+        if code != EXPECTED_EXIT[sig]:
             tally.failures.append(f"{label}: exit {code}, expected {EXPECTED_EXIT[sig]} ({log})")
     tally.resumes += not fresh
     tally.overwrites += fresh
     load_all(run_dir, tally, label)
     print(f"{label}: exit {code} after {time.monotonic() - started:.1f}s, "
           f"{len(leftovers(run_dir, cache))} temporary file(s) on disk", flush=True)
-    return not killed and code == 0
+    return (not killed and code == 0) or "\nDone: " in output
 
 
 def main() -> int:
@@ -185,7 +192,7 @@ def main() -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     tally, fresh, begun = Tally(), True, time.monotonic()
     for k in range(1, args.kills + 1):
-        fresh = one_round(k, args, paths, env, rng, tally, fresh)
+        fresh = one_round(k, paths, env, rng, tally, fresh)
     final = subprocess.run(train_command(paths["run"], paths["text"], paths["cache"], fresh), env=env,
                            capture_output=True, text=True, timeout=1200)
     if final.returncode != 0:
@@ -196,7 +203,8 @@ def main() -> int:
     tally.failures += [f"leftover temporary file after the final run: {p}" for p in left]
     print(f"\n{sum(tally.kills.values())} kills ({', '.join(f'{n} {s}' for s, n in tally.kills.items())}; "
           f"{tally.during_write} during a checkpoint write, {tally.during_startup} before the run's first "
-          f"checkpoint), {tally.finished_before_kill} rounds finished before their kill")
+          f"checkpoint); {tally.finished_before_kill} rounds finished before their kill, and in "
+          f"{tally.after_completion} the signal reached a run that had finished and saved")
     print(f"{tally.loads} checkpoint loads, {tally.resumes} resumes, {tally.overwrites} fresh --overwrite starts, "
           f"{tally.refused_second} second trainers refused, final run exit {final.returncode}, "
           f"{len(left)} leftover temporary files, {time.monotonic() - begun:.0f} s")
