@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import click
 
 from rnnlm import __version__
-from rnnlm.config import MAX_SEED
+from rnnlm.config import MAX_SEED, MIN_SEED
 from rnnlm.errors import Interrupted, RnnlmError, storage_error
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 SPLITS = ("train", "valid", "test")
 # the operating system refusing a file is the user's to fix, never a bug in rnnlm: one line, not a traceback
 REFUSED_BY_THE_SYSTEM = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
-SEED = click.IntRange(0, MAX_SEED)
+SEED = click.IntRange(MIN_SEED, MAX_SEED)
 STOPPED_BY_SIGINT, STOPPED_BY_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
 _standalone = False  # running as the `rnnlm` program (main), not called in another program's process
 

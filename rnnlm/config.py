@@ -21,7 +21,8 @@ import yaml
 from rnnlm.errors import ConfigError, storage_error
 
 
-MAX_SEED = 2**63 - 1  # torch takes seeds below 2**64; a signed 64-bit range leaves room for per-rank offsets
+# torch's own range (a signed or an unsigned 64-bit integer): what runs before the check was added trained with
+MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -454,7 +455,7 @@ def _check_ranges(c: Config) -> list[str]:
     need(o.warmup_steps >= 0, f"optim.warmup_steps must be 0 or more (got {o.warmup_steps})")
     need(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, optim.lr] (got {o.min_lr})")
     need(o.nonmono >= 1, f"optim.nonmono must be at least 1 (got {o.nonmono})")
-    need(0 <= tr.seed <= MAX_SEED, f"train.seed must be in [0, 2**63 - 1] (got {tr.seed})")
+    need(MIN_SEED <= tr.seed <= MAX_SEED, f"train.seed must be in [-2**63, 2**64 - 1] (got {tr.seed})")
     need(tr.skip_nonfinite >= 0, f"train.skip_nonfinite must be 0 or more (got {tr.skip_nonfinite})")
     need(0.0 < o.lr_decay <= 1.0, f"optim.lr_decay must be in (0, 1] (got {o.lr_decay})")
     need(o.decay_start >= 0, f"optim.decay_start must be 0 or more (got {o.decay_start})")

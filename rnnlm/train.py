@@ -137,7 +137,7 @@ class Trainer:
         if g.enabled:
             self.network = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
                                                    else None)  # starts every rank from rank 0's weights
-            torch.manual_seed(c.train.seed + 1000 * g.rank)  # but each rank draws its own dropout masks
+            torch.manual_seed((c.train.seed + 1000 * g.rank) % 2**64)  # but each rank draws its own dropout masks
         self.optimizer = build_optimizer(self.model.parameters(), c.optim)
         self.schedule = Schedule(self.optimizer, c.optim, self._total_steps())
         self.averager = Averager(self.model, c.optim)

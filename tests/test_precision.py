@@ -143,3 +143,12 @@ def test_bf16_with_the_fused_lstm_is_refused_where_the_cpu_has_no_kernel(tiny_co
         assert again.exit_code == 0, again.output
     monkeypatch.setattr(runtime, "cpu_has_bf16_lstm", lambda: True)  # where oneDNN has the kernel: no refusal
     runtime.check_precision("bf16", torch.device("cpu"), "fused", "lstm")
+
+
+def test_the_bf16_kernel_probe_draws_nothing_from_the_run_s_random_numbers():
+    runtime.cpu_has_bf16_lstm.cache_clear()
+    torch.manual_seed(5)
+    runtime.cpu_has_bf16_lstm()
+    after_probe = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after_probe, torch.rand(3))
