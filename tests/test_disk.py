@@ -17,6 +17,7 @@ import pytest
 from helpers import invoke, tiny_config
 from rnnlm.checkpoint import load_checkpoint
 from rnnlm.data.corpus import load_corpus
+from rnnlm.data.registry import writer_tag
 from rnnlm.errors import CheckpointError, StorageError
 from rnnlm.train import Trainer
 from test_safety import TINY_CLI
@@ -127,7 +128,7 @@ def test_a_full_cache_folder_is_one_line(tiny_corpus, disk, monkeypatch):
     for entry in entries:
         entry.unlink()
         entry.with_suffix(".json").unlink()
-    disk.fill(*[entry.with_name(f"{entry.name}.{os.getpid()}.part") for entry in entries])
+    disk.fill(*[entry.with_name(f"{entry.name}.{writer_tag()}.part") for entry in entries])
     with pytest.raises(StorageError, match=r"^no space left on device while writing .*/ids/[0-9a-f]+\.ids; free "
                                            r"space there or point data.cache_dir \(or RNNLM_CACHE\) at a folder"):
         load_corpus(config.data, config.tokenizer)

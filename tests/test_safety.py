@@ -247,9 +247,14 @@ def test_partial_cache_files_of_dead_processes_are_removed(tiny_corpus, monkeypa
                           text=True).stdout.strip()
     cache = tmp_path / "cache"
     monkeypatch.setenv("RNNLM_CACHE", str(cache))
-    leftovers = {"ids": [f"a.ids.{dead}.part", f"b.ids.{os.getpid()}.part"],
-                 "tokenizers": [f"c.json.{dead}.part", f"d.json.{os.getpid()}.part"],
-                 "tinyshakespeare": [f"input.txt.{dead}.download", f"input.txt.{os.getpid()}.download"]}
+    from rnnlm.data.registry import writer_tag
+    host = writer_tag().rsplit("-", 1)[0]
+    # [dead writer of this host, live writer (this test), a writer on another host sharing the cache]
+    leftovers = {"ids": [f"a.ids.{host}-{dead}.part", f"b.ids.{host}-{os.getpid()}.part", f"e.ids.other-{dead}.part"],
+                 "tokenizers": [f"c.json.{host}-{dead}.part", f"d.json.{host}-{os.getpid()}.part",
+                                f"f.json.other-{dead}.part"],
+                 "tinyshakespeare": [f"input.txt.{host}-{dead}.download", f"input.txt.{host}-{os.getpid()}.download",
+                                     f"input.txt.other-{dead}.download"]}
     for folder, names in leftovers.items():
         (cache / folder).mkdir(parents=True)
         for name in names:
@@ -257,7 +262,7 @@ def test_partial_cache_files_of_dead_processes_are_removed(tiny_corpus, monkeypa
     config = tiny_config(tiny_corpus)
     load_corpus(config.data, config.tokenizer)
     left = {path.name for path in cache.rglob("*") if path.name.endswith((".part", ".download"))}
-    assert left == {names[1] for names in leftovers.values()}
+    assert left == {name for names in leftovers.values() for name in names[1:]}
 
 
 # rnnlm's entry point behind a slow interpreter teardown, as torch's finalizers make it: by then Python has

@@ -130,7 +130,7 @@ def _from_json(obj: dict[str, Any]) -> Any:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    partial = path.with_name(f"{path.name}.{os.getpid()}.part")
+    partial = path.with_name(f"{path.name}.{registry.writer_tag()}.part")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial.write_bytes(data)
@@ -146,15 +146,16 @@ def _cache_error(exc: OSError, path: Path) -> Exception:
 
 
 def remove_leftovers(cache_dir: Path) -> None:
-    """Delete the partial files (`NAME.PID.part`, `NAME.PID.download`) that killed processes left in the cache.
-
-    A file whose process still runs is being written and stays. The cache belongs to one machine: a
-    process id means nothing on another host sharing the folder.
+    """Delete the partial files (`NAME.HOST-PID.part`, `NAME.HOST-PID.download`) that killed processes of this
+    machine left in the cache. A file whose process still runs is being written and stays, and so does
+    another host's (a cache shared over a network disk): its process id means nothing here.
     """
+    host, _ = registry.writer_tag().rsplit("-", 1)
     for pattern in ("ids/*.part", "tokenizers/*.part", "*/*.download"):
         for path in cache_dir.glob(pattern):
-            pid = path.name.rsplit(".", 2)[-2] if path.name.count(".") >= 2 else ""
-            if pid.isdigit() and not _alive(int(pid)):
+            writer = path.name.rsplit(".", 2)[-2] if path.name.count(".") >= 2 else ""
+            writer_host, _, pid = writer.rpartition("-")
+            if writer_host == host and pid.isdigit() and not _alive(int(pid)):
                 try:
                     path.unlink()
                 except OSError:  # gone already, or not ours to remove: it does no harm
@@ -352,7 +353,7 @@ def _digest_ids(path: Path, dtype: np.dtype) -> tuple[str, int]:
 
 
 def _encode_to_file(segment: Segment, tokenizer: Tokenizer, ids_path: Path, dtype: np.dtype) -> dict:
-    partial = ids_path.with_name(f"{ids_path.name}.{os.getpid()}.part")
+    partial = ids_path.with_name(f"{ids_path.name}.{registry.writer_tag()}.part")
     try:
         ids_path.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as out:

@@ -12,7 +12,9 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import sysconfig
 import urllib.error
@@ -121,6 +123,13 @@ REGISTRY: dict[str, Entry] = {
 LOCAL_CORPORA = {"python-stdlib": "the running Python's standard library sources, concatenated (no download)"}
 
 
+def writer_tag() -> str:
+    """`HOST-PID`, the name of the process writing a partial cache file: several machines may share a cache
+    folder (a multi-node job on a network disk), and a process id means something only on its own host."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
 def default_cache_dir(configured: str = "") -> Path:
     if configured:
         return Path(configured).expanduser()
@@ -205,7 +214,7 @@ def _download(corpus: str, url: str, remotes: list[RemoteFile], folder: Path) ->
     """Fetch `url` once and keep each of `remotes` (the file itself, or members of the zip archive)
     only after its checksum matches, so a bad download never lands in the cache."""
     folder.mkdir(parents=True, exist_ok=True)
-    download = folder / (Path(url).name + f".{os.getpid()}.download")
+    download = folder / (Path(url).name + f".{writer_tag()}.download")
     print(f"Downloading {corpus} from {url}", file=sys.stderr)
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(download, "wb") as out:
