@@ -156,6 +156,18 @@ def load_tokenizer(path: str | Path) -> tuple[Tokenizer, Config]:
 _RESUME_PARTS = ("model", "optimizer", "schedule", "batches", "trainer", "averager")
 
 
+def identity(path: str | Path) -> tuple[str | None, int | None] | None:
+    """(run id, step) of a checkpoint, read without loading its tensors; None if it is missing or unreadable."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # missing, damaged or foreign: it identifies nothing
+        return None
+    if not isinstance(payload, dict):
+        return None
+    trainer = payload.get("trainer")
+    return payload.get("run_id"), trainer.get("step") if isinstance(trainer, dict) else None
+
+
 def resume_payload(path: str | Path) -> tuple[dict[str, Any], Config]:
     """A checkpoint to resume from, and its config: one CheckpointError for every missing or damaged part
     that can be seen without building the run (what only the built run can check, `Trainer` checks)."""

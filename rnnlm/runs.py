@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from rnnlm.checkpoint import resume_payload
+from rnnlm.checkpoint import identity, resume_payload
 from rnnlm.config import Config, load_config, requested_changes, resume_config
 from rnnlm.errors import CheckpointError, RunInUse, UsageError, storage_error
 
@@ -224,17 +224,32 @@ class RunFolder:
             (self.path / ID_FILE).write_text(run_id + "\n", encoding="ascii")
 
     def run_id(self, saved: Mapping[str, Any] | None) -> str:
-        """A new run's new id, or the resumed run's: refused when last.pt belongs to another run.
+        """A new run's new id, or the resumed run's: refused when last.pt belongs to another run, by the
+        folder's `run_id` file or, without it, by best.pt's id. Called with the lock held, after `tidy`.
 
         A run saved before runs had ids resumes, and keeps the folder's id or gets a new one."""
         if saved is None:
             return uuid.uuid4().hex
-        mine, theirs = self.read_id(), saved.get("run_id")
+        self._check_unchanged(saved)
+        theirs = saved.get("run_id")
+        mine, source = self.read_id(), self.path / ID_FILE
+        if mine is None:  # the file is gone (deleted by hand, or a run from before ids): best.pt still knows
+            best = identity(self.path / "best.pt")
+            mine, source = best[0] if best else None, self.path / "best.pt"
         if mine and theirs and mine != theirs:
             raise CheckpointError(f"{self.path / 'last.pt'} belongs to another run (run id {theirs[:12]}, while "
-                                  f"{self.path / ID_FILE} says {mine[:12]}): it was copied here from another run "
+                                  f"{source} says {mine[:12]}): it was copied here from another run "
                                   f"folder; resume that folder instead, or put this run's own last.pt back")
         return theirs or mine or uuid.uuid4().hex
+
+    def _check_unchanged(self, saved: Mapping[str, Any]) -> None:
+        """The last.pt read before the lock was taken is still the folder's: another trainer may have saved
+        one in between (it ended just as this one started)."""
+        trainer = saved.get("trainer")
+        read = (saved.get("run_id"), trainer.get("step") if isinstance(trainer, Mapping) else None)
+        if identity(self.path / "last.pt") != read:
+            raise RunInUse(f"{self.path / 'last.pt'} changed while this trainer started (another trainer saved it "
+                           f"meanwhile): run the command again to resume from the new one")
 
 
 def split_fingerprint(ids: np.ndarray) -> dict[str, Any]:

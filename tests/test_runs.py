@@ -2,6 +2,7 @@
 another run, changed data, a start killed before its first checkpoint, damaged checkpoints, leftovers."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -246,13 +247,29 @@ def test_a_trainer_holds_the_lock_until_it_closes(tiny_corpus, tmp_path):
 # 3. a run's identity
 
 
-def test_a_checkpoint_from_another_run_is_refused(run_a, tiny_corpus, tmp_path):
+@pytest.mark.parametrize("id_file", ["kept", "deleted"])
+def test_a_checkpoint_from_another_run_is_refused(run_a, tiny_corpus, tmp_path, id_file):
     assert train(tiny_corpus, tmp_path / "b", "train.seed=2", "train.max_steps=3").exit_code == 0
     (run_a / "last.pt").write_bytes((tmp_path / "b" / "last.pt").read_bytes())
+    if id_file == "deleted":  # then run a's best.pt still says whose folder this is
+        (run_a / "run_id").unlink()
     before = snapshot(run_a)
     result = invoke("train", "--resume", run_a, "train.max_steps=12")
     assert result.exit_code == 1 and "belongs to another run" in result.output, result.output
+    assert ("best.pt says" in result.output) == (id_file == "deleted")
     assert snapshot(run_a) == before
+
+
+def test_a_last_pt_saved_by_another_trainer_while_this_one_started_is_not_resumed(run_a, tiny_corpus, tmp_path):
+    from rnnlm.errors import RunInUse
+    from rnnlm.runs import plan_run
+    config, folder, saved = plan_run(None, ["train.max_steps=12"], str(run_a), str(run_a), False)
+    shutil.copytree(run_a, tmp_path / "later", ignore=shutil.ignore_patterns(".lock"))
+    assert invoke("train", "--resume", tmp_path / "later", "train.max_steps=9").exit_code == 0
+    (run_a / "last.pt").write_bytes((tmp_path / "later" / "last.pt").read_bytes())  # the same run, saved further
+    with pytest.raises(RunInUse, match="changed while this trainer started"):
+        Trainer(config, folder, resume_from=saved, progress=False, log=lambda m: None)
+    assert load_checkpoint(run_a / "last.pt")["trainer"]["step"] == 9
 
 
 def test_a_run_saved_before_run_ids_resumes_and_gets_one(run_a):
