@@ -77,7 +77,8 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt as exc:
             code = STOPPED_BY_SIGTERM if isinstance(exc, Terminated) else STOPPED_BY_SIGINT
             _exit_at_once_on_signals(code)
-            click.echo("\nInterrupted: stopped at once; checkpoints on disk are intact", err=True)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+                click.echo("\nInterrupted: stopped at once; checkpoints on disk are intact", err=True)
             sys.exit(code)
 
     return wrapper

@@ -228,8 +228,9 @@ class Trainer:
             meter.add(targets.numel() * self.group.world_size, time.perf_counter() - tick)
             if log_point:
                 speed = meter.window()
+                if read is not None or self.group.enabled:  # every rank judges the highest rank's loss, so
+                    self._check_diverged(self.group.highest(read[0] if read else 0.0, self.device))  # all agree
                 if read is not None:
-                    self._check_diverged(read[0])
                     self._log_train(read[0], speed, read[1], bar)
             if c.eval_every and self.step % c.eval_every == 0:
                 self._validate()
@@ -334,8 +335,13 @@ class Trainer:
             return
         raise TrainingError(f"non-finite {what} {where}"
                             + (f" after {limit} skipped steps in a row" if limit else "")
-                            + f"; stopped without saving, so the last good checkpoint in {self.run_dir} is untouched. "
-                              f"Try a lower optim.lr or optim.clip")
+                            + f"; stopped without saving{self._kept()}. Try a lower optim.lr or optim.clip")
+
+    def _kept(self) -> str:
+        """What a stop without saving leaves: the last good checkpoint, if the run has written one yet."""
+        if (self.run_dir / "last.pt").exists():
+            return f", so the last good checkpoint in {self.run_dir} is untouched"
+        return " (the run had not written a checkpoint yet)"
 
     def _check_diverged(self, loss: float, validation: bool = False) -> None:
         """Stop a run whose loss stays far above a uniform guess's (see DIVERGED_MARGIN), as for a NaN."""
@@ -347,8 +353,8 @@ class Trainer:
         span = "" if validation else f" for {self._above_limit} log points in a row"
         raise TrainingError(f"the run diverged at step {self.step:,} (epoch {self.epoch}): {what} {loss:.4g}{span}, "
                             f"above {self.divergence_limit:.2f} (twice ln V plus {DIVERGED_MARGIN:g} nats; a uniform "
-                            f"guess scores {math.log(self.tokenizer.vocab_size):.2f}); stopped without saving, so the "
-                            f"last good checkpoint in {self.run_dir} is untouched. Try a lower optim.lr or optim.clip")
+                            f"guess scores {math.log(self.tokenizer.vocab_size):.2f}); stopped without saving"
+                            f"{self._kept()}. Try a lower optim.lr or optim.clip")
 
     def _log_train(self, loss: float, speed: float, grad_norm: float, bar: tqdm) -> None:
         lr = self.schedule.lr
@@ -374,8 +380,8 @@ class Trainer:
                               precision=c.precision)
         if not math.isfinite(result.loss):
             raise TrainingError(f"non-finite validation loss ({result.loss}) at step {self.step:,} "
-                                f"(epoch {self.epoch}); stopped without saving, so the last good checkpoint in "
-                                f"{self.run_dir} is untouched. Try a lower optim.lr or optim.clip")
+                                f"(epoch {self.epoch}); stopped without saving{self._kept()}. Try a lower optim.lr or "
+                                f"optim.clip")
         self._check_diverged(result.loss, validation=True)
         self._last_eval_step = self.step
         self.last_val = result
@@ -431,6 +437,8 @@ class Trainer:
         """`_restore`, with a hand-damaged last.pt as one CheckpointError; nothing is written before this."""
         try:
             self._restore(saved)
+        except torch.OutOfMemoryError:  # not the file's fault
+            raise
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
             detail = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # torch's "Error(s) in ...:"

@@ -49,6 +49,7 @@ def test_the_nan_validation_of_the_issue_exits_1_and_saves_nothing(tiny_corpus, 
                     "train.eval_every=1")
     assert result.exit_code == 1, result.output
     assert "Error: non-finite" in result.output and "Try a lower optim.lr" in result.output
+    assert "(the run had not written a checkpoint yet)" in result.output  # there is no good one to keep
     assert not (tmp_path / "run" / "best.pt").exists() and not (tmp_path / "run" / "last.pt").exists()
 
 
