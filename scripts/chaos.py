@@ -29,6 +29,7 @@ from pathlib import Path
 
 EXPECTED_EXIT = {signal.SIGKILL: -signal.SIGKILL, signal.SIGINT: 130, signal.SIGTERM: 143}
 LEFTOVER_SUFFIXES = (".tmp", ".part")
+SET_ASIDE = (".replaced", ".replacing", ".restoring")
 
 
 @dataclass
@@ -69,14 +70,15 @@ def train_command(run_dir: Path, text: Path, cache: Path, fresh: bool) -> list[s
 
 
 def leftovers(*folders: Path) -> list[Path]:
+    """Temporary files, and the folders in which an --overwrite sets the old run aside."""
     return [p for folder in folders if folder.exists() for p in folder.rglob("*")
-            if p.is_file() and p.name.endswith(LEFTOVER_SUFFIXES)]
+            if (p.is_file() and p.name.endswith(LEFTOVER_SUFFIXES)) or (p.is_dir() and p.name in SET_ASIDE)]
 
 
 def writing(run_dir: Path) -> bool:
     """Whether a checkpoint write is in progress: its temporary file exists."""
     try:
-        return any(name.endswith(".tmp") for name in os.listdir(run_dir))
+        return any(name.endswith(".tmp") and ".pt." in name for name in os.listdir(run_dir))
     except FileNotFoundError:
         return False
 
@@ -143,6 +145,7 @@ def one_round(k: int, paths: dict[str, Path], env: dict[str, str], rng: random.R
     sig = rng.choice(list(EXPECTED_EXIT))
     command = train_command(run_dir, paths["text"], cache, fresh)
     log = paths["logs"] / f"round{k:03d}.log"
+    had_checkpoint = (run_dir / "last.pt").exists() or any((run_dir / name / "last.pt").exists() for name in SET_ASIDE)
     started = time.monotonic()
     with open(log, "w") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -168,7 +171,11 @@ def one_round(k: int, paths: dict[str, Path], env: dict[str, str], rng: random.R
         tally.during_startup += not (run_dir / "last.pt").exists()
         if code != EXPECTED_EXIT[sig]:
             tally.failures.append(f"{label}: exit {code}, expected {EXPECTED_EXIT[sig]} ({log})")
-    tally.resumes += not fresh
+    resumed = "resuming at step" in output
+    tally.resumes += resumed  # rounds that got as far as restoring a checkpoint
+    started_training = "| model " in output  # the line a trainer prints once it is set up
+    if not fresh and had_checkpoint and started_training and not resumed:
+        tally.failures.append(f"{label}: --resume auto on a run with a last.pt did not resume it ({log})")
     tally.overwrites += fresh
     load_all(run_dir, tally, label)
     print(f"{label}: exit {code} after {time.monotonic() - started:.1f}s, "
