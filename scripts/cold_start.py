@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from rnnlm.checkpoint import load_model
+from rnnlm.checkpoint import load_checkpoint, load_model, save_checkpoint
 from rnnlm.data.corpus import load_corpus
 from rnnlm.models.lm import RNNLM
 from rnnlm.models.stack import State
@@ -36,10 +36,13 @@ POSITIONS = (0, 1, 2, 5, 10, 20)
 SPAN = 40
 
 
-def line_starts(ids: np.ndarray, boundary_id: int, count: int, context: int) -> np.ndarray:
-    """`count` evenly spaced positions right after a boundary, with `context` tokens before and SPAN after."""
+def line_starts(ids: np.ndarray, boundary_id: int, count: int, context: int, nonblank: bool = False) -> np.ndarray:
+    """`count` evenly spaced positions right after a boundary, with `context` tokens before and SPAN after;
+    with `nonblank`, only those of lines that are not empty."""
     ends = np.flatnonzero(ids[:-1] == boundary_id) + 1
     ends = ends[(ends >= context) & (ends + SPAN <= len(ids))]
+    if nonblank:
+        ends = ends[ids[ends] != boundary_id]
     return ends[np.linspace(0, len(ends) - 1, min(count, len(ends))).round().astype(int)]
 
 
@@ -135,8 +138,11 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--starts", type=int, default=200, help="line starts of the validation split")
     parser.add_argument("--context", type=int, default=500, help="tokens read before a line start for 'warm'")
+    parser.add_argument("--nonblank", action="store_true", help="only line starts of lines that are not empty")
     parser.add_argument("--variants", action="store_true", help="also candidate start states from the train split")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--write", metavar="OUT", help="for a checkpoint from before issue 18: write a copy to OUT with "
+                                                       "the start states training now stores")
     args = parser.parse_args()
     torch.set_num_threads(1)
     loaded = load_model(args.checkpoint)
@@ -145,13 +151,15 @@ def main() -> None:
     splits = ("valid", "train") if args.variants else ("valid",)
     corpus = load_corpus(loaded.config.data, loaded.config.tokenizer, tokenizer, splits=splits)
     ids, boundary = corpus.splits["valid"].ids, tokenizer.boundary_id
-    starts = line_starts(ids, boundary, args.starts, args.context)
+    starts = line_starts(ids, boundary, args.starts, args.context, args.nonblank)
     rows = {"zero state, then the boundary": summary(from_state(model, ids, starts, boundary, model.init_state(1))),
             f"after the preceding {args.context} tokens": summary(after_context(model, ids, starts, args.context))}
     states, origin = model.start_states, "the checkpoint's"
     if states is None:  # a checkpoint from before issue 18: the states training would have stored
         train = load_corpus(loaded.config.data, loaded.config.tokenizer, tokenizer, splits=("train",)).splits["train"]
         states, origin = start_states(model, train.ids, boundary), "computed here"
+        if args.write:
+            save_checkpoint({**load_checkpoint(args.checkpoint), "start_states": states}, args.write)
     rows[f"mixture of {len(states[0])} start states ({origin}), then the boundary"] = summary(
         from_mixture(model, ids, starts, boundary, states))
     if args.variants:
@@ -166,7 +174,8 @@ def main() -> None:
         print(json.dumps({"checkpoint": args.checkpoint, "starts": len(starts), "rows": rows}))
         return
     columns = [*map(str, POSITIONS), "first 10", "first 40"]
-    print(f"{args.checkpoint}: {len(starts)} validation line starts, bits per token")
+    kind = "non-empty line starts" if args.nonblank else "line starts"
+    print(f"{args.checkpoint}: {len(starts)} validation {kind}, bits per token")
     print("| start | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))
     for name, row in rows.items():

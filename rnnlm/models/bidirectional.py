@@ -114,7 +114,8 @@ class BidirectionalLM(RNNLM):
 
         The forward stack reads `left` from `start` (zeros if None), the backward stack `right` from zeros,
         as in training."""
-        ahead, _ = self.rnn(self.embedding(left).unsqueeze(1), start or self.init_state(1, left.device))
+        start = start if start is not None else self.init_state(1, left.device)
+        ahead, _ = self.rnn(self.embedding(left).unsqueeze(1), start)
         behind, _ = self.backward_rnn(self.embedding(right.flip(0)).unsqueeze(1), self.init_state(1, right.device))
         logits = self.infill(torch.cat([ahead[-1], behind[-1]], dim=-1))  # (1, V)
         return F.log_softmax(logits.float(), dim=-1)[0]
