@@ -152,3 +152,14 @@ def test_a_start_state_that_does_not_fit_the_model_is_refused(paragraph_run, tmp
     save_checkpoint(payload, bad)
     result = invoke("sample", bad, "--length", "3")
     assert result.exit_code == 1 and "start states do not fit" in result.output
+
+
+def test_the_mixture_is_a_distribution_over_texts(paragraph_run):
+    loaded = load_model(paragraph_run / "run" / "best.pt")
+    model, V = loaded.model, loaded.model.vocab_size
+    first, second = torch.arange(V).repeat_interleave(V), torch.arange(V).repeat(V)  # every text of two tokens
+    inputs = torch.stack([torch.full((V * V,), loaded.tokenizer.boundary_id), first])  # a line end, then the first
+    with torch.inference_mode():
+        log_probs, choice = mixture_log_probs(model, inputs, torch.stack([first, second]), model.start_states)
+    assert float(log_probs.sum(0).double().exp().sum()) == pytest.approx(1.0, abs=1e-6)
+    assert choice.shape == (V * V,) and int(choice.max()) < len(model.start_states[0])
