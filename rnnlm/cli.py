@@ -209,8 +209,9 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
             raise CommandError(RnnlmError(f"corpus {data.corpus!r} has no {split} split"))
     if len(scored.ids) == 0:
         raise CommandError(RnnlmError(f"{source} holds no text to score"))
+    start = _start(loaded.model, start)
     result = evaluate(loaded.model, scored, boundary_id=loaded.tokenizer.boundary_id, batch_size=batch_size,
-                      bptt=bptt, device=torch_device, precision=precision, start=_start(loaded.model, start))
+                      bptt=bptt, device=torch_device, precision=precision, start=start)
     unk = count_token(scored.ids, loaded.tokenizer.unk_id)
     lossy = loaded.tokenizer.kind == "word" or unk > 0  # then bits per byte are not those of the raw text
     if as_json:

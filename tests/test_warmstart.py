@@ -107,7 +107,8 @@ def test_start_zero_gives_the_numbers_of_a_checkpoint_without_a_start_state(para
     text.write_text("Zed:\nalpha beta\n", encoding="utf-8")
     scores = {name: json.loads(invoke("eval", path, "--text", text, "--json", *flags).output.splitlines()[-1])
               for name, path, flags in [("warm", best, []), ("zero", best, ["--start", "zero"]), ("old", old, [])]}
-    assert scores["zero"]["loss"] == scores["old"]["loss"] and scores["zero"]["start"] == "zero"
+    assert scores["zero"]["loss"] == scores["old"]["loss"]
+    assert scores["zero"]["start"] == scores["old"]["start"] == "zero"  # what they started from
     assert scores["warm"]["loss"] < scores["zero"]["loss"] - 0.1
     loaded = load_model(best)
     manual = evaluate(loaded.model, load_corpus(loaded.config.data, loaded.config.tokenizer, loaded.tokenizer,
