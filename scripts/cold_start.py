@@ -141,8 +141,8 @@ def main() -> None:
     parser.add_argument("--nonblank", action="store_true", help="only line starts of lines that are not empty")
     parser.add_argument("--variants", action="store_true", help="also candidate start states from the train split")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--write", metavar="OUT", help="for a checkpoint from before issue 18: write a copy to OUT with "
-                                                       "the start states training now stores")
+    parser.add_argument("--write", metavar="OUT",
+                        help="for a checkpoint from before issue 18: write a copy to OUT with the start states")
     args = parser.parse_args()
     torch.set_num_threads(1)
     loaded = load_model(args.checkpoint)

@@ -67,7 +67,8 @@ def test_a_fresh_start_predicts_how_a_paragraph_starts(paragraph_run):
 def test_start_states_are_real_states_before_line_ends_and_deterministic(paragraph_run):
     loaded = load_model(paragraph_run / "run" / "best.pt")
     boundary = loaded.tokenizer.boundary_id
-    ids = load_corpus(loaded.config.data, loaded.config.tokenizer, loaded.tokenizer, splits=("train",)).splits["train"].ids
+    corpus = load_corpus(loaded.config.data, loaded.config.tokenizer, loaded.tokenizer, splits=("train",))
+    ids = corpus.splits["train"].ids
     ends = start_ends(ids, boundary, 16, 128)
     assert len(ends) == 16 and all(ids[e] == boundary for e in ends)
     blank = line_ends(ids, boundary, 8, 128, blank=True)  # about half of them end a blank line
