@@ -32,6 +32,7 @@ COUNT = 16  # start states kept: the mixture's components
 CONTEXT = 128  # tokens read from the zero state before each of them
 MIN_BLANK = 4  # blank lines needed to give half the states to paragraph starts
 REACH = 4096  # tokens searched for a line end after each evenly spaced point
+COLUMNS = 256  # streams read at once when scoring from every start state
 
 
 def line_ends(ids: np.ndarray, boundary_id: int, count: int, context: int, *, blank: bool,
@@ -87,6 +88,14 @@ def mixture_log_probs(model: RNNLM, inputs: torch.Tensor, targets: torch.Tensor,
     """Read inputs (T, B) from each of the K start `states` (K, H); the mixture's log-probability of each
     target (T, B) (0 for PAD), the K parts weighted by their posterior given the targets before it, and
     each column's likeliest start (B,) given the whole window. Call under inference mode, in eval mode."""
+    step = max(1, COLUMNS // states[0].size(0))  # B*K columns at once would hold B*K x T x H activations
+    parts = [_mixture(model, inputs[:, i: i + step], targets[:, i: i + step], states)
+             for i in range(0, inputs.size(1), step)]
+    return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts])
+
+
+def _mixture(model: RNNLM, inputs: torch.Tensor, targets: torch.Tensor, states: State
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     K, (T, B) = states[0].size(0), inputs.shape
     start = tuple(s.to(inputs.device).repeat(B, 1) for s in states)  # column b*K + k: column b from state k
     hidden, _ = model.encode(inputs.repeat_interleave(K, dim=1), start)  # (T, B*K, H)
