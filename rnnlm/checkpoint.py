@@ -22,6 +22,7 @@ from rnnlm.data.tokenizers import Tokenizer, from_state
 from rnnlm.errors import CheckpointError, ConfigError
 from rnnlm.models import build_model
 from rnnlm.models.lm import RNNLM
+from rnnlm.warmstart import saved_start_states
 
 FORMAT = "rnnlm-checkpoint"
 FORMAT_VERSION = 1
@@ -143,6 +144,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", impl: str |
         model.load_state_dict(payload.get("averaged_model") or payload["model"])  # NT-ASGD: the average
     except (KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: the saved weights do not fit the saved configuration ({_first_line(exc)})") from None
+    try:
+        model.start_states = saved_start_states(payload, model)  # None before issue 18: fresh starts at zero
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     model.to(device).eval()
     return Loaded(model, tokenizer, config, payload)
 

@@ -45,6 +45,11 @@ class FiniteFloatRange(click.FloatRange):
             self.fail(f"{number} is not a finite number.", param, ctx)
         return number
 
+start_option = click.option(
+    "--start", type=click.Choice(["warm", "zero"]), default="warm", show_default=True,
+    help="What a fresh start reads the first line end from: the checkpoint's warm start states (where the "
+         "model usually is at a line end), or the zero state (as before rnnlm kept them; for comparison).")
+
 
 class CommandError(click.ClickException):
     """A known rnnlm failure shown as one `Error: ...` line, with rnnlm's exit code."""
@@ -195,9 +200,10 @@ def show_config(config_path: str | None, overrides: tuple[str, ...]) -> None:
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="bf16: generate from a bf16 copy of the weights, half the bytes read per token.")
+@start_option
 @reports_errors
 def sample(checkpoint: str, prompt: str, length: int, temperature: float, top_k: int, top_p: float,
-           seed: int | None, num_samples: int, reverse: bool, device: str, precision: str) -> None:
+           seed: int | None, num_samples: int, reverse: bool, device: str, precision: str, start: str) -> None:
     """Generate text from a checkpoint."""
     import torch
 
@@ -225,7 +231,8 @@ def sample(checkpoint: str, prompt: str, length: int, temperature: float, top_k:
     else:
         stream = functools.partial(click.echo, nl=False) if num_samples == 1 else None
         weights = torch.bfloat16 if precision == "bf16" else None
-        texts = generate(loaded.model, loaded.tokenizer, prompt=prompt, on_text=stream, weights=weights, **settings)
+        texts = generate(loaded.model, loaded.tokenizer, prompt=prompt, on_text=stream, weights=weights,
+                         start=_start(loaded.model, start), **settings)
     if reverse and num_samples == 1:
         click.echo(texts[0], nl=False)
     for i, text in enumerate(texts if num_samples > 1 else []):
@@ -247,9 +254,10 @@ def sample(checkpoint: str, prompt: str, length: int, temperature: float, top_k:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="Forward pass under autocast: bf16 / fp16 are faster on some hardware, fp32 is exact.")
+@start_option
 @reports_errors
 def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: int, bptt: int, as_json: bool,
-                     impl: str | None, device: str, precision: str) -> None:
+                     impl: str | None, device: str, precision: str, start: str) -> None:
     """Perplexity and bits per token, character and byte of a checkpoint on a split or a text."""
     from rnnlm import runtime
     from rnnlm.checkpoint import load_model
@@ -271,8 +279,9 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
             raise CommandError(RnnlmError(f"corpus {data.corpus!r} has no {split} split"))
     if len(scored.ids) == 0:
         raise CommandError(RnnlmError(f"{source} holds no text to score"))
+    start = _start(loaded.model, start)
     result = evaluate(loaded.model, scored, boundary_id=loaded.tokenizer.boundary_id, batch_size=batch_size,
-                      bptt=bptt, device=torch_device, precision=precision)
+                      bptt=bptt, device=torch_device, precision=precision, start=start)
     broken = [name or "forward" for name, numbers in [("", result), *result.heads.items()]
               if not math.isfinite(numbers.loss)]
     if broken:  # a diverged or damaged model: no number to report
@@ -282,7 +291,8 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
     lossy = loaded.tokenizer.kind == "word" or unk > 0  # then bits per byte are not those of the raw text
     if as_json:
         click.echo(json.dumps(_finite_or_null({**result.to_dict(), "source": source, "batch_size": batch_size,
-                                               "unk_tokens": unk, "lossless": not lossy, "precision": precision}),
+                                               "unk_tokens": unk, "lossless": not lossy, "precision": precision,
+                                               "start": start}),
                               allow_nan=False))
         return
     context = "full left context" if batch_size == 1 else f"{batch_size} parallel streams"
@@ -365,8 +375,9 @@ def _print_report(result: Report) -> None:
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="Candidates per blank.")
 @click.option("--blank", default="___", show_default=True, help="The marker of a blank in TEXT.")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@start_option
 @reports_errors
-def fill(checkpoint: str, text: str, top_k: int, blank: str, device: str) -> None:
+def fill(checkpoint: str, text: str, top_k: int, blank: str, device: str, start: str) -> None:
     """Rank the likeliest tokens for each blank in TEXT (bidirectional models), e.g. "the cat sat on the ___ ."."""
     from rnnlm import runtime
     from rnnlm.checkpoint import load_model
@@ -378,12 +389,22 @@ def fill(checkpoint: str, text: str, top_k: int, blank: str, device: str) -> Non
         raise click.UsageError("fill needs a bidirectional model (train one with model.bidirectional=true)")
     if blank not in text:
         raise click.UsageError(f"TEXT has no blank: mark each one with {blank}")
-    rankings = fill_blanks(loaded.model, loaded.tokenizer, text, blank=blank, top_k=top_k, device=torch_device)
+    rankings = fill_blanks(loaded.model, loaded.tokenizer, text, blank=blank, top_k=top_k, device=torch_device,
+                           start=_start(loaded.model, start))
     for number, ranking in enumerate(rankings, start=1):
         if len(rankings) > 1:
             click.echo(f"blank {number}:")
         for token, probability in ranking:
             click.echo(f"  {probability:7.2%}  {token!r}")
+
+
+def _start(model: Any, start: str) -> str:
+    """`--start`, with a note when a checkpoint from before warm start states can only start at zero."""
+    if start == "warm" and model.start_states is None:
+        click.echo("Note: this checkpoint holds no warm start states (saved before rnnlm kept them): starting "
+                   "from the zero state, whose first tokens read worse", err=True)
+        return "zero"
+    return start
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from rnnlm.data.corpus import Split
 from rnnlm.distributed import Group
 from rnnlm.models.lm import RNNLM
 from rnnlm.runtime import autocast
+from rnnlm.warmstart import mixture_log_probs
 
 
 MAX_EXP = math.log(float.fromhex("0x1.fffffffffffffp+1023"))  # 709.78: exp of more overflows a float
@@ -61,8 +62,13 @@ class EvalResult:
 
 
 def evaluate(model: RNNLM, split: Split, *, boundary_id: int, batch_size: int = 1, bptt: int = 256,
-             device: torch.device | str = "cpu", group: Group | None = None, precision: str = "fp32") -> EvalResult:
+             device: torch.device | str = "cpu", group: Group | None = None, precision: str = "fp32",
+             start: str = "warm") -> EvalResult:
     """Score every token of `split` once, carrying the hidden state across windows.
+
+    Each column starts fresh: with `start` "warm" from the mixture of the model's start states
+    (rnnlm/warmstart.py) where it has them (a loaded checkpoint does; a model in training does not,
+    so validation starts at zero as it always has), else, and with `start` "zero", from zeros.
 
     Uses its own hidden state and eval mode (no dropout), so a validation pass during training
     leaves the training state untouched. `precision` bf16 / fp16 runs the forward pass under autocast
@@ -75,7 +81,7 @@ def evaluate(model: RNNLM, split: Split, *, boundary_id: int, batch_size: int = 
         boundary_id = int(ids[start - 1]) if start > 0 else boundary_id
         ids = ids[start:end]
     totals = score_ids(model, ids, boundary_id=boundary_id, batch_size=batch_size, bptt=bptt, device=device,
-                       precision=precision)
+                       precision=precision, start=start)
     if group is not None and group.enabled:
         names = sorted(totals)
         summed = group.sum([float(v) for name in names for v in totals[name]], torch.device(device))
@@ -89,7 +95,8 @@ def evaluate(model: RNNLM, split: Split, *, boundary_id: int, batch_size: int = 
 
 
 def score_ids(model: RNNLM, ids: np.ndarray, *, boundary_id: int, batch_size: int, bptt: int,
-              device: torch.device | str, precision: str = "fp32") -> dict[str, tuple[float, int]]:
+              device: torch.device | str, precision: str = "fp32", start: str = "warm"
+              ) -> dict[str, tuple[float, int]]:
     """Summed nll and token count per head: "" for the model's own, plus any named extras."""
     was_training = model.training
     model.eval()
@@ -98,9 +105,15 @@ def score_ids(model: RNNLM, ids: np.ndarray, *, boundary_id: int, batch_size: in
     try:
         with torch.inference_mode(), autocast(torch.device(device), precision):
             state = model.init_state(min(batch_size, max(len(ids), 1)), device)
-            for inputs, targets in eval_windows(ids, batch_size, bptt, boundary_id):
-                out = model(inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True), state)
-                heads = {"": (out.nll, out.tokens)}
+            starts = model.start_states if start == "warm" else None
+            for i, (inputs, targets) in enumerate(eval_windows(ids, batch_size, bptt, boundary_id)):
+                inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                mixed = None
+                if i == 0 and starts is not None:  # each column from the mixture of the start states
+                    mixed, choice = mixture_log_probs(model, inputs, targets, starts)
+                    state = tuple(s.to(device, dtype)[choice] for s in starts)  # then from the likeliest
+                out = model(inputs, targets, state)
+                heads = {"": (out.nll if mixed is None else -mixed.sum(), out.tokens)}
                 heads.update({name[: -len("_nll")]: (out.extras[name], out.extras[name[:-4] + "_tokens"])
                               for name in out.extras if name.endswith("_nll")})
                 for name, (nll, count) in heads.items():

@@ -13,15 +13,17 @@ from rnnlm.models.bidirectional import BidirectionalLM
 from rnnlm.models.lm import RNNLM
 from rnnlm.models.softmax import log_softmax
 from rnnlm.models.stack import State
+from rnnlm.warmstart import posterior
 
 
 def generate(model: RNNLM, tokenizer: Tokenizer, *, prompt: str = "", length: int = 200, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, num_samples: int = 1, seed: int = 0,
              device: torch.device | str = "cpu", on_text: Callable[[str], None] | None = None,
-             weights: torch.dtype | None = None) -> list[str]:
+             weights: torch.dtype | None = None, start: str = "warm") -> list[str]:
     """Continue `prompt` by `length` tokens, `num_samples` times in one batch; returns the full texts.
 
-    The model first reads a line end and then the prompt, as evaluation conditions the first token.
+    The model first reads a line end and then the prompt, as evaluation conditions the first token,
+    from a fresh start (`start` "warm": see `fresh_state`; "zero": the zero state).
     `on_text`, if given, receives the first sample's text piece by piece as it is generated.
     `weights` torch.bfloat16 generates with a bf16 copy of the weights (half the bytes read per token).
     The same seed, device and settings give the same text.
@@ -36,7 +38,9 @@ def generate(model: RNNLM, tokenizer: Tokenizer, *, prompt: str = "", length: in
     if on_text and prompt:
         on_text(prompt)
     pick = functools.partial(choose, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-    for drawn in _draw(model, model.prefill, OneStep(model, weights), context, num_samples, length, pick, device):
+    state = fresh_state(model, context, num_samples, greedy=temperature == 0, generator=generator, device=device,
+                        warm=start == "warm")
+    for drawn in _draw(model, model.prefill, OneStep(model, weights), context, state, length, pick, device):
         for b, token in enumerate(drawn):
             texts[b].append(decoders[b](token))
         if on_text:
@@ -44,13 +48,34 @@ def generate(model: RNNLM, tokenizer: Tokenizer, *, prompt: str = "", length: in
     return ["".join(t) for t in texts]
 
 
-def _draw(model: RNNLM, prefill: Callable, step: Callable, context: list[int], num_samples: int, length: int,
-          pick: Callable[[torch.Tensor], torch.Tensor], device: torch.device | str) -> Iterator[list[int]]:
-    """Read `context` with `prefill`, then yield `length` draws (one id per sample), each fed back by `step`."""
+def fresh_state(model: RNNLM, context: list[int], num_samples: int, *, greedy: bool, generator: torch.Generator,
+                device: torch.device | str, warm: bool = True) -> State:
+    """Each sample's state before it reads `context` (a line end first): one of the model's start states
+    (rnnlm/warmstart.py), drawn from their posterior given the context (its likeliest when `greedy`), which
+    samples from their mixture; zeros when not `warm` or the model has none (checkpoints before them)."""
+    states = model.start_states if warm else None
+    if states is None:
+        return model.init_state(num_samples, device)
     model.eval()
     with torch.inference_mode():
-        tokens = torch.tensor(context, device=device).unsqueeze(1).expand(-1, num_samples)  # (T, B)
-        log_probs, state = prefill(tokens, model.init_state(num_samples, device))
+        log_posterior = posterior(model, context, states)  # (K,)
+        if greedy:
+            chosen = log_posterior.argmax().expand(num_samples)
+        else:
+            weights = log_posterior.exp().float().to(generator.device)
+            chosen = torch.multinomial(weights, num_samples, replacement=True, generator=generator).cpu()
+    dtype = model.embedding.weight.dtype
+    return tuple(s[chosen].to(device, dtype) for s in states)
+
+
+def _draw(model: RNNLM, prefill: Callable, step: Callable, context: list[int], state: State, length: int,
+          pick: Callable[[torch.Tensor], torch.Tensor], device: torch.device | str) -> Iterator[list[int]]:
+    """Read `context` with `prefill` from `state` (one row per sample), then yield `length` draws (one id
+    per sample), each fed back by `step`."""
+    model.eval()
+    with torch.inference_mode():
+        tokens = torch.tensor(context, device=device).unsqueeze(1).expand(-1, state[0].size(0))  # (T, B)
+        log_probs, state = prefill(tokens, state)
         for _ in range(length):
             chosen = pick(log_probs)  # (B,)
             yield chosen.tolist()
@@ -172,23 +197,27 @@ def _most_likely(probs: torch.Tensor, mass: float, first: int = 64) -> tuple[tor
 def generate_reverse(model: BidirectionalLM, tokenizer: Tokenizer, *, suffix: str, length: int = 200,
                      temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_samples: int = 1,
                      seed: int = 0, device: torch.device | str = "cpu") -> list[str]:
-    """Generate right to left with the backward stack: `length` tokens that lead up to `suffix`."""
+    """Generate right to left with the backward stack: `length` tokens that lead up to `suffix`.
+
+    The backward stack starts from the zero state: training reads every window of it from there.
+    """
     generator = torch.Generator(device=device).manual_seed(seed)
     context = [*tokenizer.encode(suffix, partial=True).tolist(), tokenizer.boundary_id]  # reading order
     generated: list[list[int]] = [[] for _ in range(num_samples)]
     pick = functools.partial(choose, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-    for drawn in _draw(model, model.prefill_backward, model.step_backward, context, num_samples, length, pick,
-                       device):
+    state = model.init_state(num_samples, device)
+    for drawn in _draw(model, model.prefill_backward, model.step_backward, context, state, length, pick, device):
         for b, token in enumerate(drawn):
             generated[b].append(token)
     return [tokenizer.decode([*reversed(ids), *context[:-1]]) for ids in generated]
 
 
 def fill_blanks(model: BidirectionalLM, tokenizer: Tokenizer, text: str, *, blank: str = "___", top_k: int = 5,
-                device: torch.device | str = "cpu") -> list[list[tuple[str, float]]]:
+                device: torch.device | str = "cpu", start: str = "warm") -> list[list[tuple[str, float]]]:
     """The top-k candidates, with probabilities, for each `blank` in `text` from the infill head.
 
-    Each blank is ranked on its own; the other blanks read as <unk>.
+    Each blank is ranked on its own; the other blanks read as <unk>. The forward stack reads the left
+    context from the start state likeliest to precede it (`start` "warm") or from zeros ("zero").
     """
     pieces = text.split(blank)
     encoded = [tokenizer.encode(piece, partial=True).tolist() for piece in pieces]
@@ -198,7 +227,10 @@ def fill_blanks(model: BidirectionalLM, tokenizer: Tokenizer, text: str, *, blan
         for i in range(len(pieces) - 1):
             left = [tokenizer.boundary_id] + _joined(encoded[: i + 1], tokenizer.unk_id)
             right = _joined(encoded[i + 1:], tokenizer.unk_id) + [tokenizer.boundary_id]
-            log_probs = model.infill_log_probs(torch.tensor(left, device=device), torch.tensor(right, device=device))
+            state = fresh_state(model, left, 1, greedy=True, generator=torch.Generator(), device=device,
+                                warm=start == "warm")
+            log_probs = model.infill_log_probs(torch.tensor(left, device=device), torch.tensor(right, device=device),
+                                               state)
             values, ids = log_probs.topk(min(top_k, log_probs.numel()))
             rankings.append([(tokenizer.decode([i]), p) for i, p in zip(ids.tolist(), values.exp().tolist())])
     return rankings

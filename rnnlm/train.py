@@ -29,9 +29,11 @@ from rnnlm.evaluate import EvalResult, evaluate, perplexity
 from rnnlm.metrics import open_writer
 from rnnlm.models import build_model
 from rnnlm.models.lm import detach_state
+from rnnlm.models.stack import State
 from rnnlm.optim import Averager, Schedule, build_optimizer
 from rnnlm.runs import RunFolder, changed_splits, describe_changes, split_fingerprint
 from rnnlm.runtime import StopSignals
+from rnnlm.warmstart import start_states
 
 # A diverged run: its loss stays far above that of guessing uniformly (ln V nats per token). An untrained
 # model starts near ln V and any learning run stays below it, with passing spikes; twice ln V means the
@@ -408,9 +410,20 @@ class Trainer:
         ranks = self.group.gather({"hidden": tuple(s.detach().cpu() for s in self.state), "rng": runtime.rng_state()})
         if self.group.is_main:
             save_checkpoint({**self._payload(), "world_size": self.group.world_size, "ranks": ranks,
-                             "hidden": ranks[0]["hidden"], "rng": ranks[0]["rng"]}, self.run_dir / name)
+                             "hidden": ranks[0]["hidden"], "rng": ranks[0]["rng"],
+                             "start_states": self._start_states()}, self.run_dir / name)
             if name == "last.pt":
                 self.folder.commit()  # the new run can be resumed: a run it replaces goes now
+
+    def _start_states(self) -> State | None:
+        """Fresh starts' states for the weights a loaded model gets (rnnlm/warmstart.py); computed once per
+        step (best.pt and last.pt share them), in eval mode without random draws, so training is unchanged."""
+        cached = getattr(self, "_start_cache", None)
+        if cached is None or cached[0] != self.step:
+            with self.averager.applied():
+                state = start_states(self.model, self.corpus.splits["train"].ids, self.tokenizer.boundary_id)
+            self._start_cache = cached = (self.step, state)
+        return cached[1]
 
     def _payload(self) -> dict[str, Any]:
         averaged = {}

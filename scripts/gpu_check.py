@@ -49,8 +49,8 @@ def check_case(overrides: list[str], folder: Path) -> dict:
     gpu = summary.last_val.loss
     cpu_loaded = load_model(folder / "last.pt", "cpu")
     valid = load_corpus(config.data, config.tokenizer, cpu_loaded.tokenizer, splits=("valid",)).splits["valid"]
-    cpu = evaluate(cpu_loaded.model, valid, boundary_id=cpu_loaded.tokenizer.boundary_id,
-                   batch_size=config.train.eval_batch_size, bptt=config.train.bptt).loss
+    cpu = evaluate(cpu_loaded.model, valid, boundary_id=cpu_loaded.tokenizer.boundary_id,  # from zero, as validation
+                   batch_size=config.train.eval_batch_size, bptt=config.train.bptt, start="zero").loss
     text = generate(cpu_loaded.model, cpu_loaded.tokenizer, prompt="ROMEO:", length=40, seed=1)[0]
     return {"case": " ".join(overrides), "tokens_per_sec": round(summary.tokens_per_sec),
             "val_loss_gpu": gpu, "val_loss_cpu": cpu, "relative_difference": abs(gpu - cpu) / gpu,

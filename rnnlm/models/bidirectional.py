@@ -40,6 +40,7 @@ class BidirectionalLM(RNNLM):
         self.infill = nn.Linear(2 * top, vocab_size)
         if config.tie_weights:
             self.decoder.weight = self.embedding.weight
+        self.start_states: State | None = None  # the forward stack's; the backward one starts every window at zero
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -108,9 +109,13 @@ class BidirectionalLM(RNNLM):
         hidden, state = self.backward_rnn(self.embedding(tokens.flip(0)), state)
         return F.log_softmax(self.decoder(hidden[-1]).float(), dim=-1), state
 
-    def infill_log_probs(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-        """log p(blank | left, right) over the vocabulary, for 1-D token tensors around one blank."""
-        ahead, _ = self.rnn(self.embedding(left).unsqueeze(1), self.init_state(1, left.device))
+    def infill_log_probs(self, left: torch.Tensor, right: torch.Tensor, start: State | None = None) -> torch.Tensor:
+        """log p(blank | left, right) over the vocabulary, for 1-D token tensors around one blank.
+
+        The forward stack reads `left` from `start` (zeros if None), the backward stack `right` from zeros,
+        as in training."""
+        start = start if start is not None else self.init_state(1, left.device)
+        ahead, _ = self.rnn(self.embedding(left).unsqueeze(1), start)
         behind, _ = self.backward_rnn(self.embedding(right.flip(0)).unsqueeze(1), self.init_state(1, right.device))
         logits = self.infill(torch.cat([ahead[-1], behind[-1]], dim=-1))  # (1, V)
         return F.log_softmax(logits.float(), dim=-1)[0]

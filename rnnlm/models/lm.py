@@ -51,6 +51,7 @@ class RNNLM(nn.Module):
         if config.tie_weights:  # Press & Wolf 2017; Inan et al. 2017
             self.decoder.weight = self.embedding.weight
         self.workspace = Workspace()  # the fused loss's logits buffer, kept between training steps
+        self.start_states: State | None = None  # fresh starts' (rnnlm/warmstart.py); set by load_model
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
