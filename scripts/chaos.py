@@ -38,6 +38,7 @@ class Tally:
     during_write: int = 0
     during_startup: int = 0
     finished_before_kill: int = 0
+    before_python: int = 0  # the signal reached the interpreter before rnnlm's code ran (nothing changed yet)
     after_completion: int = 0  # the signal reached a run that had finished and saved (exit 0, or the signal's own)
     loads: int = 0
     resumes: int = 0
@@ -75,12 +76,16 @@ def leftovers(*folders: Path) -> list[Path]:
             if (p.is_file() and p.name.endswith(LEFTOVER_SUFFIXES)) or (p.is_dir() and p.name in SET_ASIDE)]
 
 
-def writing(run_dir: Path) -> bool:
-    """Whether a checkpoint write is in progress: its temporary file exists."""
+def temporary_checkpoints(run_dir: Path) -> set[str]:
     try:
-        return any(name.endswith(".tmp") and ".pt." in name for name in os.listdir(run_dir))
+        return {name for name in os.listdir(run_dir) if name.endswith(".tmp") and ".pt." in name}
     except FileNotFoundError:
-        return False
+        return set()
+
+
+def writing(run_dir: Path, left_before: set[str]) -> bool:
+    """Whether a checkpoint write is in progress: a temporary file exists that a killed writer had not left."""
+    return bool(temporary_checkpoints(run_dir) - left_before)
 
 
 def load_all(run_dir: Path, tally: Tally, label: str) -> None:
@@ -100,7 +105,7 @@ def load_all(run_dir: Path, tally: Tally, label: str) -> None:
 
 
 def wait_and_kill(proc: subprocess.Popen, run_dir: Path, sig: signal.Signals, rng: random.Random,
-                  tally: Tally, started: float) -> tuple[bool, bool]:
+                  started: float, left_before: set[str]) -> tuple[bool, bool]:
     """Kill `proc` at a random moment (a third of the time, as soon as a checkpoint write is seen).
 
     Returns (killed, during_write)."""
@@ -109,16 +114,16 @@ def wait_and_kill(proc: subprocess.Popen, run_dir: Path, sig: signal.Signals, rn
     give_up = started + 60.0
     while proc.poll() is None:
         now = time.monotonic()
-        if aim_at_write and writing(run_dir):
+        if aim_at_write and writing(run_dir, left_before):
             proc.send_signal(sig)
             return True, True
         if not aim_at_write and now >= deadline:
-            during = writing(run_dir)
+            during = writing(run_dir, left_before)
             proc.send_signal(sig)
             return True, during
         if now >= give_up:
             proc.send_signal(sig)
-            return True, writing(run_dir)
+            return True, writing(run_dir, left_before)
         time.sleep(0.0005 if aim_at_write else 0.01)
     return False, False
 
@@ -146,6 +151,7 @@ def one_round(k: int, paths: dict[str, Path], env: dict[str, str], rng: random.R
     command = train_command(run_dir, paths["text"], cache, fresh)
     log = paths["logs"] / f"round{k:03d}.log"
     had_checkpoint = (run_dir / "last.pt").exists() or any((run_dir / name / "last.pt").exists() for name in SET_ASIDE)
+    left_before = temporary_checkpoints(run_dir)  # a killed writer's, removed once the trainer takes the folder
     started = time.monotonic()
     with open(log, "w") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -153,7 +159,7 @@ def one_round(k: int, paths: dict[str, Path], env: dict[str, str], rng: random.R
             time.sleep(4.0)
             if proc.poll() is None:
                 second_trainer(proc, train_command(run_dir, paths["text"], cache, False), env, tally, f"round {k}")
-        killed, during = wait_and_kill(proc, run_dir, sig, rng, tally, started)
+        killed, during = wait_and_kill(proc, run_dir, sig, rng, started, left_before)
         code = proc.wait(timeout=300)
     output = log.read_text(errors="replace")
     label = f"round {k} ({sig.name}{', during a checkpoint write' if during else ''})"
@@ -165,6 +171,8 @@ def one_round(k: int, paths: dict[str, Path], env: dict[str, str], rng: random.R
         tally.finished_before_kill += 1
     elif code in (0, -sig) and "\nDone: " in output:  # the run had ended, saved, and was exiting
         tally.after_completion += 1
+    elif code == -sig and not output:  # Python was still starting: rnnlm's handlers were not installed yet
+        tally.before_python += 1
     else:
         tally.kills[sig.name] += 1
         tally.during_write += during
@@ -211,7 +219,8 @@ def main() -> int:
     print(f"\n{sum(tally.kills.values())} kills ({', '.join(f'{n} {s}' for s, n in tally.kills.items())}; "
           f"{tally.during_write} during a checkpoint write, {tally.during_startup} before the run's first "
           f"checkpoint); {tally.finished_before_kill} rounds finished before their kill, and in "
-          f"{tally.after_completion} the signal reached a run that had finished and saved")
+          f"{tally.after_completion} the signal reached a run that had finished and saved, in {tally.before_python} "
+          f"an interpreter still starting")
     print(f"{tally.loads} checkpoint loads, {tally.resumes} resumes, {tally.overwrites} fresh --overwrite starts, "
           f"{tally.refused_second} second trainers refused, final run exit {final.returncode}, "
           f"{len(left)} leftover temporary files, {time.monotonic() - begun:.0f} s")
