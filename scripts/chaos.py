@@ -171,7 +171,8 @@ def one_round(k: int, paths: dict[str, Path], env: dict[str, str], rng: random.R
         tally.finished_before_kill += 1
     elif code in (0, -sig) and "\nDone: " in output:  # the run had ended, saved, and was exiting
         tally.after_completion += 1
-    elif code == -sig and not output:  # Python was still starting: rnnlm's handlers were not installed yet
+    elif sig != signal.SIGKILL and code == -sig and not output:  # Python was still starting: rnnlm's handlers
+        # were not installed yet (SIGKILL needs none: its -9 is an ordinary kill)
         tally.before_python += 1
     else:
         tally.kills[sig.name] += 1
