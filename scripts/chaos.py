@@ -36,7 +36,8 @@ SET_ASIDE = (".replaced", ".replacing", ".restoring")
 class Tally:
     kills: dict[str, int] = field(default_factory=lambda: {"SIGKILL": 0, "SIGINT": 0, "SIGTERM": 0})
     during_write: int = 0
-    during_startup: int = 0
+    during_startup: int = 0  # kills before the trainer was set up (imports, corpus, model, folder)
+    without_last: int = 0  # kills that left the folder with no last.pt to resume
     finished_before_kill: int = 0
     before_python: int = 0  # the signal reached the interpreter before rnnlm's code ran (nothing changed yet)
     after_completion: int = 0  # the signal reached a run that had finished and saved (exit 0, or the signal's own)
@@ -177,7 +178,8 @@ def one_round(k: int, paths: dict[str, Path], env: dict[str, str], rng: random.R
     else:
         tally.kills[sig.name] += 1
         tally.during_write += during
-        tally.during_startup += not (run_dir / "last.pt").exists()
+        tally.during_startup += "| model " not in output  # the line a trainer prints once it is set up
+        tally.without_last += not (run_dir / "last.pt").exists()
         if code != EXPECTED_EXIT[sig]:
             tally.failures.append(f"{label}: exit {code}, expected {EXPECTED_EXIT[sig]} ({log})")
     resumed = "resuming at step" in output
@@ -218,8 +220,9 @@ def main() -> int:
     left = leftovers(paths["run"], paths["cache"])
     tally.failures += [f"leftover temporary file after the final run: {p}" for p in left]
     print(f"\n{sum(tally.kills.values())} kills ({', '.join(f'{n} {s}' for s, n in tally.kills.items())}; "
-          f"{tally.during_write} during a checkpoint write, {tally.during_startup} before the run's first "
-          f"checkpoint); {tally.finished_before_kill} rounds finished before their kill, and in "
+          f"{tally.during_write} during a checkpoint write, {tally.during_startup} before training began; "
+          f"{tally.without_last} left the folder without a last.pt); {tally.finished_before_kill} rounds finished "
+          f"before their kill, and in "
           f"{tally.after_completion} the signal reached a run that had finished and saved, in {tally.before_python} "
           f"an interpreter still starting")
     print(f"{tally.loads} checkpoint loads, {tally.resumes} resumes, {tally.overwrites} fresh --overwrite starts, "
