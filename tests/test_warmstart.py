@@ -118,6 +118,9 @@ def test_start_zero_gives_the_numbers_of_a_checkpoint_without_a_start_state(para
     assert scores["zero"]["loss"] == scores["old"]["loss"]
     assert scores["zero"]["start"] == scores["old"]["start"] == "zero"  # what they started from
     assert scores["warm"]["loss"] < scores["zero"]["loss"] - 0.1
+    for start, phrase in [("warm", "warm start"), ("zero", "zero start")]:
+        first_line = invoke("eval", best, "--text", text, "--start", start).output.splitlines()[0]
+        assert first_line.endswith(f"(full left context), {phrase}")
     loaded = load_model(best)
     manual = evaluate(loaded.model, load_corpus(loaded.config.data, loaded.config.tokenizer, loaded.tokenizer,
                                                 splits=("valid",)).splits["valid"],
@@ -143,7 +146,7 @@ def test_every_sample_of_a_batch_and_bf16_weights_start_warm(paragraph_run):
     assert zero != ["Zed:"] * 3
 
 
-def test_fill_reads_the_left_context_from_the_start_state(paragraph_run, tiny_corpus, tmp_path):
+def test_fill_reads_the_left_context_from_the_start_state(paragraph_run, tmp_path):
     trainer = train(paragraph_run / "para.txt", tmp_path / "bi", "model.bidirectional=true", "train.max_steps=60")
     loaded = load_model(tmp_path / "bi" / "best.pt")
     assert loaded.model.start_states is not None and trainer.model.start_states is None
@@ -153,6 +156,9 @@ def test_fill_reads_the_left_context_from_the_start_state(paragraph_run, tiny_co
     assert warm["Z"] > 0.6 and zero["Z"] < 0.45  # measured: 0.66 and 0.40
     loaded.model.start_states = None
     assert dict(fill_blanks(loaded.model, loaded.tokenizer, "___ed:\nalpha", top_k=3)[0]) == zero
+    refused = invoke("sample", tmp_path / "bi" / "best.pt", "--reverse", "--start", "warm", "--length", "3")
+    assert refused.exit_code == 2 and "--start warm applies to left-to-right generation" in refused.output
+    assert invoke("sample", tmp_path / "bi" / "best.pt", "--reverse", "--start", "zero", "--length", "3").exit_code == 0
 
 
 def test_a_start_state_that_does_not_fit_the_model_is_refused(paragraph_run, tmp_path):
