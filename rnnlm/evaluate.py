@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnnlm.data.batching import eval_windows
+from rnnlm.data.batching import PAD, eval_windows
 from rnnlm.data.corpus import Split
 from rnnlm.distributed import Group
+from rnnlm.models.bidirectional import BidirectionalLM
 from rnnlm.models.lm import RNNLM, LMOutput
 from rnnlm.models.stack import State
 from rnnlm.runtime import autocast
@@ -144,12 +145,12 @@ def _mixed_window(model: RNNLM, reader: MixtureReader, inputs: torch.Tensor, tar
     before = reader.current()
     inside = min(len(inputs), reader.left)
     nll = -reader.read(inputs[:inside], targets[:inside]).sum()
-    out = model(inputs, targets, before)
+    extras = _extras(model(inputs, targets, before)) if isinstance(model, BidirectionalLM) else {}
     state = reader.current()  # at the span's end: from its likeliest start, having read the span
     if inside < len(inputs):  # the span ends inside this window
         rest = model(inputs[inside:], targets[inside:], state)
         nll, state = nll + rest.nll, rest.state
-    return {"": (nll, out.tokens), **_extras(out)}, state
+    return {"": (nll, (targets != PAD).sum()), **extras}, state
 
 
 def _extras(out: LMOutput) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -7,9 +7,11 @@ paragraph or a document starts), and a fresh start is their mixture, with equal 
 
     p(x_1 .. x_n) = 1/K sum_k p(x_1 .. x_n | start from state k, then the line end)
 
-Scoring reads the first window from all K states and scores each token by the mixture (weights the
-posterior given the tokens before it), then goes on from the most probable one; sampling draws a state
-from the posterior given the prompt. No single state does as well, as it must guess what kind of line
+Scoring (`MixtureReader`) reads each column's first SPAN tokens from all K states, across windows,
+and scores each token by the mixture (weights: the posterior given the tokens before it), then goes on
+from the state likeliest over those SPAN tokens, k*: -log p(x_1 .. x_n) = -log 1/K sum_k p(x_1 .. x_m | k)
+- log p(x_m+1 .. x_n | x_1 .. x_m, k*), m = min(n, SPAN), whatever the window length. Sampling draws
+a state from the posterior given the prompt. No single state does as well, as it must guess what kind of line
 comes (a name, a verse line, a blank line): on the demo model the best one left the first 10 characters
 of a line +64% over a reader of the text before, the mixture +7% (docs/cold-start.md). The states come
 from the weights alone, in eval mode with no random draws, so training is unchanged and resume stays
