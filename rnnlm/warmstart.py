@@ -94,7 +94,7 @@ def mixture_log_probs(model: RNNLM, inputs: torch.Tensor, targets: torch.Tensor,
     each column's likeliest start (B,) given the whole window. Call under inference mode, in eval mode."""
     reader = MixtureReader(model, states, inputs.size(1), inputs.device, span=inputs.size(0))
     mixed = reader.read(inputs, targets)
-    return mixed, reader.seen.argmax(-1)
+    return mixed, reader.seen.argmax(-1).cpu()
 
 
 class MixtureReader:
