@@ -217,6 +217,10 @@ def sample(checkpoint: str, prompt: str, length: int, temperature: float, top_k:
         raise click.UsageError("--reverse needs a bidirectional model (model.bidirectional: true)")
     if reverse and precision != "fp32":
         raise click.UsageError("--precision bf16 applies to left-to-right generation, not --reverse")
+    given = click.get_current_context().get_parameter_source("start") == click.core.ParameterSource.COMMANDLINE
+    if reverse and given and start == "warm":  # not to be ignored in silence
+        raise click.UsageError("--start warm applies to left-to-right generation: --reverse starts the backward "
+                               "stack at zero, as training does")
     unknown = loaded.tokenizer.unknown(prompt)
     if unknown:
         click.echo(f"Warning: the vocabulary lacks {', '.join(map(repr, unknown[:10]))}"
@@ -296,7 +300,9 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
                               allow_nan=False))
         return
     context = "full left context" if batch_size == 1 else f"{batch_size} parallel streams"
-    click.echo(f"{source}: {result.tokens:,} tokens, {result.chars:,} characters, batch size {batch_size} ({context})")
+    begun = "warm start" if start == "warm" else "zero start"
+    click.echo(f"{source}: {result.tokens:,} tokens, {result.chars:,} characters, batch size {batch_size} ({context}), "
+               f"{begun}")
     labels = {"backward": f"backward (right context within {bptt}-token windows)",
               "infill": "infill pseudo-perplexity (both neighbours' contexts)"}
     if result.heads:

@@ -9,12 +9,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnnlm.data.batching import eval_windows
+from rnnlm.data.batching import PAD, eval_windows
 from rnnlm.data.corpus import Split
 from rnnlm.distributed import Group
-from rnnlm.models.lm import RNNLM
+from rnnlm.models.bidirectional import BidirectionalLM
+from rnnlm.models.lm import RNNLM, LMOutput
+from rnnlm.models.stack import State
 from rnnlm.runtime import autocast
-from rnnlm.warmstart import mixture_log_probs
+from rnnlm.warmstart import MixtureReader
 
 
 MAX_EXP = math.log(float.fromhex("0x1.fffffffffffffp+1023"))  # 709.78: exp of more overflows a float
@@ -77,9 +79,9 @@ def evaluate(model: RNNLM, split: Split, *, boundary_id: int, batch_size: int = 
     """
     ids = split.ids
     if group is not None and group.enabled:
-        start, end = len(ids) * group.rank // group.world_size, len(ids) * (group.rank + 1) // group.world_size
-        boundary_id = int(ids[start - 1]) if start > 0 else boundary_id
-        ids = ids[start:end]
+        first, end = len(ids) * group.rank // group.world_size, len(ids) * (group.rank + 1) // group.world_size
+        boundary_id = int(ids[first - 1]) if first > 0 else boundary_id
+        ids = ids[first:end]
     totals = score_ids(model, ids, boundary_id=boundary_id, batch_size=batch_size, bptt=bptt, device=device,
                        precision=precision, start=start)
     if group is not None and group.enabled:
@@ -97,31 +99,60 @@ def evaluate(model: RNNLM, split: Split, *, boundary_id: int, batch_size: int = 
 def score_ids(model: RNNLM, ids: np.ndarray, *, boundary_id: int, batch_size: int, bptt: int,
               device: torch.device | str, precision: str = "fp32", start: str = "warm"
               ) -> dict[str, tuple[float, int]]:
-    """Summed nll and token count per head: "" for the model's own, plus any named extras."""
+    """Summed nll and token count per head: "" for the model's own, plus any named extras.
+
+    With `start` "warm" and the model's start states, each column's first `warmstart.SPAN` tokens are
+    scored under their mixture, across windows, so the number does not depend on `bptt`; then the
+    column goes on from the start that was likeliest over them (see `_mixed_window`).
+    """
     was_training = model.training
     model.eval()
     sums: dict[str, list[torch.Tensor]] = {}
     dtype = next(model.parameters()).dtype
     try:
         with torch.inference_mode(), autocast(torch.device(device), precision):
-            state = model.init_state(min(batch_size, max(len(ids), 1)), device)
-            starts = model.start_states if start == "warm" else None
-            for i, (inputs, targets) in enumerate(eval_windows(ids, batch_size, bptt, boundary_id)):
+            columns = min(batch_size, max(len(ids), 1))
+            state = model.init_state(columns, device)
+            warm = start == "warm" and model.start_states is not None
+            reader = MixtureReader(model, model.start_states, columns, device) if warm else None
+            for inputs, targets in eval_windows(ids, batch_size, bptt, boundary_id):
                 inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-                mixed = None
-                if i == 0 and starts is not None:  # each column from the mixture of the start states
-                    mixed, choice = mixture_log_probs(model, inputs, targets, starts)
-                    state = tuple(s.to(device, dtype)[choice] for s in starts)  # then from the likeliest
-                out = model(inputs, targets, state)
-                heads = {"": (out.nll if mixed is None else -mixed.sum(), out.tokens)}
-                heads.update({name[: -len("_nll")]: (out.extras[name], out.extras[name[:-4] + "_tokens"])
-                              for name in out.extras if name.endswith("_nll")})
+                if reader is not None and reader.left > 0:
+                    heads, state = _mixed_window(model, reader, inputs, targets)
+                else:
+                    out = model(inputs, targets, state)
+                    heads, state = {"": (out.nll, out.tokens), **_extras(out)}, out.state
                 for name, (nll, count) in heads.items():
                     total = sums.setdefault(name, [torch.zeros((), dtype=torch.float64, device=device),
                                                    torch.zeros((), dtype=torch.int64, device=device)])
                     total[0] += nll.double()
                     total[1] += count
-                state = tuple(s.to(dtype) for s in out.state)  # autocast may hand it back in bf16 / fp16
+                state = tuple(s.to(dtype) for s in state)  # autocast may hand it back in bf16 / fp16
     finally:
         model.train(was_training)
     return {name: (float(nll), int(count)) for name, (nll, count) in sums.items()} or {"": (0.0, 0)}
+
+
+def _mixed_window(model: RNNLM, reader: MixtureReader, inputs: torch.Tensor, targets: torch.Tensor
+                  ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], State]:
+    """Score a window that holds some of the columns' first SPAN tokens: those under the mixture, any after
+    them from the start likeliest over the span; the state to go on from.
+
+    The other heads (a bidirectional model's backward and infill) read the window from the start likeliest
+    given the tokens before it (the first start state in the first window): had they read it from the
+    start chosen over the window, the infill head's prediction of a token would depend on that token.
+    """
+    before = reader.current()
+    inside = min(len(inputs), reader.left)
+    nll = -reader.read(inputs[:inside], targets[:inside]).sum()
+    extras = _extras(model(inputs, targets, before)) if isinstance(model, BidirectionalLM) else {}
+    state = reader.current()  # at the span's end: from its likeliest start, having read the span
+    if inside < len(inputs):  # the span ends inside this window
+        rest = model(inputs[inside:], targets[inside:], state)
+        nll, state = nll + rest.nll, rest.state
+    return {"": (nll, (targets != PAD).sum()), **extras}, state
+
+
+def _extras(out: LMOutput) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {name[: -len("_nll")]: (out.extras[name], out.extras[name[:-4] + "_tokens"])
+            for name in out.extras if name.endswith("_nll")}

@@ -98,6 +98,7 @@ class Trainer:
         self.log = (log or (lambda message: tqdm.write(message, file=sys.stderr))) if main else (lambda _: None)
         self.folder = RunFolder(self.run_dir)
         self.run_id: str | None = None
+        self._start_cache: tuple[int, State | None] | None = None  # (step, the start states saved at that step)
         try:
             if main:
                 self.folder.lock()
@@ -418,7 +419,7 @@ class Trainer:
     def _start_states(self) -> State | None:
         """Fresh starts' states for the weights a loaded model gets (rnnlm/warmstart.py); computed once per
         step (best.pt and last.pt share them), in eval mode without random draws, so training is unchanged."""
-        cached = getattr(self, "_start_cache", None)
+        cached = self._start_cache
         if cached is None or cached[0] != self.step:
             with self.averager.applied():
                 state = start_states(self.model, self.corpus.splits["train"].ids, self.tokenizer.boundary_id)

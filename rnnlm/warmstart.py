@@ -7,9 +7,11 @@ paragraph or a document starts), and a fresh start is their mixture, with equal 
 
     p(x_1 .. x_n) = 1/K sum_k p(x_1 .. x_n | start from state k, then the line end)
 
-Scoring reads the first window from all K states and scores each token by the mixture (weights the
-posterior given the tokens before it), then goes on from the most probable one; sampling draws a state
-from the posterior given the prompt. No single state does as well, as it must guess what kind of line
+Scoring (`MixtureReader`) reads each column's first SPAN tokens from all K states, across windows,
+and scores each token by the mixture (weights: the posterior given the tokens before it), then goes on
+from the state likeliest over those SPAN tokens, k*: -log p(x_1 .. x_n) = -log 1/K sum_k p(x_1 .. x_m | k)
+- log p(x_m+1 .. x_n | x_1 .. x_m, k*), m = min(n, SPAN), whatever the window length. Sampling draws
+a state from the posterior given the prompt. No single state does as well, as it must guess what kind of line
 comes (a name, a verse line, a blank line): on the demo model the best one left the first 10 characters
 of a line +64% over a reader of the text before, the mixture +7% (docs/cold-start.md). The states come
 from the weights alone, in eval mode with no random draws, so training is unchanged and resume stays
@@ -33,6 +35,8 @@ CONTEXT = 128  # tokens read from the zero state before each of them
 MIN_BLANK = 4  # blank lines needed to give half the states to paragraph starts
 REACH = 4096  # tokens searched for a line end after each evenly spaced point
 COLUMNS = 256  # streams read at once when scoring from every start state
+SPAN = 256  # tokens of each column `eval` scores under the mixture, then it goes on from the likeliest start
+LOGITS = 1 << 22  # logits computed at once when scoring from every start state (16 MB in float32)
 
 
 def line_ends(ids: np.ndarray, boundary_id: int, count: int, context: int, *, blank: bool,
@@ -88,24 +92,62 @@ def mixture_log_probs(model: RNNLM, inputs: torch.Tensor, targets: torch.Tensor,
     """Read inputs (T, B) from each of the K start `states` (K, H); the mixture's log-probability of each
     target (T, B) (0 for PAD), the K parts weighted by their posterior given the targets before it, and
     each column's likeliest start (B,) given the whole window. Call under inference mode, in eval mode."""
-    step = max(1, COLUMNS // states[0].size(0))  # B*K columns at once would hold B*K x T x H activations
-    parts = [_mixture(model, inputs[:, i: i + step], targets[:, i: i + step], states)
-             for i in range(0, inputs.size(1), step)]
-    return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts])
+    reader = MixtureReader(model, states, inputs.size(1), inputs.device, span=inputs.size(0))
+    mixed = reader.read(inputs, targets)
+    return mixed, reader.seen.argmax(-1).cpu()
 
 
-def _mixture(model: RNNLM, inputs: torch.Tensor, targets: torch.Tensor, states: State
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    K, (T, B) = states[0].size(0), inputs.shape
-    start = tuple(s.to(inputs.device).repeat(B, 1) for s in states)  # column b*K + k: column b from state k
-    hidden, _ = model.encode(inputs.repeat_interleave(K, dim=1), start)  # (T, B*K, H)
-    wide = targets.repeat_interleave(K, dim=1)
-    scored = torch.stack([model.log_probs(h).gather(1, t.clamp(min=0).unsqueeze(1)).squeeze(1)
-                          for h, t in zip(hidden, wide)]).double()  # (T, B*K): log p_k(x_t | x_<t)
-    scored = scored.masked_fill(wide == PAD, 0.0).view(T, B, K)
-    seen = torch.cat([scored.new_zeros(1, B, K), scored.cumsum(0)[:-1]])  # log p_k(x_<t)
-    mixed = torch.logsumexp(torch.log_softmax(seen, dim=-1) + scored, dim=-1)  # (T, B)
-    return mixed.masked_fill(targets == PAD, 0.0), scored.sum(0).argmax(-1).cpu()
+class MixtureReader:
+    """B columns read from each of the K start states at once, window after window, for their first
+    `span` tokens: what `rnnlm eval` scores under the mixture, whatever its window length (--bptt)."""
+
+    def __init__(self, model: RNNLM, states: State, columns: int, device: torch.device | str,
+                 span: int | None = None) -> None:
+        self.model, self.K, self.left = model, states[0].size(0), SPAN if span is None else span
+        dtype = model.embedding.weight.dtype
+        self.state = tuple(s.to(device, dtype).repeat(columns, 1) for s in states)  # row b*K + k: column b, start k
+        self.seen = torch.zeros(columns, self.K, dtype=torch.float64, device=device)  # log p_k(tokens read)
+
+    def current(self) -> State:
+        """Each column's state (B, H) from the start likeliest given the tokens read so far (the first
+        start state before any): a choice that depends on none of the tokens still to come."""
+        rows = torch.arange(self.seen.size(0), device=self.seen.device) * self.K + self.seen.argmax(-1)
+        return tuple(s[rows] for s in self.state)
+
+    def read(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The mixture's log-probability (T, B) of each target (0 for PAD), T <= the span still left; the K
+        parts weighted by their posterior given every token before it, those of earlier windows too."""
+        assert len(inputs) <= self.left, "read past the mixture's span"
+        step = max(1, COLUMNS // self.K)  # B*K columns at once would hold B*K x T x H activations
+        parts = [self._read(inputs[:, i: i + step], targets[:, i: i + step], slice(i, i + step))
+                 for i in range(0, inputs.size(1), step)]
+        self.left -= len(inputs)
+        return torch.cat(parts, dim=1)
+
+    def _read(self, inputs: torch.Tensor, targets: torch.Tensor, columns: slice) -> torch.Tensor:
+        K, (T, B) = self.K, inputs.shape
+        rows = slice(columns.start * K, columns.start * K + B * K)
+        hidden, state = self.model.encode(inputs.repeat_interleave(K, dim=1), tuple(s[rows] for s in self.state))
+        for kept, new in zip(self.state, state):
+            kept[rows] = new.to(kept.dtype)
+        wide = targets.repeat_interleave(K, dim=1)  # (T, B*K)
+        scored = _token_log_probs(self.model, hidden, wide).masked_fill(wide == PAD, 0.0).view(T, B, K)
+        before = self.seen[columns]
+        seen = before + torch.cat([scored.new_zeros(1, B, K), scored.cumsum(0)[:-1]])  # log p_k(x_<t)
+        self.seen[columns] = before + scored.sum(0)
+        mixed = torch.logsumexp(torch.log_softmax(seen, dim=-1) + scored, dim=-1)  # (T, B)
+        return mixed.masked_fill(targets == PAD, 0.0)
+
+
+def _token_log_probs(model: RNNLM, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) (T, N) in float64 from the top layer's outputs (T, N, H): one softmax over as many
+    time steps at once as keep its logits within LOGITS numbers."""
+    T, N = targets.shape
+    steps = max(1, LOGITS // (N * model.vocab_size))
+    flat, wanted = hidden.reshape(T * N, -1), targets.clamp(min=0).reshape(T * N, 1)
+    parts = [model.log_probs(flat[i: i + steps * N]).gather(1, wanted[i: i + steps * N]).squeeze(1)
+             for i in range(0, T * N, steps * N)]
+    return torch.cat(parts).double().view(T, N)
 
 
 def posterior(model: RNNLM, tokens: list[int], states: State) -> torch.Tensor:
