@@ -300,9 +300,8 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
                               allow_nan=False))
         return
     context = "full left context" if batch_size == 1 else f"{batch_size} parallel streams"
-    begun = "warm start" if start == "warm" else "zero start"
     click.echo(f"{source}: {result.tokens:,} tokens, {result.chars:,} characters, batch size {batch_size} ({context}), "
-               f"{begun}")
+               f"{start} start")
     labels = {"backward": f"backward (right context within {bptt}-token windows)",
               "infill": "infill pseudo-perplexity (both neighbours' contexts)"}
     if result.heads:

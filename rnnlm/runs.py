@@ -3,19 +3,19 @@ them (one trainer at a time, by the OS's file lock), which run they belong to, a
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Mapping
 
 from rnnlm.checkpoint import identity, resume_payload
 from rnnlm.config import Config, load_config, requested_changes, resume_config
 from rnnlm.errors import CheckpointError, RunInUse, UsageError, storage_error
+
+if TYPE_CHECKING:
+    from rnnlm.data.corpus import Split
 
 try:
     import fcntl
@@ -30,7 +30,6 @@ ASIDE = ".replaced"  # the run an --overwrite replaces, whole, kept until the ne
 MOVING = ".replacing"  # that run while it moves aside (the folder holds only its other files)
 RESTORING = ".restoring"  # that run while it moves back (the new run's files are gone already)
 _PARTIAL = re.compile(r"^\.(.+\.pt|config\.yaml)\.\d+\.tmp$")  # save_checkpoint's and dump_yaml's temporary files
-_HASH_CHUNK = 1 << 24  # ids hashed per chunk, so a memory-mapped split is never copied whole
 
 
 def plan_run(config_path: str | None, overrides: list[str], run_dir: str | None, resume: str | None,
@@ -252,12 +251,10 @@ class RunFolder:
                            f"meanwhile): run the command again to resume from the new one")
 
 
-def split_fingerprint(ids: np.ndarray) -> dict[str, Any]:
-    """The token count and a sha256 of a split's ids: the data a run trains on, whatever file held it."""
-    digest = hashlib.sha256(ids.dtype.str.encode("ascii"))
-    for start in range(0, len(ids), _HASH_CHUNK):
-        digest.update(np.ascontiguousarray(ids[start:start + _HASH_CHUNK]).data)
-    return {"tokens": int(len(ids)), "sha256": digest.hexdigest()}
+def split_fingerprint(split: Split) -> dict[str, Any]:
+    """The token count and the sha256 of a split's ids (the cache's checksum, verified when it loaded them):
+    the data a run trains on, whatever file held it."""
+    return {"tokens": int(len(split.ids)), "sha256": split.sha256}
 
 
 def changed_splits(saved: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[str]:

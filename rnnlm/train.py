@@ -170,7 +170,7 @@ class Trainer:
         allowed. A checkpoint saved before fingerprints resumes unchecked."""
         if not self.group.is_main:
             return {}
-        current = {name: split_fingerprint(split.ids) for name, split in self.corpus.splits.items()}
+        current = {name: split_fingerprint(split) for name, split in self.corpus.splits.items()}
         recorded = saved.get("data_fingerprint") if saved else None
         changed = changed_splits(recorded, current)
         if changed:
@@ -338,13 +338,14 @@ class Trainer:
             return
         raise TrainingError(f"non-finite {what} {where}"
                             + (f" after {limit} skipped steps in a row" if limit else "")
-                            + f"; stopped without saving{self._kept()}. Try a lower optim.lr or optim.clip")
+                            + self._stopped_without_saving())
 
-    def _kept(self) -> str:
-        """What a stop without saving leaves: the last good checkpoint, if the run has written one yet."""
-        if (self.run_dir / "last.pt").exists():
-            return f", so the last good checkpoint in {self.run_dir} is untouched"
-        return " (the run had not written a checkpoint yet)"
+    def _stopped_without_saving(self) -> str:
+        """The end of a message that stops the run: what it leaves (the last good checkpoint, if the run has
+        written one yet) and what to try."""
+        kept = f", so the last good checkpoint in {self.run_dir} is untouched" if (self.run_dir / "last.pt").exists() \
+            else " (the run had not written a checkpoint yet)"
+        return f"; stopped without saving{kept}. Try a lower optim.lr or optim.clip"
 
     def _check_diverged(self, loss: float, validation: bool = False) -> None:
         """Stop a run whose loss stays far above a uniform guess's (see DIVERGED_MARGIN), as for a NaN."""
@@ -356,8 +357,7 @@ class Trainer:
         span = "" if validation else f" for {self._above_limit} log points in a row"
         raise TrainingError(f"the run diverged at step {self.step:,} (epoch {self.epoch}): {what} {loss:.4g}{span}, "
                             f"above {self.divergence_limit:.2f} (twice ln V plus {DIVERGED_MARGIN:g} nats; a uniform "
-                            f"guess scores {math.log(self.tokenizer.vocab_size):.2f}); stopped without saving"
-                            f"{self._kept()}. Try a lower optim.lr or optim.clip")
+                            f"guess scores {math.log(self.tokenizer.vocab_size):.2f})" + self._stopped_without_saving())
 
     def _log_train(self, loss: float, speed: float, grad_norm: float, bar: tqdm) -> None:
         lr = self.schedule.lr
@@ -383,8 +383,7 @@ class Trainer:
                               precision=c.precision)
         if not math.isfinite(result.loss):
             raise TrainingError(f"non-finite validation loss ({result.loss}) at step {self.step:,} "
-                                f"(epoch {self.epoch}); stopped without saving{self._kept()}. Try a lower optim.lr or "
-                                f"optim.clip")
+                                f"(epoch {self.epoch})" + self._stopped_without_saving())
         self._check_diverged(result.loss, validation=True)
         self._last_eval_step = self.step
         self.last_val = result

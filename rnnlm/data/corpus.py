@@ -57,6 +57,7 @@ class Split:
     ids: np.ndarray  # (N,) token ids, usually a read-only memory map
     chars: int  # Unicode characters of the text the ids encode
     bytes: int  # UTF-8 bytes of that text
+    sha256: str = ""  # of the ids' bytes, as the cache verified them on load ("" for ids built in memory)
 
 
 @dataclass
@@ -312,7 +313,7 @@ def encode_segment(segment: Segment, tokenizer: Tokenizer, cache_dir: Path) -> S
         meta = _encode_to_file(segment, tokenizer, ids_path, dtype)
         _write_atomic(meta_path, json.dumps(meta).encode())
     ids = _open_ids(ids_path, dtype, meta["count"])
-    return Split(ids, meta["chars"], meta["bytes"])
+    return Split(ids, meta["chars"], meta["bytes"], meta["sha256"])
 
 
 def encode_text_file(path: Path, tokenizer: Tokenizer, cache_dir: Path) -> Split:
