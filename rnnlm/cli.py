@@ -277,7 +277,8 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
         scored = corpus.encode_text_file(Path(text), loaded.tokenizer, registry.default_cache_dir(data.cache_dir))
         source = text
     else:
-        scored = corpus.load_corpus(data, loaded.config.tokenizer, loaded.tokenizer, splits=(split,)).splits.get(split)
+        scored = corpus.load_corpus(data, loaded.config.tokenizer, loaded.tokenizer, splits=(split,),
+                                    log=functools.partial(click.echo, err=True)).splits.get(split)
         source = f"{data.corpus} ({split} split)"
         if scored is None:
             raise CommandError(RnnlmError(f"corpus {data.corpus!r} has no {split} split"))
@@ -354,7 +355,7 @@ def tokenize(config_path: str | None, checkpoint: str | None, text: str | None, 
     if checkpoint and (config_path or overrides):
         raise click.UsageError("--checkpoint brings its own tokenizer and configuration: drop --config and KEY=VALUE")
     tokenizer, config = load_tokenizer(checkpoint) if checkpoint else (None, load_config(config_path, overrides))
-    result = report(config, tokenizer, Path(text) if text else None, show)
+    result = report(config, tokenizer, Path(text) if text else None, show, log=functools.partial(click.echo, err=True))
     if as_json:
         click.echo(json.dumps({"kind": result.kind, "source": result.source, **result.stats.to_dict()}))
         return

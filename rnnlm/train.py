@@ -119,7 +119,8 @@ class Trainer:
         runtime.seed_everything(c.train.seed)
         saved, self.saved = self.saved, None
         tokenizer = from_state(saved["tokenizer"]) if saved else None
-        self.corpus = load_corpus(c.data, c.tokenizer, tokenizer)  # the test split too: bad text shows up now
+        # the test split too: bad text shows up now
+        self.corpus = load_corpus(c.data, c.tokenizer, tokenizer, log=self.log)
         self.tokenizer = self.corpus.tokenizer
         self.fingerprints = self._check_data(saved)
         train = self.corpus.splits["train"]

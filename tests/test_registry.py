@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from helpers import TINY_MODEL, invoke
 from rnnlm.data import registry
 from rnnlm.data.registry import Entry, RemoteFile, resolve
 from rnnlm.errors import DataError
 
 TRAIN_TEXT = "the cat sat on the mat\n" * 20
 VALID_TEXT = "the dog sat\n"
+TINY_RUN = [*TINY_MODEL, "train.batch_size=4", "train.bptt=8", "train.epochs=0", "train.max_steps=2",
+            "train.tensorboard=false", "train.device=cpu", "data.valid_fraction=0.1", "data.test_fraction=0.1"]
 
 
 def sha256(data: bytes) -> str:
@@ -41,7 +45,7 @@ def register(monkeypatch: pytest.MonkeyPatch, entry: Entry) -> None:
 
 def toy_entry(checksum: str, url: str = "file:///nonexistent/toy.txt", name: str = "toy",
               member: str = "") -> Entry:
-    return Entry(name, "a test corpus", {"all": RemoteFile("toy.txt", url, checksum, member)})
+    return Entry(name, {"all": RemoteFile("toy.txt", url, checksum, member)})
 
 
 # ---- resolve ----
@@ -134,14 +138,13 @@ def test_mirror_with_split_files_and_byte_splits(tmp_path: Path, monkeypatch: py
     mirror = tmp_path / "mirror"
     texts = {"train": TRAIN_TEXT.encode(), "valid": VALID_TEXT.encode()}
     paths = {split: write_mirror(mirror, "toy2", f"{split}.txt", data) for split, data in texts.items()}
-    register(monkeypatch, Entry("toy2", "split files", {
+    register(monkeypatch, Entry("toy2", {  # split files
         split: RemoteFile(f"{split}.txt", "file:///nonexistent", sha1(data)) for split, data in texts.items()
     }))
     data = TRAIN_TEXT.encode()
     write_mirror(mirror, "toy3", "toy.txt", data)
-    register(monkeypatch, Entry("toy3", "one file, fixed cuts",
-                                {"all": RemoteFile("toy.txt", "file:///nonexistent", sha256(data))},
-                                byte_splits=(100, 200)))
+    register(monkeypatch, Entry("toy3", {"all": RemoteFile("toy.txt", "file:///nonexistent", sha256(data))},
+                                byte_splits=(100, 200)))  # one file, fixed cuts
     monkeypatch.setenv("RNNLM_DATA", str(mirror))
     source = resolve("toy2", cache_dir)
     assert source.single is None and source.files == paths
@@ -211,6 +214,49 @@ def test_download_into_the_cache_verifies_and_is_reused(tmp_path: Path, monkeypa
     remote.unlink()  # the second time needs no download
     assert resolve("toy", cache_dir).single.read_bytes() == data
 
+
+
+def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: bytes) -> str:
+    """Register the corpus `toy` as a download of `data` from a file:// URL, which it returns."""
+    remote = tmp_path / "server" / "toy.txt"
+    remote.parent.mkdir(exist_ok=True)
+    remote.write_bytes(data)
+    register(monkeypatch, toy_entry(sha256(data), url=remote.as_uri()))
+    return remote.as_uri()
+
+
+def test_a_download_is_announced_through_the_callers_log_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             cache_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    url = served(tmp_path, monkeypatch, TRAIN_TEXT.encode())
+    said: list[str] = []
+    resolve("toy", cache_dir, log=said.append)
+    assert said == [f"Downloading toy from {url}"]
+    resolve("toy", cache_dir, log=said.append)  # cached: nothing to say
+    assert len(said) == 1
+    assert capsys.readouterr() == ("", "")  # library code prints nothing itself
+
+
+def test_a_download_without_a_log_prints_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_dir: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    served(tmp_path, monkeypatch, TRAIN_TEXT.encode())
+    assert resolve("toy", cache_dir).single.read_text() == TRAIN_TEXT
+    assert capsys.readouterr() == ("", "")
+
+
+def test_the_commands_that_download_still_say_so(tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 cache_dir: Path) -> None:
+    """train, eval and tokenize pass the CLI's stderr as the log: the line users saw before is still there."""
+    url = served(tmp_path, monkeypatch, tiny_corpus.read_bytes())
+    announced = f"Downloading toy from {url}\n"
+    trained = invoke("train", "--run-dir", tmp_path / "run", "data.corpus=toy", *TINY_RUN)
+    assert trained.exit_code == 0, trained.output
+    assert trained.stderr.startswith(announced) and trained.stdout == ""
+    shutil.rmtree(cache_dir / "toy")  # each command downloads again
+    scored = invoke("eval", tmp_path / "run" / "best.pt", "--split", "valid", "--json")
+    assert scored.exit_code == 0 and scored.stderr == announced, scored.output
+    shutil.rmtree(cache_dir / "toy")
+    measured = invoke("tokenize", "data.corpus=toy", "--show", 0, "--json")
+    assert measured.exit_code == 0 and measured.stderr == announced, measured.output
 
 def test_download_with_a_wrong_checksum_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               cache_dir: Path) -> None:

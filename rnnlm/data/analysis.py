@@ -82,15 +82,16 @@ def show_split(tokenizer: Tokenizer, text: str) -> str:
 
 
 def report(config: Config, tokenizer: Tokenizer | None = None, text: Path | None = None,
-           show: int = 300) -> Report:
+           show: int = 300, log: registry.Log | None = None) -> Report:
     """Measure `tokenizer` (else the one `config` builds on its training split) on `text`.
 
     Without `text`, the corpus's validation split is measured: text the tokenizer was not built on.
+    `log` hears of a corpus being downloaded.
     """
     cache_dir = registry.default_cache_dir(config.data.cache_dir)
     segments: dict[str, Segment] = {}
     if tokenizer is None or text is None:
-        segments = corpus.split_segments(registry.resolve(config.data.corpus, cache_dir), config.data)
+        segments = corpus.split_segments(registry.resolve(config.data.corpus, cache_dir, log), config.data)
     if tokenizer is None:
         tokenizer = corpus.cached_tokenizer(config.tokenizer, segments["train"], cache_dir)
     if text is not None:

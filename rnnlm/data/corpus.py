@@ -67,19 +67,20 @@ class Corpus:
 
 
 def load_corpus(data: DataConfig, tokenizer_config: TokenizerConfig, tokenizer: Tokenizer | None = None,
-                splits: tuple[str, ...] = registry.SPLITS) -> Corpus:
-    """Resolve the corpus, build the tokenizer on its training split unless given, encode `splits`."""
+                splits: tuple[str, ...] = registry.SPLITS, log: registry.Log | None = None) -> Corpus:
+    """Resolve the corpus, build the tokenizer on its training split unless given, encode `splits`.
+    `log` hears of a corpus being downloaded."""
     cache_dir = registry.default_cache_dir(data.cache_dir)
     remove_leftovers(cache_dir)
     try:
-        return _load_corpus(data, tokenizer_config, tokenizer, splits, cache_dir)
+        return _load_corpus(data, tokenizer_config, tokenizer, splits, cache_dir, log)
     except PermissionError as exc:  # the cache's own writes say so themselves: this is the text
         raise storage_error(exc, doing="reading") from None
 
 
 def _load_corpus(data: DataConfig, tokenizer_config: TokenizerConfig, tokenizer: Tokenizer | None,
-                 splits: tuple[str, ...], cache_dir: Path) -> Corpus:
-    segments = split_segments(registry.resolve(data.corpus, cache_dir), data)
+                 splits: tuple[str, ...], cache_dir: Path, log: registry.Log | None) -> Corpus:
+    segments = split_segments(registry.resolve(data.corpus, cache_dir, log), data)
     if tokenizer is None:
         tokenizer = cached_tokenizer(tokenizer_config, segments["train"], cache_dir)
     encoded = {}

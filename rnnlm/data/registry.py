@@ -22,12 +22,14 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
 from rnnlm.errors import DataError
 
 SPLITS = ("train", "valid", "test")
+Log = Callable[[str], None]  # where the caller wants to hear of a download; library code prints nothing itself
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,6 @@ class RemoteFile:
 @dataclass(frozen=True)
 class Entry:
     name: str
-    description: str
     files: dict[str, RemoteFile]  # split name -> file; the key "all" means one file cut into splits
     byte_splits: tuple[int, int] | None = None  # fixed train/valid and valid/test cut points, in bytes
 
@@ -63,17 +64,17 @@ _WT103 = "https://wikitext.smerity.com/wikitext-103-v1.zip"
 REGISTRY: dict[str, Entry] = {
     e.name: e
     for e in (
+        # Shakespeare excerpts, 1.1 MB, 65 characters (Karpathy's char-rnn)
         Entry(
             "tinyshakespeare",
-            "Shakespeare excerpts, 1.1 MB, 65 characters (Karpathy's char-rnn)",
             {"all": RemoteFile(
                 "input.txt",
                 "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
                 "sha256:86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed")},
         ),
+        # Penn Treebank, Mikolov's language-model version: 10k words, 929k/73k/82k tokens
         Entry(
             "ptb",
-            "Penn Treebank, Mikolov's language-model version: 10k words, 929k/73k/82k tokens",
             {
                 "train": RemoteFile("ptb.train.txt", _PTB + "ptb.train.txt",
                                     "sha256:fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf"),
@@ -83,18 +84,18 @@ REGISTRY: dict[str, Entry] = {
                                    "sha256:dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0"),
             },
         ),
+        # WikiText-2 (Merity et al. 2016), tokenized, 33,278 words, CC BY-SA
         Entry(
             "wikitext-2",
-            "WikiText-2 (Merity et al. 2016), tokenized, 33,278 words, CC BY-SA",
             {
                 "train": RemoteFile("train.txt", _WT2 + "train.txt", "sha1:863f29c46ef9d167fff4940ec821195882fe29d1"),
                 "valid": RemoteFile("valid.txt", _WT2 + "valid.txt", "sha1:0418625c8b4da6e4b5c7a0b9e78d4ae8f7ee5422"),
                 "test": RemoteFile("test.txt", _WT2 + "test.txt", "sha1:c7b8ce0aa086fb34dab808c5c49224211eb2b172"),
             },
         ),
+        # WikiText-103 (Merity et al. 2016), tokenized, 103M training tokens, CC BY-SA
         Entry(
             "wikitext-103",
-            "WikiText-103 (Merity et al. 2016), tokenized, 103M training tokens, CC BY-SA",
             {
                 "train": RemoteFile("train.txt", _WT103, "sha1:b7497e2dfe77e72cfef5e3dbc61b7b53712ac211",
                                     "wikitext-103/wiki.train.tokens"),
@@ -104,23 +105,23 @@ REGISTRY: dict[str, Entry] = {
                                    "wikitext-103/wiki.test.tokens"),
             },
         ),
+        # First 10^8 bytes of an English Wikipedia XML dump (Hutter Prize); 90M/5M/5M byte split
         Entry(
             "enwik8",
-            "First 10^8 bytes of an English Wikipedia XML dump (Hutter Prize); 90M/5M/5M byte split",
             {"all": RemoteFile("enwik8", "http://mattmahoney.net/dc/enwik8.zip",
                                "sha1:57b8363b814821dc9d47aa4d41f58733519076b2", "enwik8")},
             byte_splits=(90_000_000, 95_000_000),
         ),
+        # enwik8 cleaned to lowercase a-z and spaces, 10^8 characters; 90M/5M/5M split
         Entry(
             "text8",
-            "enwik8 cleaned to lowercase a-z and spaces, 10^8 characters; 90M/5M/5M split",
             {"all": RemoteFile("text8", "http://mattmahoney.net/dc/text8.zip",
                                "sha256:6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7", "text8")},
             byte_splits=(90_000_000, 95_000_000),
         ),
     )
 }
-LOCAL_CORPORA = {"python-stdlib": "the running Python's standard library sources, concatenated (no download)"}
+LOCAL_CORPORA = ("python-stdlib",)  # the running Python's standard library sources, concatenated (no download)
 
 
 def writer_tag() -> str:
@@ -136,15 +137,18 @@ def default_cache_dir(configured: str = "") -> Path:
     return Path(os.environ.get("RNNLM_CACHE") or Path.home() / ".cache" / "rnnlm").expanduser()
 
 
-def resolve(spec: str, cache_dir: Path) -> Source:
-    """Local files for `spec`: a file, a folder with train/valid/test.txt, or a registry name."""
+def resolve(spec: str, cache_dir: Path, log: Log | None = None) -> Source:
+    """Local files for `spec`: a file, a folder with train/valid/test.txt, or a registry name.
+
+    A registry corpus not yet in the cache is downloaded, announced through `log` (default: silently).
+    """
     path = Path(spec).expanduser()
     if path.is_file():
         return Source(spec, single=path)
     if path.is_dir():
         return _folder(spec, path)
     if spec in REGISTRY:
-        return fetch(REGISTRY[spec], cache_dir)
+        return fetch(REGISTRY[spec], cache_dir, log)
     if spec == "python-stdlib":
         return Source(spec, single=python_stdlib(cache_dir))
     names = sorted(REGISTRY) + sorted(LOCAL_CORPORA)
@@ -164,7 +168,7 @@ def _folder(spec: str, path: Path) -> Source:
     return Source(spec, files=files)
 
 
-def fetch(entry: Entry, cache_dir: Path) -> Source:
+def fetch(entry: Entry, cache_dir: Path, log: Log | None = None) -> Source:
     """Local, checksum-verified copies of a registry corpus's files."""
     mirror = os.environ.get("RNNLM_DATA")
     folder = Path(mirror).expanduser() / entry.name if mirror else cache_dir / entry.name
@@ -174,7 +178,7 @@ def fetch(entry: Entry, cache_dir: Path) -> Source:
         raise DataError(f"{entry.name}: {folder / missing[0].name} does not exist in the mirror RNNLM_DATA={mirror} "
                         f"(unset RNNLM_DATA to download it from {missing[0].url})")
     for url in dict.fromkeys(remote.url for remote in missing):  # one download per archive
-        _download(entry.name, url, [r for r in missing if r.url == url], folder)
+        _download(entry.name, url, [r for r in missing if r.url == url], folder, log)
     for split, remote in entry.files.items():
         _verify(paths[split], remote.checksum, cache_dir)
     if "all" in paths:
@@ -210,12 +214,13 @@ def _verify(path: Path, checksum: str, cache_dir: Path) -> None:
     stamp.write_text(json.dumps(record))
 
 
-def _download(corpus: str, url: str, remotes: list[RemoteFile], folder: Path) -> None:
+def _download(corpus: str, url: str, remotes: list[RemoteFile], folder: Path, log: Log | None) -> None:
     """Fetch `url` once and keep each of `remotes` (the file itself, or members of the zip archive)
     only after its checksum matches, so a bad download never lands in the cache."""
     folder.mkdir(parents=True, exist_ok=True)
     download = folder / (Path(url).name + f".{writer_tag()}.download")
-    print(f"Downloading {corpus} from {url}", file=sys.stderr)
+    if log is not None:
+        log(f"Downloading {corpus} from {url}")
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(download, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
