@@ -123,10 +123,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 @dataclass
 class Loaded:
+    """What `load_model` gives: not the checkpoint's tensors, which would stay in memory beside the model's."""
+
     model: RNNLM
     tokenizer: Tokenizer
     config: Config
-    payload: dict[str, Any]
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu", impl: str | None = None) -> Loaded:
@@ -149,7 +150,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", impl: str |
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     model.to(device).eval()
-    return Loaded(model, tokenizer, config, payload)
+    return Loaded(model, tokenizer, config)
 
 
 def load_tokenizer(path: str | Path) -> tuple[Tokenizer, Config]:

@@ -1,4 +1,6 @@
 import errno
+import gc
+import weakref
 
 import pytest
 import torch
@@ -29,6 +31,22 @@ def test_a_checkpoint_alone_rebuilds_the_model(trained, tmp_path):
     actual, _ = loaded.model.prefill(tokens, loaded.model.init_state(2))
     torch.testing.assert_close(actual, expected, rtol=0, atol=0)
 
+
+
+def test_a_loaded_model_does_not_keep_the_checkpoints_tensors(trained, tmp_path, monkeypatch):
+    """What sample, eval and fill hold for the whole command is the model, not a second copy of the file."""
+    read = []
+
+    def recording(path, **kwargs):
+        payload = load_checkpoint(path, **kwargs)
+        read.extend(weakref.ref(tensor) for tensor in payload["model"].values())
+        return payload
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", recording)
+    loaded = load_model(tmp_path / "run" / "last.pt")
+    gc.collect()
+    assert read and loaded.model is not None
+    assert [ref for ref in read if ref() is not None] == []
 
 def test_checkpoints_load_with_weights_only(trained, tmp_path):
     payload = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
