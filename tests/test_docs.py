@@ -271,6 +271,21 @@ def test_the_config_error_the_readme_shows_is_what_rnnlm_prints() -> None:
         assert (result.exit_code, result.output.strip()) == (2, error)
 
 
+
+def test_the_mirror_layout_in_data_readme_is_the_registrys() -> None:
+    """data/README.md shows where each file of a named corpus goes under RNNLM_DATA."""
+    layout = (Path(__file__).resolve().parents[1] / "data" / "README.md").read_text(encoding="utf-8")
+    expected = [f"{entry.name}/{remote.name}" for entry in registry.REGISTRY.values() for remote in entry.files.values()]
+    assert [path for path in expected if not re.search(rf"(?<![\w/-]){re.escape(path)}(?!\S)", layout)] == []
+
+
+def test_the_make_targets_are_those_the_readme_shows() -> None:
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.search(r"^\.PHONY:(.*)$", makefile, re.MULTILINE).group(1).split())
+    shown = {match for snippet in code_snippets(README) for match in re.findall(r"^make ([\w-]+)", snippet)}
+    assert shown == targets
+
+
 # ---- exit codes ----
 
 
