@@ -26,8 +26,8 @@ from typing import Any, Iterator
 
 import click
 import pytest
-
 from helpers import TINY_MODEL, invoke
+
 from rnnlm import cli as cli_module
 from rnnlm.cli import cli
 from rnnlm.config import Config

@@ -8,8 +8,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from helpers import TINY_MODEL, invoke
+
 from rnnlm.data import registry
 from rnnlm.data.registry import Entry, RemoteFile, resolve
 from rnnlm.errors import DataError
