@@ -1,16 +1,20 @@
-"""The README against the code: every command, option, config key, JSON key and exit code the code has is
-in the README, and every command line, key and code the README shows exists.
+"""The README against the code: every command, option, config key, JSON key, exit code and make target the
+code has is in the README, and every command line, key and code the README shows exists.
 
 What the README keeps so that these tests can read it:
 - each command has a synopsis, the first code span after `**NAME** — `: `rnnlm NAME ARG [--opt X] ...`,
-  naming every option (both halves of an on/off pair), every argument by its metavar (CHECKPOINT,
-  KEY=VALUE), and a choice's values exactly, as `--opt a|b|c`;
+  naming every option (hidden ones too; both halves of an on/off pair), every argument by its metavar
+  (CHECKPOINT, KEY=VALUE), and a choice's values exactly, as `--opt a|b|c`; `rnnlm COMMAND --help`, `-h`
+  and the group's own options are in the Commands section's opening lines;
 - any `rnnlm NAME ...` in code (inline or in a block) uses only NAME's options; "default `--opt VALUE`"
   written in NAME's part states NAME's default;
 - the config reference is the README's tables: every key is in a table row as `section.key`, the values of
   a key that takes a few names are in a row with the key, and "(default X)" in a row for one key is its
   default; every `section.key` written anywhere is a key;
-- the exit-code table lists exactly the codes rnnlm exits with.
+- the exit-code table lists exactly the codes rnnlm exits with;
+- under a command, "`--json` prints one object with `a`, `b`, ... ." names exactly the keys it prints;
+- the code snippets show exactly the Makefile's targets as `make TARGET`; data/README.md shows the
+  registry's mirror layout.
 The command objects and dataclasses are read through click's and dataclasses' public APIs, so the tests
 follow the code wherever it moves.
 """
@@ -136,8 +140,8 @@ def undocumented_options(group: click.Group, text: str) -> list[str]:
         ctx = click.Context(command)
         for param in command.get_params(ctx):
             if isinstance(param, click.Argument):
-                metavar = (param.metavar or param.name.upper()).strip("[].")
-                if not re.search(rf"(?<![\w=]){re.escape(metavar.replace(']', ''))}(?![\w=])", synopsis):
+                metavar = (param.metavar or param.name.upper()).strip("[].")  # [KEY=VALUE]... -> KEY=VALUE
+                if not re.search(rf"(?<![\w=]){re.escape(metavar)}(?![\w=])", synopsis):
                     missing.append(f"{name} {metavar}")
         for option in options(command):
             missing += [f"{name} {opt}" for opt in [*option.opts, *option.secondary_opts] if opt not in written]
@@ -232,16 +236,14 @@ def test_the_values_of_each_choice_key_are_in_its_rows() -> None:
     assert missing == []
 
 
-def shown(value: Any) -> str:
-    return {True: "true", False: "false", "": '""'}.get(value, str(value)) if isinstance(value, (bool, str)) \
-        else str(value)
-
-
 def same(written: str, value: Any) -> bool:
+    """Whether the README's `16,000,000`, `true`, `""` or `fp32` is the default `value`."""
     try:
         return float(written.replace(",", "")) == float(value)
     except (TypeError, ValueError):
-        return written == shown(value)
+        if isinstance(value, bool):
+            return written == str(value).lower()
+        return written == ('""' if value == "" else str(value))
 
 
 def test_defaults_in_the_config_reference_are_the_dataclasses() -> None:
@@ -271,11 +273,11 @@ def test_the_config_error_the_readme_shows_is_what_rnnlm_prints() -> None:
         assert (result.exit_code, result.output.strip()) == (2, error)
 
 
-
 def test_the_mirror_layout_in_data_readme_is_the_registrys() -> None:
     """data/README.md shows where each file of a named corpus goes under RNNLM_DATA."""
     layout = (Path(__file__).resolve().parents[1] / "data" / "README.md").read_text(encoding="utf-8")
-    expected = [f"{entry.name}/{remote.name}" for entry in registry.REGISTRY.values() for remote in entry.files.values()]
+    expected = [f"{entry.name}/{remote.name}" for entry in registry.REGISTRY.values()
+                for remote in entry.files.values()]
     assert [path for path in expected if not re.search(rf"(?<![\w/-]){re.escape(path)}(?!\S)", layout)] == []
 
 
@@ -324,7 +326,7 @@ def test_the_json_keys_are_those_the_readme_lists(tiny_corpus: Path, tmp_path: P
             "train.max_steps=2", "train.tensorboard=false", "data.valid_fraction=0.1", "data.test_fraction=0.1",
             f"model.bidirectional={str(bidirectional).lower()}"]
     assert invoke("train", "--run-dir", tmp_path / "run", *tiny).exit_code == 0
-    result = invoke("eval", tmp_path / "run" / "best.pt", "--json")
+    result = invoke("eval", tmp_path / "run" / "best.pt", "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     numbers, documented = json.loads(result.output), documented_json_keys("eval")
     heads = {key for key, value in numbers.items() if isinstance(value, dict)}

@@ -252,7 +252,7 @@ def test_the_commands_that_download_still_say_so(tiny_corpus: Path, tmp_path: Pa
     assert trained.exit_code == 0, trained.output
     assert trained.stderr.startswith(announced) and trained.stdout == ""
     shutil.rmtree(cache_dir / "toy")  # each command downloads again
-    scored = invoke("eval", tmp_path / "run" / "best.pt", "--split", "valid", "--json")
+    scored = invoke("eval", tmp_path / "run" / "best.pt", "--split", "valid", "--device", "cpu", "--json")
     assert scored.exit_code == 0 and scored.stderr == announced, scored.output
     shutil.rmtree(cache_dir / "toy")
     measured = invoke("tokenize", "data.corpus=toy", "--show", 0, "--json")
