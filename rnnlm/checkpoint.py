@@ -12,7 +12,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import torch
 
@@ -37,7 +37,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
         with open(temp, "wb") as f:
             sink = _Sink(f)
             try:
-                torch.save(payload, sink)
+                torch.save(payload, cast(BinaryIO, sink))  # torch only calls write() and flush()
             except RuntimeError:
                 if sink.error is None:
                     raise
@@ -144,7 +144,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", impl: str |
     try:
         model.load_state_dict(payload.get("averaged_model") or payload["model"])  # NT-ASGD: the average
     except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: the saved weights do not fit the saved configuration ({_first_line(exc)})") from None
+        raise CheckpointError(
+            f"{path}: the saved weights do not fit the saved configuration ({_first_line(exc)})"
+        ) from None
     try:
         model.start_states = saved_start_states(payload, model)  # None before issue 18: fresh starts at zero
     except ValueError as exc:

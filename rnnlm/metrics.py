@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
+
+
+class Writer(Protocol):
+    """What the trainer calls on a writer: TensorBoard's SummaryWriter has these methods, NullWriter too."""
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class NullWriter:
@@ -16,7 +27,7 @@ class NullWriter:
         pass
 
 
-def open_writer(run_dir: Path, enabled: bool, purge_step: int | None = None) -> NullWriter:
+def open_writer(run_dir: Path, enabled: bool, purge_step: int | None = None) -> Writer:
     """A TensorBoard SummaryWriter writing event files into `run_dir`, or a NullWriter.
 
     `purge_step`: TensorBoard hides the earlier files' events from this step on, as a resumed run logs

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -125,7 +126,7 @@ class Averager:
         if self.average is None:
             return
         self.count += 1
-        for mean, p in zip(self.average, self.model.parameters()):
+        for mean, p in zip(self.average, self.model.parameters(), strict=True):
             mean.add_(p.detach() - mean, alpha=1.0 / self.count)
 
     @contextlib.contextmanager
@@ -137,13 +138,13 @@ class Averager:
         params = list(self.model.parameters())
         own = [p.detach().clone() for p in params]
         with torch.no_grad():
-            for p, mean in zip(params, self.average):
+            for p, mean in zip(params, self.average, strict=True):
                 p.copy_(mean)
         try:
             yield
         finally:
             with torch.no_grad():
-                for p, value in zip(params, own):
+                for p, value in zip(params, own, strict=True):
                     p.copy_(value)
 
     def state_dict(self) -> dict[str, Any]:

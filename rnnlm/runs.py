@@ -7,8 +7,10 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rnnlm.checkpoint import identity, resume_payload
 from rnnlm.config import Config, load_config, requested_changes, resume_config
@@ -17,10 +19,11 @@ from rnnlm.errors import CheckpointError, RunInUse, UsageError, storage_error
 if TYPE_CHECKING:
     from rnnlm.data.corpus import Split
 
+fcntl: ModuleType | None  # declared so that the type checker sees both outcomes of the import
 try:
     import fcntl
 except ImportError:  # Windows: no flock; runs are then not guarded against a second trainer
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None
 
 CHECKPOINTS = ("best.pt", "last.pt")
 ID_FILE = "run_id"
@@ -67,7 +70,7 @@ def resumable_checkpoint(folder: Path) -> Path | None:
     return None
 
 
-def _nothing_to_resume(folder: Path) -> None:
+def _nothing_to_resume(folder: Path) -> NoReturn:
     if not any((folder / name).exists() for name in CHECKPOINTS):  # --resume never starts a run: it has no config
         raise UsageError(f"nothing to resume in {folder}: it holds no checkpoint yet (a start stopped before its first "
                          f"save); start it afresh with rnnlm train --run-dir {folder} ...")
@@ -116,7 +119,7 @@ class RunFolder:
     def release(self) -> None:
         if self._fd is None:
             return
-        if self.locked:
+        if self.locked and fcntl is not None:  # locked implies fcntl
             os.ftruncate(self._fd, 0)  # no stale pid: an empty lock file means nobody holds the folder
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
@@ -209,7 +212,9 @@ class RunFolder:
         partial = [path for path in self.path.iterdir() if _PARTIAL.match(path.name) and path.is_file()]
         for path in partial:
             path.unlink()
-        return [f"removed {len(partial)} partial checkpoint files left by stopped writers in {self.path}"] * bool(partial)
+        if not partial:
+            return []
+        return [f"removed {len(partial)} partial checkpoint files left by stopped writers in {self.path}"]
 
     def read_id(self) -> str | None:
         try:

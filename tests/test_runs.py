@@ -1,6 +1,7 @@
 """Run folders under attack: --overwrite that fails half-way, two trainers on one folder, a checkpoint from
 another run, changed data, a start killed before its first checkpoint, damaged checkpoints, leftovers."""
 
+import errno
 import os
 import shutil
 import signal
@@ -13,7 +14,8 @@ import torch
 
 from helpers import TINY_MODEL, invoke
 from rnnlm.checkpoint import load_checkpoint, save_checkpoint
-from rnnlm.runs import RunFolder
+from rnnlm.errors import StorageError, UsageError
+from rnnlm.runs import RunFolder, changed_splits, describe_changes, plan_run
 from rnnlm.train import Trainer
 
 TINY = [*TINY_MODEL, "train.batch_size=4", "train.bptt=8", "train.epochs=0", "train.max_steps=6",
@@ -426,3 +428,94 @@ def test_partial_checkpoints_of_dead_writers_are_removed_at_start(run_a):
     assert result.exit_code == 0, result.output
     assert "removed 3 partial checkpoint files" in result.output
     assert not any(path.exists() for path in leftovers) and unrelated.exists()
+
+
+# 14. plan_run, the folder's lock and id, and the words for changed data, one function at a time
+
+
+def test_contradictory_resume_flags_are_usage_errors(run_a, tmp_path):
+    with pytest.raises(UsageError, match=r"--resume .* and --run-dir .* name different folders"):
+        plan_run(None, [], str(tmp_path / "other"), str(run_a), overwrite=False)
+    with pytest.raises(UsageError, match=r"--resume and --overwrite cannot be used together"):
+        plan_run(None, [], None, str(run_a), overwrite=True)
+    config, folder, saved = plan_run(None, ["train.max_steps=9"], str(run_a), str(run_a), overwrite=False)
+    assert folder == run_a and saved["trainer"]["step"] == 6 and config.train.max_steps == 9
+
+
+def test_a_run_without_run_dir_goes_under_runs_named_after_its_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "char-lstm.yaml").write_text("train:\n  seed: 5\n")
+    config, folder, saved = plan_run(str(tmp_path / "char-lstm.yaml"), [], None, "auto", overwrite=False)
+    assert (folder, saved, config.train.seed) == (Path("runs") / "char-lstm", None, 5)  # auto: nothing to resume
+    assert plan_run(None, [], None, None, overwrite=False)[1] == Path("runs") / "run"
+
+
+def test_resuming_a_folder_with_best_but_no_last_names_the_missing_file(run_a):
+    (run_a / "last.pt").unlink()
+    with pytest.raises(UsageError, match=r"cannot resume: .*last\.pt does not exist"):
+        plan_run(None, [], None, str(run_a), overwrite=False)
+    with pytest.raises(UsageError, match=r"cannot resume: .*last\.pt does not exist"):
+        RunFolder(run_a).prepare(resume=True, overwrite=False)
+
+
+def test_a_run_folder_that_cannot_be_created_is_one_storage_error(tmp_path):
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(StorageError, match=r"while accessing the run folder .*file/run"):
+        RunFolder(tmp_path / "file" / "run").lock()
+
+
+def test_a_file_system_without_locks_runs_unguarded(tmp_path, monkeypatch):
+    import rnnlm.runs
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(rnnlm.runs.fcntl, "flock", no_locks)
+    folder = RunFolder(tmp_path / "run")
+    folder.lock()
+    assert not folder.locked and (tmp_path / "run" / ".lock").exists()
+    (tmp_path / "run" / ".last.pt.12.tmp").write_bytes(b"another writer's, perhaps")
+    assert folder.tidy() == [] and (tmp_path / "run" / ".last.pt.12.tmp").exists()  # unlocked: touches nothing
+    folder.release()
+
+
+def test_a_set_aside_run_goes_once_the_new_run_has_its_last_pt(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / ".replaced").mkdir(parents=True)
+    (run_dir / ".replaced" / "last.pt").write_bytes(b"the old run")
+    (run_dir / "last.pt").write_bytes(b"the new run")
+    folder = RunFolder(run_dir)
+    folder.lock()
+    try:
+        assert folder.tidy() == []
+    finally:
+        folder.release()
+    assert not (run_dir / ".replaced").exists() and (run_dir / "last.pt").read_bytes() == b"the new run"
+
+
+def test_only_a_well_formed_run_id_is_read_and_an_unchanged_one_is_not_rewritten(tmp_path):
+    folder = RunFolder(tmp_path)
+    assert folder.read_id() is None
+    (tmp_path / "run_id").write_text("not an id\n")
+    assert folder.read_id() is None
+    run_id = "0123456789abcdef0123456789abcdef"
+    folder.write_id(run_id)
+    assert folder.read_id() == run_id
+    os.utime(tmp_path / "run_id", (0, 0))
+    folder.write_id(run_id)
+    assert (tmp_path / "run_id").stat().st_mtime == 0
+    assert len(folder.run_id(None)) == 32 and folder.run_id(None) != folder.run_id(None)  # a new run's is new
+
+
+def test_changed_splits_are_described_with_their_token_counts():
+    then = {"train": {"tokens": 4000, "sha256": "a"}, "valid": {"tokens": 400, "sha256": "b"},
+            "test": {"tokens": 300, "sha256": "c"}}
+    assert changed_splits(None, then) == [] and changed_splits(then, then) == []
+    now = {**then, "train": {"tokens": 4100, "sha256": "x"}}
+    assert describe_changes(changed_splits(then, now), then, now) == \
+        "the train split differs (4,000 tokens then, 4,100 now)"
+    now = {"train": {"tokens": 4000, "sha256": "x"}, "valid": then["valid"], "extra": {"tokens": 5, "sha256": "d"}}
+    changed = changed_splits(then, now)
+    assert changed == ["train", "extra", "test"]
+    assert describe_changes(changed, then, now) == ("the train and extra and test splits differ (train: 4,000 tokens, "
+                                                    "other ones; extra: added; test: removed)")

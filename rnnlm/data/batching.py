@@ -20,7 +20,8 @@ state to start the next one with: that is why training carries it over (detached
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch

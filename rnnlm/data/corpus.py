@@ -10,15 +10,17 @@ the tokenizer settings, so later runs need not read the split again nor retrain 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import errno
 import hashlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 from tqdm import tqdm
@@ -158,10 +160,8 @@ def remove_leftovers(cache_dir: Path) -> None:
             writer = path.name.rsplit(".", 2)[-2] if path.name.count(".") >= 2 else ""
             writer_host, _, pid = writer.rpartition("-")
             if writer_host == host and pid.isdigit() and not _alive(int(pid)):
-                try:
+                with contextlib.suppress(OSError):  # gone already, or not ours to remove: it does no harm
                     path.unlink()
-                except OSError:  # gone already, or not ours to remove: it does no harm
-                    pass
 
 
 def _alive(pid: int) -> bool:

@@ -14,7 +14,8 @@ import io
 import itertools
 import os
 import re
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import sentencepiece as spm

@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -253,8 +254,8 @@ def vocab_builder(kind: str, vocab_size: int = 0, min_count: int = 1,
     raise DataError(f"unknown tokenizer kind {kind!r}")
 
 
-def from_state(state: dict[str, Any]) -> Tokenizer:
-    """Rebuild a tokenizer from its `state_dict`."""
+def from_state(state: Any) -> Tokenizer:
+    """Rebuild a tokenizer from its `state_dict`; anything else a damaged checkpoint holds is a CheckpointError."""
     kind = state.get("kind") if isinstance(state, dict) else None
     try:
         if kind == "char":
