@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnnlm.data.batching import PAD
+from rnnlm.ids import PAD
 from rnnlm.models.lm import RNNLM
 from rnnlm.models.stack import State
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlm.config import ModelConfig
-from rnnlm.data.batching import PAD
+from rnnlm.ids import PAD
 from rnnlm.models.lm import RNNLM, LMOutput
 from rnnlm.models.stack import State, build_stack, layer_sizes
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlm.config import ModelConfig
-from rnnlm.data.batching import PAD
+from rnnlm.ids import PAD
 from rnnlm.models.regularize import activation_penalty, dropout, embedding_dropout
 from rnnlm.models.softmax import (AdaptiveSoftmax, Workspace, chunked_cross_entropy, fused_cross_entropy, log_softmax,
                                   resolve_cutoffs)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlm.data.batching import PAD
+from rnnlm.ids import PAD
 from rnnlm.errors import ConfigError
 
 DEFAULT_CUTOFFS = (2000, 10_000, 50_000)  # each cluster 5x the last; those below the vocabulary are used
