@@ -102,7 +102,8 @@ class MixtureReader:
     def __init__(self, model: LanguageModel, states: State, columns: int, device: torch.device | str,
                  span: int | None = None) -> None:
         self.model, self.K, self.left = model, states[0].size(0), SPAN if span is None else span
-        self.state = tuple(s.to(device, model.dtype).repeat(columns, 1) for s in states)  # row b*K + k: column b, start k
+        # row b*K + k: column b, start k
+        self.state = tuple(s.to(device, model.dtype).repeat(columns, 1) for s in states)
         self.seen = torch.zeros(columns, self.K, dtype=torch.float64, device=device)  # log p_k(tokens read)
 
     def current(self) -> State:

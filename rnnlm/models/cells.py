@@ -58,7 +58,8 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _pack_joint(w: LayerWeights, dtype: torch.dtype) -> PackedLayer:
     """W and U side by side, so that [x_t, h_{t-1}] takes one product, and the two biases summed."""
-    return PackedLayer(_cast(torch.cat([w.weight_ih, w.weight_hh], dim=1).t(), dtype), _cast(w.bias_ih + w.bias_hh, dtype))
+    joint = torch.cat([w.weight_ih, w.weight_hh], dim=1).t()  # (I + H, G*H)
+    return PackedLayer(_cast(joint, dtype), _cast(w.bias_ih + w.bias_hh, dtype))
 
 
 def _joint_product(x: torch.Tensor, h_prev: torch.Tensor, packed: PackedLayer) -> torch.Tensor:

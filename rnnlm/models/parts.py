@@ -16,7 +16,7 @@ from rnnlm.models.cells import Gates
 from rnnlm.models.contract import State
 from rnnlm.models.regularize import dropout, embedding_dropout
 from rnnlm.models.softmax import AdaptiveSoftmax, FullSoftmax, resolve_cutoffs
-from rnnlm.models.stack import layer_sizes
+from rnnlm.models.stack import RecurrentStack, layer_sizes
 
 Decoder = FullSoftmax | AdaptiveSoftmax
 
@@ -39,7 +39,8 @@ def make_decoder(vocab_size: int, config: ModelConfig, embedding: nn.Embedding) 
     return decoder
 
 
-def init_weights(config: ModelConfig, embedding: nn.Embedding, decoder: Decoder, stacks: list[nn.Module]) -> None:
+def init_weights(config: ModelConfig, embedding: nn.Embedding, decoder: Decoder, stacks: list[RecurrentStack]
+                 ) -> None:
     """The configured initialisation, in this order (a tied decoder's draw is the embedding's)."""
     nn.init.uniform_(embedding.weight, -config.init_range, config.init_range)
     decoder.init_weights(config.init_range)
@@ -80,12 +81,12 @@ class TokenStepper:
     (tests/test_contract.py). With `dtype` bfloat16 the weights it reads are a bf16 copy (half the bytes
     read per token); the state and the softmax stay in `exact`, the model's dtype."""
 
-    def __init__(self, embedding: nn.Embedding, stack: nn.Module, decoder: Decoder, exact: torch.dtype,
+    def __init__(self, embedding: nn.Embedding, stack: RecurrentStack, decoder: Decoder, exact: torch.dtype,
                  dtype: torch.dtype | None = None) -> None:
         self.dtype = dtype or exact
         with torch.no_grad():
             self.embedding = embedding.weight.detach().to(self.dtype).contiguous()
-        self.stack = stack.stepper(exact, self.dtype)  # type: ignore[operator]
+        self.stack = stack.stepper(exact, self.dtype)
         self.decoder = decoder.stepper(self.dtype)
         self.layout = stack.layout
 

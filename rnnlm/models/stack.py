@@ -1,8 +1,8 @@
 """The recurrent stack: `(T, B, E)` inputs and a state in, `(T, B, H)` outputs and a state out.
 
 A state is a flat tuple of per-layer tensors, `(h_0, c_0, h_1, c_1, ...)` for the LSTM and
-`(h_0, h_1, ...)` otherwise, each `(B, H_k)`, as each stack's `layout` says: layers may differ in size (AWD-LSTM's top layer
-matches the embedding so that weights can be tied). Every stack names its parameters as torch's
+`(h_0, h_1, ...)` otherwise, each `(B, H_k)`, as the stack's `layout` says: layers may differ in size
+(AWD-LSTM's top layer matches the embedding so that weights can be tied). Every stack names its parameters as torch's
 fused modules do (`weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0`, ...), so a
 checkpoint runs on any of them:
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Union
 
 import torch
 from torch import nn
@@ -188,7 +189,10 @@ class KernelStack(LayerStack):
         return templates[shape]
 
 
-def build_stack(config: ModelConfig) -> nn.Module:
+RecurrentStack = Union[FusedLSTM, FusedGRU, FusedRNN, LayerStack]
+
+
+def build_stack(config: ModelConfig) -> RecurrentStack:
     """The recurrent stack `config` asks for, with its dropout between layers and weight drop."""
     between = config.dropouts()[1] if config.num_layers > 1 else 0.0
     sizes = layer_sizes(config)
