@@ -13,7 +13,7 @@ from rnnlm.data.batching import eval_windows
 from rnnlm.data.corpus import Split
 from rnnlm.distributed import Group
 from rnnlm.ids import PAD
-from rnnlm.models.contract import LanguageModel, LMOutput, State
+from rnnlm.models import LanguageModel, LMOutput, State
 from rnnlm.runtime import autocast
 from rnnlm.warmstart import MixtureReader
 

@@ -12,8 +12,8 @@ from rnnlm.models import BidirectionalLM, LanguageModel, State
 from rnnlm.warmstart import posterior
 
 
-def generate(model: LanguageModel, tokenizer: Tokenizer, *, prompt: str = "", length: int = 200, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, num_samples: int = 1, seed: int = 0,
+def generate(model: LanguageModel, tokenizer: Tokenizer, *, prompt: str = "", length: int = 200,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_samples: int = 1, seed: int = 0,
              device: torch.device | str = "cpu", on_text: Callable[[str], None] | None = None,
              weights: torch.dtype | None = None, start: str = "warm") -> list[str]:
     """Continue `prompt` by `length` tokens, `num_samples` times in one batch; returns the full texts.
@@ -45,8 +45,8 @@ def generate(model: LanguageModel, tokenizer: Tokenizer, *, prompt: str = "", le
     return ["".join(t) for t in texts]
 
 
-def fresh_state(model: LanguageModel, context: list[int], num_samples: int, *, greedy: bool, generator: torch.Generator,
-                device: torch.device | str, warm: bool = True) -> State:
+def fresh_state(model: LanguageModel, context: list[int], num_samples: int, *, greedy: bool,
+                generator: torch.Generator, device: torch.device | str, warm: bool = True) -> State:
     """Each sample's state before it reads `context` (a line end first): one of the model's start states
     (rnnlm/warmstart.py), drawn from their posterior given the context (its likeliest when `greedy`), which
     samples from their mixture; zeros when not `warm` or the model has none (checkpoints before them)."""

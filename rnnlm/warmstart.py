@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from rnnlm.ids import PAD
-from rnnlm.models.contract import LanguageModel, State
+from rnnlm.models import LanguageModel, State
 
 COUNT = 16  # start states kept: the mixture's components
 CONTEXT = 128  # tokens read from the zero state before each of them
