@@ -14,11 +14,14 @@ A model (`RNNLM`, `BidirectionalLM`; built by `rnnlm.models.build_model`) is a `
   state)` reads a prompt; `step(tokens (B,), state)` reads one more token. `stepper(dtype)` gives a
   callable with `step`'s signature and numbers that runs faster (one matrix product per layer on packed
   weights, optionally bf16), for drawing many tokens; `model.step` is the reference it is tested against.
+  Given a list as `record`, the stepper appends each layer's gates to it (models/cells.py: `LSTMGates`
+  i, f, g, o, c, h; `GRUGates` z, r, n, h; `ElmanGates` h), for looking inside the cells.
 - `encode(inputs (T, B), state) -> (hidden (T, B, H), state)`: the top layer's output after output
   dropout, and `log_probs(hidden (N, H)) -> (N, V)`: the next-token distribution given it. Together
   they score tokens from hidden states (start-state mixtures, per-token scores) without a loss.
 - `start_states`: K states `(K, H)` per tensor that fresh starts mix (rnnlm/warmstart.py), or None;
-  `num_parameters()`: the number of weights, tied ones counted once.
+  `num_parameters()`: the number of weights, tied ones counted once; `config` and `vocab_size`: what it
+  was built from. As any nn.Module: `parameters()`, `state_dict()` (the checkpoint's names), `train()`/`eval()`.
 
 A bidirectional model adds `prefill_backward`, `step_backward` and `infill_log_probs` (its docstrings).
 """
