@@ -20,8 +20,7 @@ from rnnlm import __version__
 from rnnlm.config import Config, saved_config
 from rnnlm.data.tokenizers import Tokenizer, from_state
 from rnnlm.errors import CheckpointError, ConfigError
-from rnnlm.models import build_model
-from rnnlm.models.lm import RNNLM
+from rnnlm.models import LanguageModel, build_model
 from rnnlm.warmstart import saved_start_states
 
 FORMAT = "rnnlm-checkpoint"
@@ -125,7 +124,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 class Loaded:
     """What `load_model` gives: not the checkpoint's tensors, which would stay in memory beside the model's."""
 
-    model: RNNLM
+    model: LanguageModel
     tokenizer: Tokenizer
     config: Config
 

@@ -9,12 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnnlm.data.batching import PAD, eval_windows
+from rnnlm.data.batching import eval_windows
 from rnnlm.data.corpus import Split
 from rnnlm.distributed import Group
-from rnnlm.models.bidirectional import BidirectionalLM
-from rnnlm.models.lm import RNNLM, LMOutput
-from rnnlm.models.stack import State
+from rnnlm.ids import PAD
+from rnnlm.models import LanguageModel, LMOutput, State
 from rnnlm.runtime import autocast
 from rnnlm.warmstart import MixtureReader
 
@@ -63,7 +62,7 @@ class EvalResult:
         return {**numbers, **{name: head.to_dict() for name, head in self.heads.items()}}
 
 
-def evaluate(model: RNNLM, split: Split, *, boundary_id: int, batch_size: int = 1, bptt: int = 256,
+def evaluate(model: LanguageModel, split: Split, *, boundary_id: int, batch_size: int = 1, bptt: int = 256,
              device: torch.device | str = "cpu", group: Group | None = None, precision: str = "fp32",
              start: str = "warm") -> EvalResult:
     """Score every token of `split` once, carrying the hidden state across windows.
@@ -96,10 +95,11 @@ def evaluate(model: RNNLM, split: Split, *, boundary_id: int, batch_size: int = 
     return EvalResult(nll, tokens, split.chars, split.bytes, heads)
 
 
-def score_ids(model: RNNLM, ids: np.ndarray, *, boundary_id: int, batch_size: int, bptt: int,
+def score_ids(model: LanguageModel, ids: np.ndarray, *, boundary_id: int, batch_size: int, bptt: int,
               device: torch.device | str, precision: str = "fp32", start: str = "warm"
               ) -> dict[str, tuple[float, int]]:
-    """Summed nll and token count per head: "" for the model's own, plus any named extras.
+    """Summed nll and token count per head: "" for the model's own, plus its other heads by name
+    (`LMOutput.heads`: a bidirectional model's "backward" and "infill").
 
     With `start` "warm" and the model's start states, each column's first `warmstart.SPAN` tokens are
     scored under their mixture, across windows, so the number does not depend on `bptt`; then the
@@ -108,7 +108,7 @@ def score_ids(model: RNNLM, ids: np.ndarray, *, boundary_id: int, batch_size: in
     was_training = model.training
     model.eval()
     sums: dict[str, list[torch.Tensor]] = {}
-    dtype = next(model.parameters()).dtype
+    dtype = model.dtype
     try:
         with torch.inference_mode(), autocast(torch.device(device), precision):
             columns = min(batch_size, max(len(ids), 1))
@@ -121,7 +121,7 @@ def score_ids(model: RNNLM, ids: np.ndarray, *, boundary_id: int, batch_size: in
                     heads, state = _mixed_window(model, reader, inputs, targets)
                 else:
                     out = model(inputs, targets, state)
-                    heads, state = {"": (out.nll, out.tokens), **_extras(out)}, out.state
+                    heads, state = {"": (out.nll, out.tokens), **_other_heads(out)}, out.state
                 for name, (nll, count) in heads.items():
                     total = sums.setdefault(name, [torch.zeros((), dtype=torch.float64, device=device),
                                                    torch.zeros((), dtype=torch.int64, device=device)])
@@ -133,7 +133,7 @@ def score_ids(model: RNNLM, ids: np.ndarray, *, boundary_id: int, batch_size: in
     return {name: (float(nll), int(count)) for name, (nll, count) in sums.items()} or {"": (0.0, 0)}
 
 
-def _mixed_window(model: RNNLM, reader: MixtureReader, inputs: torch.Tensor, targets: torch.Tensor
+def _mixed_window(model: LanguageModel, reader: MixtureReader, inputs: torch.Tensor, targets: torch.Tensor
                   ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], State]:
     """Score a window that holds some of the columns' first SPAN tokens: those under the mixture, any after
     them from the start likeliest over the span; the state to go on from.
@@ -145,14 +145,13 @@ def _mixed_window(model: RNNLM, reader: MixtureReader, inputs: torch.Tensor, tar
     before = reader.current()
     inside = min(len(inputs), reader.left)
     nll = -reader.read(inputs[:inside], targets[:inside]).sum()
-    extras = _extras(model(inputs, targets, before)) if isinstance(model, BidirectionalLM) else {}
+    others = _other_heads(model(inputs, targets, before)) if model.config.bidirectional else {}
     state = reader.current()  # at the span's end: from its likeliest start, having read the span
     if inside < len(inputs):  # the span ends inside this window
         rest = model(inputs[inside:], targets[inside:], state)
         nll, state = nll + rest.nll, rest.state
-    return {"": (nll, (targets != PAD).sum()), **extras}, state
+    return {"": (nll, (targets != PAD).sum()), **others}, state
 
 
-def _extras(out: LMOutput) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    return {name[: -len("_nll")]: (out.extras[name], out.extras[name[:-4] + "_tokens"])
-            for name in out.extras if name.endswith("_nll")}
+def _other_heads(out: LMOutput) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {name: (head.nll, head.tokens) for name, head in out.heads().items()}

@@ -6,18 +6,14 @@ import functools
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 
 from rnnlm.data.tokenizers import Tokenizer
-from rnnlm.models.bidirectional import BidirectionalLM
-from rnnlm.models.lm import RNNLM
-from rnnlm.models.softmax import log_softmax
-from rnnlm.models.stack import State
+from rnnlm.models import BidirectionalLM, LanguageModel, State
 from rnnlm.warmstart import posterior
 
 
-def generate(model: RNNLM, tokenizer: Tokenizer, *, prompt: str = "", length: int = 200, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, num_samples: int = 1, seed: int = 0,
+def generate(model: LanguageModel, tokenizer: Tokenizer, *, prompt: str = "", length: int = 200,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_samples: int = 1, seed: int = 0,
              device: torch.device | str = "cpu", on_text: Callable[[str], None] | None = None,
              weights: torch.dtype | None = None, start: str = "warm") -> list[str]:
     """Continue `prompt` by `length` tokens, `num_samples` times in one batch; returns the full texts.
@@ -25,6 +21,7 @@ def generate(model: RNNLM, tokenizer: Tokenizer, *, prompt: str = "", length: in
     The model first reads a line end and then the prompt, as evaluation conditions the first token,
     from a fresh start (`start` "warm": see `fresh_state`; "zero": the zero state).
     `on_text`, if given, receives the first sample's text piece by piece as it is generated.
+    Each token after the prompt is drawn through `model.stepper(weights)`, the fast one-step function;
     `weights` torch.bfloat16 generates with a bf16 copy of the weights (half the bytes read per token).
     The same seed, device and settings give the same text.
     """
@@ -40,7 +37,7 @@ def generate(model: RNNLM, tokenizer: Tokenizer, *, prompt: str = "", length: in
     pick = functools.partial(choose, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
     state = fresh_state(model, context, num_samples, greedy=temperature == 0, generator=generator, device=device,
                         warm=start == "warm")
-    for drawn in _draw(model, model.prefill, OneStep(model, weights), context, state, length, pick, device):
+    for drawn in _draw(model, model.prefill, model.stepper(weights), context, state, length, pick, device):
         for b, token in enumerate(drawn):
             texts[b].append(decoders[b](token))
         if on_text:
@@ -48,8 +45,8 @@ def generate(model: RNNLM, tokenizer: Tokenizer, *, prompt: str = "", length: in
     return ["".join(t) for t in texts]
 
 
-def fresh_state(model: RNNLM, context: list[int], num_samples: int, *, greedy: bool, generator: torch.Generator,
-                device: torch.device | str, warm: bool = True) -> State:
+def fresh_state(model: LanguageModel, context: list[int], num_samples: int, *, greedy: bool,
+                generator: torch.Generator, device: torch.device | str, warm: bool = True) -> State:
     """Each sample's state before it reads `context` (a line end first): one of the model's start states
     (rnnlm/warmstart.py), drawn from their posterior given the context (its likeliest when `greedy`), which
     samples from their mixture; zeros when not `warm` or the model has none (checkpoints before them)."""
@@ -64,11 +61,10 @@ def fresh_state(model: RNNLM, context: list[int], num_samples: int, *, greedy: b
         else:
             weights = log_posterior.exp().float().to(generator.device)
             chosen = torch.multinomial(weights, num_samples, replacement=True, generator=generator).cpu()
-    dtype = model.embedding.weight.dtype
-    return tuple(s[chosen].to(device, dtype) for s in states)
+    return tuple(s[chosen].to(device, model.dtype) for s in states)
 
 
-def _draw(model: RNNLM, prefill: Callable, step: Callable, context: list[int], state: State, length: int,
+def _draw(model: LanguageModel, prefill: Callable, step: Callable, context: list[int], state: State, length: int,
           pick: Callable[[torch.Tensor], torch.Tensor], device: torch.device | str) -> Iterator[list[int]]:
     """Read `context` with `prefill` from `state` (one row per sample), then yield `length` draws (one id
     per sample), each fed back by `step`."""
@@ -80,74 +76,6 @@ def _draw(model: RNNLM, prefill: Callable, step: Callable, context: list[int], s
             chosen = pick(log_probs)  # (B,)
             yield chosen.tolist()
             log_probs, state = step(chosen, state)
-
-
-class OneStep:
-    """model.step for generation, with one matrix product per layer and no fused-kernel call.
-
-    The fused recurrent kernels are built for sequences: called for one time step, oneDNN sets up its
-    primitive on every call, which costs a CPU several times the reading of the weights. Here each
-    layer is the lecture's equations (models/cells.py) on the layer's own weights, with W and U side by
-    side in one matrix so that [x_t, h_{t-1}] takes one product: the same numbers as model.step up to
-    float rounding (tests/test_sample.py). With `dtype` bfloat16 the matrices are a bf16 copy (half
-    the bytes read per token, bf16 biases too); the state and the softmax stay in the model's dtype.
-    """
-
-    def __init__(self, model: RNNLM, dtype: torch.dtype | None = None) -> None:
-        c = model.config
-        self.model, self.cell = model, c.cell
-        self.act = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}[c.nonlinearity]
-        params = dict(model.rnn.named_parameters())
-        self.exact = model.embedding.weight.dtype  # the state's and the softmax's (float32, or float64 in tests)
-        self.dtype = dtype or self.exact
-        self.layers = []
-        with torch.no_grad():
-            for k in range(c.num_layers):
-                w_ih, w_hh, b_ih, b_hh = (params[f"{name}_l{k}"] for name in ("weight_ih", "weight_hh", "bias_ih",
-                                                                             "bias_hh"))
-                if c.cell == "gru":  # r gates U h + b inside the new memory: the two products stay apart
-                    self.layers.append(tuple(map(self._cast, (w_ih.t(), w_hh.t(), b_ih, b_hh))))
-                else:  # W x + U h + b_W + b_U in one product over [x, h]
-                    self.layers.append((self._cast(torch.cat([w_ih, w_hh], dim=1).t()), self._cast(b_ih + b_hh)))
-            self.embedding = self._cast(model.embedding.weight)
-            decoder = model.decoder
-            full = isinstance(decoder, torch.nn.Linear)
-            self.decoder = (self._cast(decoder.weight.t()), self._cast(decoder.bias)) if full else None
-
-    def _cast(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight.detach().to(self.dtype).contiguous()
-
-    def __call__(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """tokens (B,) -> log-probabilities (B, V) of the next token, and the new state (in the model's dtype)."""
-        x, new, n = F.embedding(tokens, self.embedding), [], 2 if self.cell == "lstm" else 1
-        for k, layer in enumerate(self.layers):
-            layer_state = state[k * n:(k + 1) * n]
-            h = self._layer(x, layer_state, layer)
-            new.extend(h)
-            x = h[0].to(self.dtype)
-        if self.decoder is None:  # adaptive softmax: its own log-probabilities
-            return self.model.log_probs(new[-n]), tuple(new)
-        weight, bias = self.decoder
-        return log_softmax(torch.addmm(bias, x, weight)), tuple(new)
-
-    def _layer(self, x: torch.Tensor, state: State, layer: tuple[torch.Tensor, ...]) -> State:
-        h_prev = state[0]
-        if self.cell == "gru":
-            w, u, b, d = layer
-            r, z, n = torch.addmm(b, x, w).to(self.exact).chunk(3, dim=1)  # W x + b_W, gates r, z, n
-            r_u, z_u, n_u = torch.addmm(d, h_prev.to(self.dtype), u).to(self.exact).chunk(3, dim=1)  # U h + b_U
-            r, z = torch.sigmoid(r + r_u), torch.sigmoid(z + z_u)
-            new = torch.tanh(n + r * n_u)
-            return (new + z * (h_prev - new),)  # z h_{t-1} + (1 - z) h~
-        weight, bias = layer
-        gates = torch.addmm(bias, torch.cat([x, h_prev.to(self.dtype)], dim=1), weight).to(self.exact)
-        if self.cell != "lstm":
-            return (self.act(gates),)
-        size = h_prev.size(1)
-        candidate = gates[:, 2 * size: 3 * size].tanh()  # c~ (gate order i, f, g, o)
-        gates = gates.sigmoid_()
-        c = torch.addcmul(gates[:, size: 2 * size] * state[1], gates[:, :size], candidate)  # f c + i c~
-        return gates[:, 3 * size:] * c.tanh(), c  # h = o tanh(c)
 
 
 def choose(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: float,
@@ -173,8 +101,8 @@ def choose(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: float
 def _inverse_cdf(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One id per row of `probs` (B, V), drawn with probability proportional to its entry (the rows need
     not sum to 1): the first id whose running sum exceeds a uniform draw below the total. The same law as
-    torch.multinomial, which draws V exponential variates per row (0.2 ms per token at 10,000 words, as
-    long as the rest of the step). The running sum is in float64: in float32, once it passes 0.5 a word
+    torch.multinomial, which draws V exponential variates per row (as long as the rest of a step takes
+    at 10,000 words: docs/benchmarks.md). The running sum is in float64: in float32, once it passes 0.5 a word
     rarer than 3e-8 would add nothing to it and never be drawn, and the rare words come last."""
     running = probs.double().cumsum(dim=-1)
     point = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=torch.float64)

@@ -303,7 +303,7 @@ class Trainer:
         self.scaler.update()
         self.averager.update()
         # autocast hands an LSTM's state back in bf16 / fp16: carry (and checkpoint) it at the weights' precision
-        self.state = tuple(s.to(self.model.embedding.weight.dtype) for s in out.state)
+        self.state = tuple(s.to(self.model.dtype) for s in out.state)
         return stats
 
     @property

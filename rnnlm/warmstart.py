@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnnlm.data.batching import PAD
-from rnnlm.models.lm import RNNLM
-from rnnlm.models.stack import State
+from rnnlm.ids import PAD
+from rnnlm.models import LanguageModel, State
 
 COUNT = 16  # start states kept: the mixture's components
 CONTEXT = 128  # tokens read from the zero state before each of them
@@ -65,7 +64,7 @@ def start_ends(ids: np.ndarray, boundary_id: int, count: int, context: int) -> n
     return np.concatenate([paragraphs, lines])
 
 
-def start_states(model: RNNLM, ids: np.ndarray, boundary_id: int, *, count: int = COUNT,
+def start_states(model: LanguageModel, ids: np.ndarray, boundary_id: int, *, count: int = COUNT,
                  context: int = CONTEXT) -> State | None:
     """The model's states (K, H) per tensor just before it reads each of the line ends `start_ends`
     picks in `ids`, each after the `context` tokens before it; None when `ids` has no line end that far in.
@@ -75,19 +74,18 @@ def start_states(model: RNNLM, ids: np.ndarray, boundary_id: int, *, count: int 
     ends = start_ends(ids, boundary_id, count, context)
     if len(ends) == 0:
         return None
-    device = model.embedding.weight.device
     block = np.stack([np.asarray(ids[e - context: e], dtype=np.int64) for e in ends], axis=1)  # (T, K)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            _, state = model.rnn(model.embed(torch.from_numpy(block).to(device)), model.init_state(len(ends)))
+            _, state = model.encode(torch.from_numpy(block).to(model.device), model.init_state(len(ends)))
     finally:
         model.train(was_training)
-    return tuple(s.to("cpu", model.embedding.weight.dtype).clone() for s in state)  # (K, H) each
+    return tuple(s.to("cpu", model.dtype).clone() for s in state)  # (K, H) each
 
 
-def mixture_log_probs(model: RNNLM, inputs: torch.Tensor, targets: torch.Tensor, states: State
+def mixture_log_probs(model: LanguageModel, inputs: torch.Tensor, targets: torch.Tensor, states: State
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Read inputs (T, B) from each of the K start `states` (K, H); the mixture's log-probability of each
     target (T, B) (0 for PAD), the K parts weighted by their posterior given the targets before it, and
@@ -101,11 +99,11 @@ class MixtureReader:
     """B columns read from each of the K start states at once, window after window, for their first
     `span` tokens: what `rnnlm eval` scores under the mixture, whatever its window length (--bptt)."""
 
-    def __init__(self, model: RNNLM, states: State, columns: int, device: torch.device | str,
+    def __init__(self, model: LanguageModel, states: State, columns: int, device: torch.device | str,
                  span: int | None = None) -> None:
         self.model, self.K, self.left = model, states[0].size(0), SPAN if span is None else span
-        dtype = model.embedding.weight.dtype
-        self.state = tuple(s.to(device, dtype).repeat(columns, 1) for s in states)  # row b*K + k: column b, start k
+        # row b*K + k: column b, start k
+        self.state = tuple(s.to(device, model.dtype).repeat(columns, 1) for s in states)
         self.seen = torch.zeros(columns, self.K, dtype=torch.float64, device=device)  # log p_k(tokens read)
 
     def current(self) -> State:
@@ -139,7 +137,7 @@ class MixtureReader:
         return mixed.masked_fill(targets == PAD, 0.0)
 
 
-def _token_log_probs(model: RNNLM, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _token_log_probs(model: LanguageModel, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) (T, N) in float64 from the top layer's outputs (T, N, H): one softmax over as many
     time steps at once as keep its logits within LOGITS numbers."""
     T, N = targets.shape
@@ -150,20 +148,20 @@ def _token_log_probs(model: RNNLM, hidden: torch.Tensor, targets: torch.Tensor) 
     return torch.cat(parts).double().view(T, N)
 
 
-def posterior(model: RNNLM, tokens: list[int], states: State) -> torch.Tensor:
+def posterior(model: LanguageModel, tokens: list[int], states: State) -> torch.Tensor:
     """log p(start state k | `tokens`), (K,), equal prior weights: how likely each start state makes the
     tokens after the first, read [line end, *tokens] as a fresh start would."""
     K = states[0].size(0)
     if len(tokens) < 2:
         return torch.full((K,), -math.log(K), dtype=torch.float64)
-    device = model.embedding.weight.device
+    device = model.device
     context = torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(1).expand(-1, K)  # (T, K)
     hidden, _ = model.encode(context[:-1], tuple(s.to(device) for s in states))
     score = sum(model.log_probs(h).gather(1, t.unsqueeze(1)).squeeze(1).double() for h, t in zip(hidden, context[1:]))
     return torch.log_softmax(score.cpu(), dim=0)
 
 
-def saved_start_states(payload: dict[str, Any], model: RNNLM) -> State | None:
+def saved_start_states(payload: dict[str, Any], model: LanguageModel) -> State | None:
     """The start states a checkpoint holds for `model`, or None (a checkpoint written before issue 18).
 
     Raises ValueError when they do not fit the model's state layout.

@@ -62,8 +62,8 @@ def test_a_cluster_without_targets_gets_zero_gradients_not_none():
 
 def test_projections_start_orthonormal_and_output_layers_uniform():
     torch.manual_seed(0)
-    decoder = AdaptiveSoftmax(64, 400, [100, 200], div_value=2.0)  # projections 64 -> 32 and 64 -> 16
-    decoder.reset_parameters(0.1)
+    decoder = AdaptiveSoftmax(64, 400, [100, 200], div_value=2.0, cluster_grad=1.0)  # projections 64 -> 32, 64 -> 16
+    decoder.init_weights(0.1)
     for cluster, width in zip(decoder.tail, (32, 16)):
         projection = cluster[0].weight
         assert projection.shape == (width, 64)
@@ -81,7 +81,7 @@ def test_cluster_rows_learn_at_cluster_grad_and_nothing_else_changes():
     for scale in (1.0, 0.1):
         torch.manual_seed(1)
         decoder = AdaptiveSoftmax(16, 60, [20, 40], div_value=2.0, cluster_grad=scale).double()
-        decoder.reset_parameters(0.3)
+        decoder.init_weights(0.3)
         h = hidden.clone().requires_grad_()
         nll = decoder.nll(h, targets)
         nll.backward()
@@ -126,7 +126,7 @@ def test_cutoffs_default_to_the_vocabulary_and_must_fit_it():
     assert resolve_cutoffs((5, 12), 30) == [5, 12]
     with pytest.raises(ConfigError, match=r"model.cutoffs must be below the vocabulary size, 12 words here"):
         resolve_cutoffs((5, 12), 12)
-    small = AdaptiveSoftmax(16, 40, [10, 20, 30], 4.0)  # 16 / 4^3 rounds to 0: at least one dimension
+    small = AdaptiveSoftmax(16, 40, [10, 20, 30], 4.0, 1.0)  # 16 / 4^3 rounds to 0: at least one dimension
     assert [cluster[0].out_features for cluster in small.tail] == [4, 1, 1]
 
 

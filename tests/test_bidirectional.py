@@ -50,9 +50,9 @@ def test_the_objective_is_the_mean_of_both_directions_plus_infill():
     model = build_model(9, load_config(None, ["model.bidirectional=true", "model.hidden_size=6"]).model)
     inputs, targets = torch.randint(0, 9, (5, 3)), torch.randint(0, 9, (5, 3))
     out = model(inputs, targets, model.init_state(3))
-    e = out.extras
-    assert out.tokens.item() == 15 and e["backward_tokens"].item() == 15 and e["infill_tokens"].item() == 12
-    expected = (out.nll / 15 + e["backward_nll"] / 15) / 2 + e["infill_nll"] / 12
+    backward, infill = out.backward, out.infill
+    assert out.tokens.item() == 15 and backward.tokens.item() == 15 and infill.tokens.item() == 12
+    expected = (out.nll / 15 + backward.nll / 15) / 2 + infill.nll / 12
     torch.testing.assert_close(out.objective, expected)
 
 

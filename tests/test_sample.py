@@ -7,7 +7,7 @@ from rnnlm.config import load_config
 from rnnlm.data.tokenizers import CharTokenizer, WordVocabBuilder
 from rnnlm.models import build_model
 from rnnlm.models.lm import RNNLM
-from rnnlm.sample import OneStep, choose, generate
+from rnnlm.sample import choose, generate
 
 TEXT = "to be or not to be, that is the question\n"
 
@@ -121,7 +121,7 @@ def test_the_one_step_generator_computes_what_model_step_does(overrides):
     torch.manual_seed(0)
     config = load_config(None, ["model.hidden_size=16", "model.embed_size=8", *overrides]).model
     model = build_model(30, config).double().eval()
-    fast = OneStep(model)
+    fast = model.stepper()
     tokens = torch.tensor([3, 0, 29])
     state = fast_state = tuple(torch.randn_like(s) for s in model.init_state(3))
     with torch.inference_mode():
@@ -137,8 +137,8 @@ def test_the_one_step_generator_computes_what_model_step_does(overrides):
 def test_bf16_weights_halve_the_bytes_and_stay_close_to_float32():
     torch.manual_seed(0)
     model = RNNLM(50, load_config(None, ["model.hidden_size=32", "model.num_layers=2"]).model).eval()
-    exact, half = OneStep(model), OneStep(model, torch.bfloat16)
-    assert half.embedding.dtype == half.layers[0][0].dtype == half.decoder[0].dtype == torch.bfloat16
+    exact, half = model.stepper(), model.stepper(torch.bfloat16)
+    assert half.embedding.dtype == half.stack.layers[0].weight.dtype == half.decoder.weight.dtype == torch.bfloat16
     tokens, state = torch.tensor([1, 7]), model.init_state(2)
     half_state = state
     with torch.inference_mode():

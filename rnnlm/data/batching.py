@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rnnlm.ids import PAD  # defined beside the other id conventions; importable from here as before
 from rnnlm.runtime import as_tuple
-
-PAD = -1  # target id that is not scored
 
 
 class TrainBatches:

@@ -22,34 +22,53 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlm.config import ModelConfig
-from rnnlm.data.batching import PAD
-from rnnlm.models.lm import RNNLM, LMOutput
-from rnnlm.models.stack import State, build_stack, layer_sizes
+from rnnlm.ids import PAD
+from rnnlm.models.contract import HeadScore, LanguageModel, LMOutput, State, StateLayout
+from rnnlm.models.parts import TokenStepper, drop_output, embed, init_weights, make_decoder, make_embedding
+from rnnlm.models.stack import build_stack, layer_sizes
 
 
-class BidirectionalLM(RNNLM):
+class BidirectionalLM(LanguageModel):
     def __init__(self, vocab_size: int, config: ModelConfig) -> None:
-        nn.Module.__init__(self)
+        super().__init__()
         self.config = config
         self.vocab_size = vocab_size
-        self.embedding = nn.Embedding(vocab_size, config.embed_size)
+        self.embedding = make_embedding(vocab_size, config)
         self.rnn = build_stack(config)  # forward stack: the same names as a unidirectional model's
         self.backward_rnn = build_stack(config)
-        top = layer_sizes(config)[-1]
-        self.decoder = nn.Linear(top, vocab_size)  # shared by the forward and backward heads
-        self.infill = nn.Linear(2 * top, vocab_size)
-        if config.tie_weights:
-            self.decoder.weight = self.embedding.weight
+        self.decoder = make_decoder(vocab_size, config, self.embedding)  # shared by the forward and backward heads
+        self.infill = nn.Linear(2 * layer_sizes(config)[-1], vocab_size)
         self.start_states: State | None = None  # the forward stack's; the backward one starts every window at zero
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        nn.init.uniform_(self.infill.weight, -self.config.init_range, self.config.init_range)
+        init_weights(config, self.embedding, self.decoder, [self.rnn, self.backward_rnn])
+        nn.init.uniform_(self.infill.weight, -config.init_range, config.init_range)
         nn.init.zeros_(self.infill.bias)
 
-    def stacks(self) -> list[nn.Module]:
-        return [self.rnn, self.backward_rnn]
+    @property
+    def state_layout(self) -> StateLayout:
+        return self.rnn.layout  # the forward stack's: the state a caller carries
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.weight.device
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        return embed(self.embedding, inputs, self.config, self.training)
+
+    def encode(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """The forward stack's top outputs (T, B, H) after output dropout, as a unidirectional model's."""
+        hidden, state = self.rnn(self.embed(inputs), state)
+        return drop_output(hidden, self.config, self.training), state
+
+    def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The forward head's log-probabilities (N, V) given the forward stack's outputs (N, H)."""
+        return self.decoder.log_prob(hidden)
+
+    def stepper(self, dtype: torch.dtype | None = None) -> TokenStepper:
+        return TokenStepper(self.embedding, self.rnn, self.decoder, self.dtype, dtype)
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, state: State) -> LMOutput:
         """inputs and targets (L, B) overlap: together they are the sequence s_0 .. s_L."""
@@ -61,9 +80,8 @@ class BidirectionalLM(RNNLM):
         backward_nll, backward_n = self._score(logits["backward"], sequence[:-1].masked_fill(~valid[1:], PAD))
         infill_nll, infill_n = self._score(logits["infill"], sequence[1:-1].masked_fill(~valid[2:], PAD))
         objective = (forward_nll / forward_n + backward_nll / backward_n) / 2 + infill_nll / infill_n.clamp(min=1)
-        extras = {"backward_nll": backward_nll, "backward_tokens": backward_n,
-                  "infill_nll": infill_nll, "infill_tokens": infill_n}
-        return LMOutput(forward_nll, forward_n, state, extras, objective)
+        return LMOutput(forward_nll, forward_n, state, objective, backward=HeadScore(backward_nll, backward_n),
+                        infill=HeadScore(infill_nll, infill_n))
 
     def head_logits(self, embedded: torch.Tensor, lengths: torch.Tensor, state: State
                     ) -> tuple[dict[str, torch.Tensor], State]:
@@ -75,7 +93,7 @@ class BidirectionalLM(RNNLM):
         """
         ahead, state = self.rnn(embedded[:-1], state)  # (L, B, H)
         behind = self.read_backward(embedded, lengths)  # (L+1, B, H)
-        ahead, behind = self.drop_output(ahead), self.drop_output(behind)
+        ahead, behind = drop_output(ahead, self.config, self.training), drop_output(behind, self.config, self.training)
         logits = {"forward": self.decoder(ahead), "backward": self.decoder(behind[1:]),
                   "infill": self.infill(torch.cat([ahead[:-1], behind[2:]], dim=-1))}
         return logits, state

@@ -5,15 +5,24 @@ of these cells loads the very state_dict of the fused kernels (`nn.RNN`, `nn.GRU
 `weight_ih` stacks the input matrices W of every gate, `weight_hh` the recurrent matrices U,
 each with a bias (`bias_ih`, `bias_hh`). Gate order is torch's: GRU (r, z, n), LSTM (i, f, g, o).
 Shapes: x_t (B, I), h_{t-1} and c_{t-1} (B, H).
+
+Each cell's equations are written once, in `equations`, from the gates' pre-activations, and reached two
+ways: `cell(x, state, weights)` (the reference stack: plain products, differentiable) and
+`cell.step(x, state, packed, dtype)` (generation: one product per layer on weights `cell.pack` laid out
+for it). Both return the state; `gates`/`step` return every intermediate (a NamedTuple), for recording.
+`StackStepper` runs `step` through a whole stack.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple, Union
 
 import torch
 
-State = tuple[torch.Tensor, ...]
+from rnnlm.models.contract import State
+
+NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
 
 
 @dataclass
@@ -27,15 +36,67 @@ class LayerWeights:
         """The four tensors in torch's per-layer order."""
         return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
 
-    def gates(self, count: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(W, U, b_W, b_U) for each of `count` gates, in the stacked order."""
-        return list(zip(self.weight_ih.chunk(count), self.weight_hh.chunk(count),
-                        self.bias_ih.chunk(count), self.bias_hh.chunk(count)))
+
+@dataclass(frozen=True)
+class PackedLayer:
+    """One layer's weights laid out for `step`, in one dtype, detached (see each cell's `pack`)."""
+
+    weight: torch.Tensor  # Elman, LSTM: [W U]^T (I + H, G*H), for one product over [x, h]; GRU: W^T (I, 3H)
+    bias: torch.Tensor  # Elman, LSTM: b_W + b_U; GRU: b_W
+    weight_hh: torch.Tensor | None = None  # GRU: U^T (H, 3H): r gates U h + b_U, so the products stay apart
+    bias_hh: torch.Tensor | None = None  # GRU: b_U
 
 
 def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """weight x + bias, for a batch of row vectors x (B, in)."""
     return x @ weight.T + bias
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return tensor.detach().to(dtype).contiguous()
+
+
+def _pack_joint(w: LayerWeights, dtype: torch.dtype) -> PackedLayer:
+    """W and U side by side, so that [x_t, h_{t-1}] takes one product, and the two biases summed."""
+    joint = torch.cat([w.weight_ih, w.weight_hh], dim=1).t()  # (I + H, G*H)
+    return PackedLayer(_cast(joint, dtype), _cast(w.bias_ih + w.bias_hh, dtype))
+
+
+def _joint_product(x: torch.Tensor, h_prev: torch.Tensor, packed: PackedLayer) -> torch.Tensor:
+    """W x + U h_{t-1} + b, in the packed weights' dtype; x already in it."""
+    return torch.addmm(packed.bias, torch.cat([x, h_prev.to(packed.weight.dtype)], dim=1), packed.weight)
+
+
+class ElmanGates(NamedTuple):
+    h: torch.Tensor
+
+    @property
+    def state(self) -> State:
+        return (self.h,)
+
+
+class GRUGates(NamedTuple):
+    z: torch.Tensor  # update gate
+    r: torch.Tensor  # reset gate
+    n: torch.Tensor  # new memory h~
+    h: torch.Tensor
+
+    @property
+    def state(self) -> State:
+        return (self.h,)
+
+
+class LSTMGates(NamedTuple):
+    i: torch.Tensor  # input gate
+    f: torch.Tensor  # forget gate
+    g: torch.Tensor  # new memory cell c~
+    o: torch.Tensor  # output gate
+    c: torch.Tensor
+    h: torch.Tensor
+
+    @property
+    def state(self) -> State:
+        return (self.h, self.c)
 
 
 class ElmanCell:
@@ -45,15 +106,27 @@ class ElmanCell:
     """
 
     gate_count = 1
-    nonlinearities = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
+    state_names = ("h",)
 
     def __init__(self, nonlinearity: str = "tanh") -> None:
-        self.f = self.nonlinearities[nonlinearity]
+        self.f = NONLINEARITIES[nonlinearity]
 
     def __call__(self, x: torch.Tensor, state: State, w: LayerWeights) -> State:
+        return self.gates(x, state, w).state
+
+    def gates(self, x: torch.Tensor, state: State, w: LayerWeights) -> ElmanGates:
         (h_prev,) = state
-        h = self.f(affine(h_prev, w.weight_hh, w.bias_hh) + affine(x, w.weight_ih, w.bias_ih))
-        return (h,)
+        return self.equations(affine(h_prev, w.weight_hh, w.bias_hh) + affine(x, w.weight_ih, w.bias_ih))
+
+    def step(self, x: torch.Tensor, state: State, packed: PackedLayer, dtype: torch.dtype) -> ElmanGates:
+        return self.equations(_joint_product(x, state[0], packed).to(dtype))
+
+    def pack(self, w: LayerWeights, dtype: torch.dtype) -> PackedLayer:
+        return _pack_joint(w, dtype)
+
+    def equations(self, pre: torch.Tensor) -> ElmanGates:
+        """pre: W(hx) x_t + W(hh) h_{t-1} + biases, (B, H)."""
+        return ElmanGates(self.f(pre))
 
 
 class GRUCell:
@@ -66,15 +139,34 @@ class GRUCell:
     """
 
     gate_count = 3
+    state_names = ("h",)
 
     def __call__(self, x: torch.Tensor, state: State, w: LayerWeights) -> State:
+        return self.gates(x, state, w).state
+
+    def gates(self, x: torch.Tensor, state: State, w: LayerWeights) -> GRUGates:
         (h_prev,) = state
-        (W_r, U_r, b_r, c_r), (W_z, U_z, b_z, c_z), (W, U, b, c) = w.gates(3)
-        z = torch.sigmoid(affine(x, W_z, b_z) + affine(h_prev, U_z, c_z))
-        r = torch.sigmoid(affine(x, W_r, b_r) + affine(h_prev, U_r, c_r))
-        h_tilde = torch.tanh(affine(x, W, b) + r * affine(h_prev, U, c))
-        h = z * h_prev + (1 - z) * h_tilde
-        return (h,)
+        return self.equations(affine(x, w.weight_ih, w.bias_ih), affine(h_prev, w.weight_hh, w.bias_hh), h_prev)
+
+    def step(self, x: torch.Tensor, state: State, packed: PackedLayer, dtype: torch.dtype) -> GRUGates:
+        h_prev = state[0]
+        assert packed.weight_hh is not None and packed.bias_hh is not None
+        wx = torch.addmm(packed.bias, x, packed.weight).to(dtype)
+        uh = torch.addmm(packed.bias_hh, h_prev.to(packed.weight.dtype), packed.weight_hh).to(dtype)
+        return self.equations(wx, uh, h_prev)
+
+    def pack(self, w: LayerWeights, dtype: torch.dtype) -> PackedLayer:
+        return PackedLayer(_cast(w.weight_ih.t(), dtype), _cast(w.bias_ih, dtype), _cast(w.weight_hh.t(), dtype),
+                           _cast(w.bias_hh, dtype))
+
+    @staticmethod
+    def equations(wx: torch.Tensor, uh: torch.Tensor, h_prev: torch.Tensor) -> GRUGates:
+        """wx: W x_t + b_W and uh: U h_{t-1} + b_U, each (B, 3H) in gate order r, z, n."""
+        r_x, z_x, n_x = wx.chunk(3, dim=1)
+        r_h, z_h, n_h = uh.chunk(3, dim=1)
+        r, z = torch.sigmoid(r_x + r_h), torch.sigmoid(z_x + z_h)
+        n = torch.tanh(n_x + r * n_h)
+        return GRUGates(z, r, n, n + z * (h_prev - n))  # z h_{t-1} + (1 - z) h~, one product fewer
 
 
 class LSTMCell:
@@ -89,22 +181,69 @@ class LSTMCell:
     """
 
     gate_count = 4
+    state_names = ("h", "c")
 
     def __call__(self, x: torch.Tensor, state: State, w: LayerWeights) -> State:
+        return self.gates(x, state, w).state
+
+    def gates(self, x: torch.Tensor, state: State, w: LayerWeights) -> LSTMGates:
         h_prev, c_prev = state
-        (W_i, U_i, b_i, d_i), (W_f, U_f, b_f, d_f), (W_c, U_c, b_c, d_c), (W_o, U_o, b_o, d_o) = w.gates(4)
-        i = torch.sigmoid(affine(x, W_i, b_i) + affine(h_prev, U_i, d_i))
-        f = torch.sigmoid(affine(x, W_f, b_f) + affine(h_prev, U_f, d_f))
-        o = torch.sigmoid(affine(x, W_o, b_o) + affine(h_prev, U_o, d_o))
-        c_tilde = torch.tanh(affine(x, W_c, b_c) + affine(h_prev, U_c, d_c))
-        c = f * c_prev + i * c_tilde
-        h = o * torch.tanh(c)
-        return (h, c)
+        return self.equations(affine(x, w.weight_ih, w.bias_ih) + affine(h_prev, w.weight_hh, w.bias_hh), c_prev)
+
+    def step(self, x: torch.Tensor, state: State, packed: PackedLayer, dtype: torch.dtype) -> LSTMGates:
+        return self.equations(_joint_product(x, state[0], packed).to(dtype), state[1])
+
+    def pack(self, w: LayerWeights, dtype: torch.dtype) -> PackedLayer:
+        return _pack_joint(w, dtype)
+
+    @staticmethod
+    def equations(pre: torch.Tensor, c_prev: torch.Tensor) -> LSTMGates:
+        """pre: W x_t + U h_{t-1} + biases, (B, 4H) in gate order i, f, g (c~), o."""
+        size = c_prev.size(1)
+        c_tilde = pre[:, 2 * size: 3 * size].tanh()
+        gates = pre.sigmoid()  # i, f, o: one call over all four blocks costs less than three calls
+        i, f, o = gates[:, :size], gates[:, size: 2 * size], gates[:, 3 * size:]
+        c = torch.addcmul(f * c_prev, i, c_tilde)  # f c_{t-1} + i c~
+        return LSTMGates(i, f, c_tilde, o, c, o * c.tanh())
 
 
-def make_cell(cell: str, nonlinearity: str = "tanh") -> ElmanCell | GRUCell | LSTMCell:
+Cell = Union[ElmanCell, GRUCell, LSTMCell]
+Gates = Union[ElmanGates, GRUGates, LSTMGates]
+
+
+def make_cell(cell: str, nonlinearity: str = "tanh") -> Cell:
     if cell == "lstm":
         return LSTMCell()
     if cell == "gru":
         return GRUCell()
     return ElmanCell(nonlinearity)
+
+
+class StackStepper:
+    """One time step of a whole stack, each layer by its cell's `step` on packed weights.
+
+    What generation runs once per token. The fused recurrent kernels are built for sequences: called for
+    one time step, oneDNN sets up its primitive on every call, which costs a CPU several times the reading
+    of the weights. With `dtype` bfloat16 the weights are a bf16 copy (half the bytes read per token);
+    the state stays in `exact`, the model's dtype.
+    """
+
+    def __init__(self, cell: Cell, layers: list[LayerWeights], exact: torch.dtype, dtype: torch.dtype | None = None
+                 ) -> None:
+        self.cell, self.exact, self.dtype = cell, exact, dtype or exact
+        self.per_layer = len(cell.state_names)
+        with torch.no_grad():
+            self.layers = [cell.pack(w, self.dtype) for w in layers]
+
+    def __call__(self, x: torch.Tensor, state: State, record: list[Gates] | None = None) -> State:
+        """x (B, I) in `dtype` -> the new state; with `record`, each layer's gates are appended to it."""
+        new: list[torch.Tensor] = []
+        n, last = self.per_layer, len(self.layers) - 1
+        for k, packed in enumerate(self.layers):
+            gates = self.cell.step(x, state[k * n:(k + 1) * n], packed, self.exact)
+            if record is not None:
+                record.append(gates)
+            new.extend(gates.state)
+            if k < last:
+                x = gates.h.to(self.dtype)
+        return tuple(new)

@@ -1,4 +1,8 @@
-"""Adaptive softmax (Grave et al. 2017, "Efficient softmax approximation for GPUs").
+"""Output layers and their losses: the full softmax (`FullSoftmax`), its fused and chunked losses, and
+the adaptive softmax (Grave et al. 2017, "Efficient softmax approximation for GPUs").
+
+Each output layer gives `log_prob(hidden)`, the next-token log-probabilities, and `stepper(dtype)`, the
+same function on weights laid out for generation (one token at a time).
 
 The vocabulary, sorted by frequency, is cut into a head (the most frequent words) and tail clusters
 of rarer words. The head scores its words plus one entry per cluster; cluster k scores its own words
@@ -13,14 +17,17 @@ cluster k only for the targets that fall in it, so most tokens (the frequent one
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlm.data.batching import PAD
+from rnnlm.ids import PAD
 from rnnlm.errors import ConfigError
 
 DEFAULT_CUTOFFS = (2000, 10_000, 50_000)  # each cluster 5x the last; those below the vocabulary are used
+LogProbs = Callable[[torch.Tensor], torch.Tensor]  # hidden (N, H) -> log-probabilities (N, V), float32 at least
 
 
 def resolve_cutoffs(cutoffs: tuple[int, ...], vocab_size: int) -> list[int]:
@@ -33,9 +40,37 @@ def resolve_cutoffs(cutoffs: tuple[int, ...], vocab_size: int) -> list[int]:
     return list(cutoffs)
 
 
+class FullSoftmax(nn.Linear):
+    """The full softmax over the vocabulary: logits W h + b (an nn.Linear, whose weight the embedding may share)."""
+
+    def init_weights(self, init_range: float) -> None:
+        nn.init.uniform_(self.weight, -init_range, init_range)
+        nn.init.zeros_(self.bias)
+
+    def log_prob(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (N, V) of every word given `hidden` (N, H), in float32 at least."""
+        return log_softmax(self(hidden))
+
+    def stepper(self, dtype: torch.dtype) -> LinearLogProbs:
+        return LinearLogProbs(self, dtype)
+
+
+class LinearLogProbs:
+    """`FullSoftmax.log_prob` for generation: W^T and b copied once in `dtype`, one addmm per call."""
+
+    def __init__(self, decoder: nn.Linear, dtype: torch.dtype) -> None:
+        with torch.no_grad():
+            self.weight = decoder.weight.detach().t().to(dtype).contiguous()  # (H, V)
+            self.bias = decoder.bias.detach().to(dtype)
+        self.dtype = dtype
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        return log_softmax(torch.addmm(self.bias, hidden.to(self.dtype), self.weight))
+
+
 class AdaptiveSoftmax(nn.Module):
     def __init__(self, in_features: int, vocab_size: int, cutoffs: list[int], div_value: float,
-                 cluster_grad: float = 1.0) -> None:  # 1: Grave et al.'s; model.adaptive_cluster_grad defaults to 0.1
+                 cluster_grad: float) -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.bounds = [*cutoffs, vocab_size]  # cluster k holds ids bounds[k] .. bounds[k + 1] - 1
@@ -49,11 +84,11 @@ class AdaptiveSoftmax(nn.Module):
         self.register_buffer("starts", torch.tensor(cutoffs, dtype=torch.long), persistent=False)
         self.cluster_grad = cluster_grad
 
-    def reset_parameters(self, init_range: float) -> None:
+    def init_weights(self, init_range: float) -> None:
         """Output weights ~ U(-init_range, init_range) and biases zero, as the full decoder's; each
         cluster's projection with orthonormal rows: a well-conditioned map of the hidden state from
-        the start, where a uniform draw stretches some directions about 3x more than others. (After one
-        PTB epoch: 194.81 against 201.65, one run each; mixed at 33k words, docs/benchmarks.md.)"""
+        the start, where a uniform draw stretches some directions more than others (the evidence, thin
+        and mixed: docs/benchmarks.md)."""
         for module in [self.head, *(cluster[1] for cluster in self.tail)]:
             nn.init.uniform_(module.weight, -init_range, init_range)
             nn.init.zeros_(module.bias)
@@ -95,6 +130,10 @@ class AdaptiveSoftmax(nn.Module):
         for k, tail in enumerate(self.tail):
             parts.append(log_softmax(tail(hidden)) + head[:, self.shortlist + k: self.shortlist + k + 1])
         return torch.cat(parts, dim=1)
+
+    def stepper(self, dtype: torch.dtype) -> LogProbs:
+        """`log_prob` itself: the adaptive softmax generates with its own weights, whatever `dtype`."""
+        return self.log_prob
 
 
 class ScaleRowGrad(torch.autograd.Function):
@@ -167,8 +206,8 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 class Workspace:
     """One (N, V) buffer that the fused loss writes its logits into, kept from step to step.
 
-    Allocating 93 MB of logits afresh each step (700 x 33,278 floats) costs more than filling it: a block
-    that size is mapped from the kernel page by page and zeroed, then unmapped when freed. The buffer is
+    Allocating a large logits block afresh each step costs more than filling it: a block that size is
+    mapped from the kernel page by page and zeroed, then unmapped when freed (docs/benchmarks.md). The buffer is
     taken by a forward pass and handed back by its backward pass; a second forward before that backward
     (or a graph dropped without one) gets a new buffer, so two live graphs never share it."""
 

@@ -1,8 +1,8 @@
 """The recurrent stack: `(T, B, E)` inputs and a state in, `(T, B, H)` outputs and a state out.
 
 A state is a flat tuple of per-layer tensors, `(h_0, c_0, h_1, c_1, ...)` for the LSTM and
-`(h_0, h_1, ...)` otherwise, each `(B, H_k)`: layers may differ in size (AWD-LSTM's top layer
-matches the embedding so that weights can be tied). Every stack names its parameters as torch's
+`(h_0, h_1, ...)` otherwise, each `(B, H_k)`, as the stack's `layout` says: layers may differ in size
+(AWD-LSTM's top layer matches the embedding so that weights can be tied). Every stack names its parameters as torch's
 fused modules do (`weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0`, ...), so a
 checkpoint runs on any of them:
 
@@ -14,22 +14,19 @@ checkpoint runs on any of them:
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Union
 
 import torch
 from torch import nn
 
 from rnnlm.config import ModelConfig
-from rnnlm.models.cells import LayerWeights, make_cell
+from rnnlm.models.cells import Cell, LayerWeights, StackStepper, make_cell
+from rnnlm.models.contract import State, StateLayout
 from rnnlm.models.regularize import drop_connect, dropout
 
-State = tuple[torch.Tensor, ...]
 KERNELS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-
-
-def state_size(cell: str) -> int:
-    """How many tensors each layer's state holds."""
-    return 2 if cell == "lstm" else 1
 
 
 def layer_sizes(config: ModelConfig) -> list[int]:
@@ -41,23 +38,37 @@ def layer_sizes(config: ModelConfig) -> list[int]:
 class FusedStack:
     """Torch's multi-layer kernel, wrapped to the stack interface; layers all one size."""
 
-    cell = "lstm"
-    between = 0.0
+    cell_name = "lstm"
     weight_drop = 0.0
 
     def configure(self, between: float, weight_drop: float) -> None:
-        self.between, self.weight_drop = between, weight_drop
+        self.weight_drop = weight_drop
         self.dropout = between  # the kernel's own dropout between layers
 
+    @functools.cached_property
+    def cell(self) -> Cell:
+        return make_cell(self.cell_name, getattr(self, "nonlinearity", "tanh"))  # nn.RNN's; the others have none
+
+    @functools.cached_property
+    def layout(self) -> StateLayout:
+        return StateLayout(self.cell.state_names, (self.hidden_size,) * self.num_layers)  # type: ignore[attr-defined]
+
+    def layer(self, k: int) -> LayerWeights:
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        return LayerWeights(*(getattr(self, f"{name}_l{k}") for name in names))
+
+    def stepper(self, exact: torch.dtype, dtype: torch.dtype | None = None) -> StackStepper:
+        layers = [self.layer(k) for k in range(self.num_layers)]  # type: ignore[attr-defined]
+        return StackStepper(self.cell, layers, exact, dtype)
+
     def init_state(self, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> State:
-        shape = (batch_size, self.hidden_size)  # type: ignore[attr-defined]
-        count = self.num_layers * state_size(self.cell)  # type: ignore[attr-defined]
-        return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(count))
+        return self.layout.zeros(batch_size, device, dtype)
 
     def forward(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        n = state_size(self.cell)
-        hx = tuple(torch.stack(state[i::n]) for i in range(n))  # (L, B, H) each, as the kernel wants
-        kernel = KERNELS[self.cell]
+        layout = self.layout
+        n = layout.per_layer
+        hx = tuple(torch.stack(layout.by_name(state, name)) for name in layout.names)  # (L, B, H) each, for the kernel
+        kernel = KERNELS[self.cell_name]
         if self.training and self.weight_drop > 0:
             weights = [drop_connect(w, self.weight_drop, True) if name.startswith("weight_hh") else w
                        for name, w in zip(self._flat_weights_names, self._flat_weights)]  # type: ignore
@@ -69,15 +80,15 @@ class FusedStack:
 
 
 class FusedLSTM(FusedStack, nn.LSTM):
-    cell = "lstm"
+    cell_name = "lstm"
 
 
 class FusedGRU(FusedStack, nn.GRU):
-    cell = "gru"
+    cell_name = "gru"
 
 
 class FusedRNN(FusedStack, nn.RNN):
-    cell = "rnn"
+    cell_name = "rnn"
 
 
 def _call_with_weights(kernel: type, module: nn.Module, weights: list[torch.Tensor], inputs: torch.Tensor,
@@ -98,9 +109,11 @@ class LayerStack(nn.Module):
                  locked: bool = False, weight_drop: float = 0.0) -> None:
         super().__init__()
         self.cell_name, self.nonlinearity, self.sizes = cell, nonlinearity, sizes
+        self.cell = make_cell(cell, nonlinearity)
+        self.layout = StateLayout(self.cell.state_names, tuple(sizes[1:]))
         self.num_layers = len(sizes) - 1
         self.between, self.locked, self.weight_drop = between, locked, weight_drop
-        gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+        gates = self.cell.gate_count
         for k, (columns, hidden) in enumerate(zip(sizes, sizes[1:])):
             self.register_parameter(f"weight_ih_l{k}", nn.Parameter(torch.empty(gates * hidden, columns)))
             self.register_parameter(f"weight_hh_l{k}", nn.Parameter(torch.empty(gates * hidden, hidden)))
@@ -118,16 +131,18 @@ class LayerStack(nn.Module):
         return LayerWeights(getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}"),
                             getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}"))
 
+    def stepper(self, exact: torch.dtype, dtype: torch.dtype | None = None) -> StackStepper:
+        return StackStepper(self.cell, [self.layer(k) for k in range(self.num_layers)], exact, dtype)
+
     def init_state(self, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> State:
-        n = state_size(self.cell_name)
-        return tuple(torch.zeros(batch_size, h, device=device, dtype=dtype) for h in self.sizes[1:] for _ in range(n))
+        return self.layout.zeros(batch_size, device, dtype)
 
     def forward(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        n, layer_input, final = state_size(self.cell_name), inputs, []  # inputs (T, B, I)
+        layer_input, final = inputs, []  # inputs (T, B, I)
         for k in range(self.num_layers):
             weights = self.layer(k)
             weights.weight_hh = drop_connect(weights.weight_hh, self.weight_drop, self.training)
-            layer_input, layer_state = self.run_layer(k, layer_input, state[k * n:(k + 1) * n], weights)
+            layer_input, layer_state = self.run_layer(k, layer_input, self.layout.layer(state, k), weights)
             if k < self.num_layers - 1:
                 layer_input = dropout(layer_input, self.between, self.training, self.locked)
             final.extend(layer_state)
@@ -140,10 +155,6 @@ class LayerStack(nn.Module):
 
 class ReferenceStack(LayerStack):
     """The cells of `models/cells.py` applied one time step at a time."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.cell = make_cell(self.cell_name, self.nonlinearity)
 
     def run_layer(self, k: int, inputs: torch.Tensor, state: State, weights: LayerWeights
                   ) -> tuple[torch.Tensor, State]:
@@ -178,7 +189,10 @@ class KernelStack(LayerStack):
         return templates[shape]
 
 
-def build_stack(config: ModelConfig) -> nn.Module:
+RecurrentStack = Union[FusedLSTM, FusedGRU, FusedRNN, LayerStack]
+
+
+def build_stack(config: ModelConfig) -> RecurrentStack:
     """The recurrent stack `config` asks for, with its dropout between layers and weight drop."""
     between = config.dropouts()[1] if config.num_layers > 1 else 0.0
     sizes = layer_sizes(config)

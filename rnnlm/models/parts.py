@@ -1,0 +1,98 @@
+"""The parts both language models are built from: embedding, output layer, their initialisation, the
+dropouts around the recurrent stack, and the fast one-step function for generation.
+
+Each model keeps its parts as its own attributes (`embedding`, `rnn`, `decoder`, ...), so the checkpoint's
+parameter names are the parts' names, whichever model holds them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnlm.config import ModelConfig
+from rnnlm.models.cells import Gates
+from rnnlm.models.contract import State
+from rnnlm.models.regularize import dropout, embedding_dropout
+from rnnlm.models.softmax import AdaptiveSoftmax, FullSoftmax, resolve_cutoffs
+from rnnlm.models.stack import RecurrentStack, layer_sizes
+
+Decoder = FullSoftmax | AdaptiveSoftmax
+
+
+def make_embedding(vocab_size: int, config: ModelConfig) -> nn.Embedding:
+    return nn.Embedding(vocab_size, config.embed_size)
+
+
+def make_decoder(vocab_size: int, config: ModelConfig, embedding: nn.Embedding) -> Decoder:
+    """The output layer over the top layer's outputs, tied to `embedding` when the config says so."""
+    top = layer_sizes(config)[-1]
+    decoder: Decoder
+    if config.softmax == "adaptive":  # Grave et al. 2017; config validation refuses tying it
+        decoder = AdaptiveSoftmax(top, vocab_size, resolve_cutoffs(config.cutoffs, vocab_size),
+                                  config.adaptive_div, config.adaptive_cluster_grad)
+    else:
+        decoder = FullSoftmax(top, vocab_size)
+    if config.tie_weights:  # Press & Wolf 2017; Inan et al. 2017
+        decoder.weight = embedding.weight
+    return decoder
+
+
+def init_weights(config: ModelConfig, embedding: nn.Embedding, decoder: Decoder, stacks: list[RecurrentStack]
+                 ) -> None:
+    """The configured initialisation, in this order (a tied decoder's draw is the embedding's)."""
+    nn.init.uniform_(embedding.weight, -config.init_range, config.init_range)
+    decoder.init_weights(config.init_range)
+    for stack in stacks:
+        init_stack(stack, config)
+
+
+def init_stack(stack: nn.Module, c: ModelConfig) -> None:
+    if c.init == "uniform":  # Zaremba et al. 2014: every parameter ~ U(-r, r)
+        for p in stack.parameters():
+            nn.init.uniform_(p, -c.init_range, c.init_range)
+    if c.cell == "lstm":  # gate order i, f, g, o: a forget gate open at the start remembers
+        with torch.no_grad():
+            for layer, H in enumerate(layer_sizes(c)[1:]):
+                bias_ih = getattr(stack, f"bias_ih_l{layer}")
+                bias_hh = getattr(stack, f"bias_hh_l{layer}")
+                if c.init == "default":
+                    bias_ih[H: 2 * H] = c.forget_bias
+                    bias_hh[H: 2 * H] = 0.0
+                else:
+                    bias_ih[H: 2 * H] += c.forget_bias
+
+
+def embed(embedding: nn.Embedding, inputs: torch.Tensor, config: ModelConfig, training: bool) -> torch.Tensor:
+    """Token ids (T, B) -> embeddings (T, B, E), with embedding and input dropout when training."""
+    weight = embedding_dropout(embedding.weight, config.dropout_embedding, training)
+    return dropout(F.embedding(inputs, weight), config.dropouts()[0], training, config.locked_dropout)
+
+
+def drop_output(hidden: torch.Tensor, config: ModelConfig, training: bool) -> torch.Tensor:
+    """Dropout on the top layer's outputs (T, B, H), before the output layer."""
+    return dropout(hidden, config.dropouts()[2], training, config.locked_dropout)
+
+
+class TokenStepper:
+    """`model.step` for generation: an embedding row, one `StackStepper` step (models/cells.py), and the
+    output layer's own fast log-probabilities. The same numbers as `model.step` up to float rounding
+    (tests/test_contract.py). With `dtype` bfloat16 the weights it reads are a bf16 copy (half the bytes
+    read per token); the state and the softmax stay in `exact`, the model's dtype."""
+
+    def __init__(self, embedding: nn.Embedding, stack: RecurrentStack, decoder: Decoder, exact: torch.dtype,
+                 dtype: torch.dtype | None = None) -> None:
+        self.dtype = dtype or exact
+        with torch.no_grad():
+            self.embedding = embedding.weight.detach().to(self.dtype).contiguous()
+        self.stack = stack.stepper(exact, self.dtype)
+        self.decoder = decoder.stepper(self.dtype)
+        self.layout = stack.layout
+
+    def __call__(self, tokens: torch.Tensor, state: State, record: list[Gates] | None = None
+                 ) -> tuple[torch.Tensor, State]:
+        """tokens (B,) -> log-probabilities (B, V) of the next token, the new state; with `record`, each
+        layer's gates (models/cells.py) are appended to it."""
+        state = self.stack(F.embedding(tokens, self.embedding), state, record)
+        return self.decoder(self.layout.top_hidden(state)), state
