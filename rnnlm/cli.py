@@ -152,7 +152,7 @@ def train(config_path: str | None, run_dir: str | None, device: str | None, seed
     flags = [f"train.device={device}"] * bool(device) + [f"train.seed={seed}"] * (seed is not None)
     config, folder, saved = plan_run(config_path, [*overrides, *flags], run_dir, resume, overwrite)
     trainer = Trainer(config, folder, resume_from=saved, overwrite=overwrite, allow_data_change=allow_data_change,
-                      progress=progress)
+                      progress=progress)  # takes nothing yet: setup takes the run folder, inside the try
     try:
         trainer.setup()
         summary = trainer.fit()
