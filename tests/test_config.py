@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from rnnlm.config import Config, all_keys, build_config, load_config, requested_changes, resume_config
+from rnnlm.config import Config, all_keys, build_config, load_config
 from rnnlm.errors import ConfigError
 
 
@@ -79,19 +79,6 @@ def test_round_trip_through_dict():
     config = load_config(None, ["model.cell=gru", "train.bptt=7"])
     assert build_config(config.to_dict()) == config
     assert len(all_keys()) == sum(len(v) for v in config.to_dict().values())
-
-
-def test_resume_allows_run_length_changes_only():
-    saved = load_config(None, ["model.hidden_size=32", "train.max_steps=10"])
-    resumed = resume_config(saved, {"train.max_steps": 20, "model.hidden_size": 32})
-    assert resumed.train.max_steps == 20 and resumed.model.hidden_size == 32
-    with pytest.raises(ConfigError, match=r"model.hidden_size \(run has 32, asked for 64\)"):
-        resume_config(saved, {"model.hidden_size": 64})
-
-
-def test_requested_changes_are_only_the_mentioned_keys(tmp_path):
-    path = write(tmp_path, "model:\n  hidden_size: 64\n")
-    assert requested_changes(path, ["train.max_steps=5"]) == {"model.hidden_size": 64, "train.max_steps": 5}
 
 
 @pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").glob("*.yaml")),
