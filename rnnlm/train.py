@@ -313,7 +313,8 @@ class Trainer:
         return stats
 
     def _warn_if_fp16(self, state: tuple[torch.Tensor, ...]) -> None:
-        """Some recurrent kernels (cuDNN's LSTM) run in fp16 under bf16 autocast, unscaled: say so, once."""
+        """A recurrent kernel may run in fp16 under bf16 autocast, and fp16 without loss scaling underflows:
+        say so, once (cuDNN's LSTM does; docs/benchmarks.md has the measurement)."""
         if any(s.dtype == torch.float16 for s in state):
             self.log("warning: train.precision=bf16, but the recurrent kernel ran in fp16 (autocast hands its "
                      "state back as float16), without loss scaling; train.precision=fp16 adds it")

@@ -95,8 +95,8 @@ def test_every_shipped_recipe_loads_and_says_how_to_run_it(path):
 def test_every_shipped_recipe_trains_and_resumes_at_toy_size(path, tiny_corpus, tmp_path):
     """Each recipe's combination of optimizer, schedule and regularisers runs together: the recipe
     shrunk to a toy model on a toy corpus, 4 steps, then 2 more after a resume."""
+    from helpers import train_run
     from rnnlm.checkpoint import load_checkpoint
-    from rnnlm.train import Trainer
 
     recipe = load_config(path)
     shrink = [f"data.corpus={tiny_corpus}", "data.valid_fraction=0.1", "data.test_fraction=0.1",
@@ -107,12 +107,6 @@ def test_every_shipped_recipe_trains_and_resumes_at_toy_size(path, tiny_corpus, 
         shrink.append("model.output_size=8")
     for steps in (4, 6):
         config = load_config(path, [*shrink, f"train.max_steps={steps}"])
-        saved = load_checkpoint(tmp_path / "run" / "last.pt") if steps == 6 else None
-        trainer = Trainer(config, tmp_path / "run", resume_from=saved, progress=False, log=lambda m: None)
-        try:
-            trainer.setup()
-            summary = trainer.fit()
-        finally:
-            trainer.close()
+        _, summary = train_run(config, tmp_path / "run", resume=steps == 6)
         assert summary.steps == steps and math.isfinite(summary.best_val_loss)
     assert load_checkpoint(tmp_path / "run" / "best.pt")["config"]["model"]["cell"] == recipe.model.cell

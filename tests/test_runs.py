@@ -168,14 +168,9 @@ def test_an_overwrite_killed_while_moving_the_old_run_aside_is_undone_at_the_nex
 
 
 def invoke_trainer(corpus, run_dir, *, overwrite=False, tensorboard=False):
-    from helpers import tiny_config
+    from helpers import tiny_config, train_run
     config = tiny_config(corpus, f"train.tensorboard={str(tensorboard).lower()}")
-    trainer = Trainer(config, run_dir, overwrite=overwrite, progress=False, log=lambda m: None)
-    try:
-        trainer.setup()
-        return trainer.fit()
-    finally:
-        trainer.close()
+    return train_run(config, run_dir, overwrite=overwrite)[1]
 
 
 # 2. one trainer per run folder
