@@ -17,7 +17,8 @@ from typing import Any, BinaryIO, cast
 import torch
 
 from rnnlm import __version__
-from rnnlm.config import Config, saved_config
+from rnnlm.config import Config
+from rnnlm.resume import saved_config
 from rnnlm.data.tokenizers import Tokenizer, from_state
 from rnnlm.errors import CheckpointError, ConfigError
 from rnnlm.models import LanguageModel, build_model

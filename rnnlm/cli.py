@@ -25,6 +25,7 @@ from rnnlm.errors import Interrupted, RnnlmError, storage_error
 
 if TYPE_CHECKING:
     from rnnlm.data.analysis import Report
+    from rnnlm.evaluate import CheckpointScore
 
 SPLITS = ("train", "valid", "test")
 # the operating system refusing a file is the user's to fix, never a bug in rnnlm: one line, not a traceback
@@ -152,7 +153,7 @@ def train(config_path: str | None, run_dir: str | None, device: str | None, seed
     flags = [f"train.device={device}"] * bool(device) + [f"train.seed={seed}"] * (seed is not None)
     config, folder, saved = plan_run(config_path, [*overrides, *flags], run_dir, resume, overwrite)
     trainer = Trainer(config, folder, resume_from=saved, overwrite=overwrite, allow_data_change=allow_data_change,
-                      progress=progress)
+                      progress=progress)  # takes nothing yet: setup takes the run folder, inside the try
     try:
         trainer.setup()
         summary = trainer.fit()
@@ -265,44 +266,29 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
     """Perplexity and bits per token, character and byte of a checkpoint on a split or a text."""
     from rnnlm import runtime
     from rnnlm.checkpoint import load_model
-    from rnnlm.data import corpus, registry
-    from rnnlm.data.analysis import count_token
-    from rnnlm.evaluate import evaluate
+    from rnnlm.evaluate import eval_source, score_checkpoint
 
     torch_device = runtime.resolve_device(device)
     loaded = load_model(checkpoint, torch_device, impl)
     runtime.check_precision(precision, torch_device, loaded.config.model.impl, loaded.config.model.cell)
-    data = loaded.config.data
-    if text:
-        scored = corpus.encode_text_file(Path(text), loaded.tokenizer, registry.default_cache_dir(data.cache_dir))
-        source = text
-    else:
-        scored = corpus.load_corpus(data, loaded.config.tokenizer, loaded.tokenizer, splits=(split,),
-                                    log=functools.partial(click.echo, err=True)).splits.get(split)
-        source = f"{data.corpus} ({split} split)"
-        if scored is None:
-            raise CommandError(RnnlmError(f"corpus {data.corpus!r} has no {split} split"))
-    if len(scored.ids) == 0:
-        raise CommandError(RnnlmError(f"{source} holds no text to score"))
+    scored, source = eval_source(loaded, split=split, text=text, log=functools.partial(click.echo, err=True))
     start = _start(loaded.model, start)
-    result = evaluate(loaded.model, scored, boundary_id=loaded.tokenizer.boundary_id, batch_size=batch_size,
-                      bptt=bptt, device=torch_device, precision=precision, start=start)
-    broken = [name or "forward" for name, numbers in [("", result), *result.heads.items()]
-              if not math.isfinite(numbers.loss)]
-    if broken:  # a diverged or damaged model: no number to report
-        raise CommandError(RnnlmError(f"the {', '.join(broken)} loss on {source} is not finite: the "
-                                      f"checkpoint's weights are diverged or damaged"))
-    unk = count_token(scored.ids, loaded.tokenizer.unk_id)
-    lossy = loaded.tokenizer.kind == "word" or unk > 0  # then bits per byte are not those of the raw text
+    score = score_checkpoint(loaded, scored, source, batch_size=batch_size, bptt=bptt, device=torch_device,
+                             precision=precision, start=start)
     if as_json:
-        click.echo(json.dumps(_finite_or_null({**result.to_dict(), "source": source, "batch_size": batch_size,
-                                               "unk_tokens": unk, "lossless": not lossy, "precision": precision,
-                                               "start": start}),
+        click.echo(json.dumps(_finite_or_null({**score.result.to_dict(), "source": source, "batch_size": batch_size,
+                                               "unk_tokens": score.unk_tokens, "lossless": not score.lossy,
+                                               "precision": precision, "start": start}),
                               allow_nan=False))
         return
+    _print_score(score, batch_size, bptt, start, loaded.tokenizer.kind)
+
+
+def _print_score(score: CheckpointScore, batch_size: int, bptt: int, start: str, kind: str) -> None:
+    result, lossy = score.result, score.lossy
     context = "full left context" if batch_size == 1 else f"{batch_size} parallel streams"
-    click.echo(f"{source}: {result.tokens:,} tokens, {result.chars:,} characters, batch size {batch_size} ({context}), "
-               f"{start} start")
+    click.echo(f"{score.source}: {result.tokens:,} tokens, {result.chars:,} characters, batch size {batch_size} "
+               f"({context}), {start} start")
     labels = {"backward": f"backward (right context within {bptt}-token windows)",
               "infill": "infill pseudo-perplexity (both neighbours' contexts)"}
     if result.heads:
@@ -314,7 +300,7 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
                    f"bits/token | {numbers.bits_per_char:.4f} bits/char | {numbers.bits_per_byte:.4f} bits/byte"
                    + " (lossy*)" * lossy)
     if lossy:
-        click.echo(_lossy_note(loaded.tokenizer.kind, unk))
+        click.echo(_lossy_note(kind, score.unk_tokens))
 
 
 def _finite_or_null(value: Any) -> Any:

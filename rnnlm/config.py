@@ -1,7 +1,8 @@
 """Run configuration: frozen dataclasses, YAML loading, `key=value` overrides and validation.
 
 Precedence is dataclass default < YAML file < `key=value` override. Every problem found is
-reported at once, in one ConfigError.
+reported at once, in one ConfigError. What a resumed run may change, and how an old checkpoint's
+config is read, is rnnlm/resume.py's.
 """
 
 from __future__ import annotations
@@ -154,44 +155,6 @@ class Config:
 
 SECTIONS: dict[str, type] = typing.get_type_hints(Config)
 
-# Keys that may differ between a run and its resumption: they change how long and where a run goes,
-# never what it computes.
-RESUMABLE_KEYS = frozenset(
-    {
-        "train.epochs",
-        "train.max_steps",
-        "train.eval_every",
-        "train.eval_batch_size",
-        "train.log_every",
-        "train.device",
-        "train.precision",
-        "model.loss_chunk",
-        "model.fused_loss",
-        "train.num_threads",
-        "train.tensorboard",
-        "train.dist_timeout",
-        "data.cache_dir",
-    }
-)
-
-
-# Keys added after checkpoints were first written, with the value that reproduces what a run saved
-# before them computed: a saved config without the key gets this, not today's default.
-LEGACY_DEFAULTS = {"model.adaptive_cluster_grad": 1.0}
-
-
-def saved_config(values: dict[str, Any]) -> Config:
-    """The Config a checkpoint saved, the keys it predates set to their old behaviour."""
-    if not isinstance(values, dict):
-        return build_config(values)  # reports what is wrong with it
-    values = {section: dict(v) if isinstance(v, dict) else v for section, v in values.items()}
-    for key, old in LEGACY_DEFAULTS.items():
-        section, _, name = key.partition(".")
-        if isinstance(values.get(section), dict):
-            values[section].setdefault(name, old)
-    return build_config(values)
-
-
 def all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
 
@@ -201,7 +164,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     base = Config().to_dict()
     problems: list[str] = []
     if path is not None:
-        _merge(base, _read_yaml(path), problems)
+        _merge(base, read_yaml(path), problems)
     return build_config(base, overrides, problems)
 
 
@@ -249,34 +212,8 @@ def parse_overrides(overrides: list[str] | tuple[str, ...], problems: list[str])
     return nested
 
 
-def resume_config(saved: Config, requested: dict[str, Any]) -> Config:
-    """The saved run's config with only RESUMABLE_KEYS changed; any other change is refused."""
-    current = flatten(saved.to_dict())
-    refused = [
-        f"{key} (run has {current[key]!r}, asked for {value!r})"
-        for key, value in requested.items()
-        if key in current and current[key] != value and key not in RESUMABLE_KEYS
-    ]
-    if refused:
-        raise ConfigError(
-            "cannot change these settings when resuming a run: "
-            + "; ".join(refused)
-            + " (only " + ", ".join(sorted(RESUMABLE_KEYS)) + " may change)"
-        )
-    changes = {k: v for k, v in requested.items() if k in RESUMABLE_KEYS and current.get(k) != v}
-    return saved.replace(changes) if changes else saved
-
-
-def requested_changes(path: str | Path | None, overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """The validated values of only those keys the YAML file and the overrides mention."""
-    config = flatten(load_config(path, overrides).to_dict())
-    mentioned = {o.partition("=")[0].strip() for o in overrides}
-    if path is not None:
-        mentioned |= {f"{s}.{k}" for s, values in _read_yaml(path).items() if isinstance(values, dict) for k in values}
-    return {key: config[key] for key in mentioned if key in config}
-
-
 def flatten(nested: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`{"train": {"seed": 1}}` -> `{"train.seed": 1}`."""
     return {f"{s}.{k}": v for s, values in nested.items() for k, v in values.items()}
 
 
@@ -310,7 +247,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a dict of sections, or one ConfigError saying what is wrong with it."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -155,3 +156,62 @@ def _mixed_window(model: LanguageModel, reader: MixtureReader, inputs: torch.Ten
 
 def _other_heads(out: LMOutput) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return {name: (head.nll, head.tokens) for name, head in out.heads().items()}
+
+
+# -- scoring a checkpoint: the library side of `rnnlm eval` --------------------------------------------------
+# (the data rooms are imported where used: only `rnnlm eval` needs them, not validation during training)
+
+if TYPE_CHECKING:
+    from rnnlm.checkpoint import Loaded
+
+
+@dataclass(frozen=True)
+class CheckpointScore:
+    """What `rnnlm eval` reports: the numbers, what they were measured on, and how far to trust bits per byte."""
+
+    result: EvalResult
+    source: str  # the text file, or "CORPUS (SPLIT split)"
+    unk_tokens: int
+    lossy: bool  # word tokens fold whitespace, or <unk> stood in for text: not the raw text's bits per byte
+
+
+def eval_source(loaded: Loaded, *, split: str, text: str | Path | None,
+                log: Callable[[str], None] | None = None) -> tuple[Split, str]:
+    """The tokens `rnnlm eval` scores, and their name: the text file, or `split` of the corpus the checkpoint
+    trained on (only that split is read; a download is announced through `log`). Raises DataError when there
+    is nothing to score."""
+    from rnnlm.data import corpus, registry
+    from rnnlm.errors import DataError
+
+    data = loaded.config.data
+    if text:
+        scored = corpus.encode_text_file(Path(text), loaded.tokenizer, registry.default_cache_dir(data.cache_dir))
+        source = str(text)
+    else:
+        found = corpus.load_corpus(data, loaded.config.tokenizer, loaded.tokenizer, splits=(split,),
+                                  log=log).splits.get(split)
+        source = f"{data.corpus} ({split} split)"
+        if found is None:
+            raise DataError(f"corpus {data.corpus!r} has no {split} split")
+        scored = found
+    if len(scored.ids) == 0:
+        raise DataError(f"{source} holds no text to score")
+    return scored, source
+
+
+def score_checkpoint(loaded: Loaded, scored: Split, source: str, *, batch_size: int, bptt: int,
+                     device: torch.device | str, precision: str, start: str) -> CheckpointScore:
+    """Score `scored` with a loaded checkpoint's model (see `evaluate`). A non-finite loss of any head is a
+    diverged or damaged model: CheckpointError, not a number to report."""
+    from rnnlm.data.analysis import count_token
+    from rnnlm.errors import CheckpointError
+
+    result = evaluate(loaded.model, scored, boundary_id=loaded.tokenizer.boundary_id, batch_size=batch_size,
+                      bptt=bptt, device=device, precision=precision, start=start)
+    broken = [name or "forward" for name, numbers in [("", result), *result.heads.items()]
+              if not math.isfinite(numbers.loss)]
+    if broken:
+        raise CheckpointError(f"the {', '.join(broken)} loss on {source} is not finite: the checkpoint's weights "
+                              f"are diverged or damaged")
+    unk = count_token(scored.ids, loaded.tokenizer.unk_id)
+    return CheckpointScore(result, source, unk, lossy=loaded.tokenizer.kind == "word" or unk > 0)

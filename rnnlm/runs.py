@@ -13,7 +13,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from rnnlm.checkpoint import identity, resume_payload
-from rnnlm.config import Config, load_config, requested_changes, resume_config
+from rnnlm.config import Config, load_config
+from rnnlm.resume import requested_changes, resume_config
 from rnnlm.errors import CheckpointError, RunInUse, UsageError, storage_error
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def plan_run(config_path: str | None, overrides: list[str], run_dir: str | None,
 
     `resume` is a run folder, or "auto" to resume `run_dir` when it holds a run and start it otherwise.
     A resumed run takes its config from its checkpoint; the file and overrides may only change
-    RESUMABLE_KEYS (how long, where, how often to validate).
+    the keys rnnlm/resume.py lists (how long, where, how often to validate).
     """
     if resume and resume != "auto":
         if run_dir and Path(run_dir) != Path(resume):

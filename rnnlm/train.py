@@ -1,7 +1,14 @@
 """`Trainer`: stateful truncated BPTT with cross-entropy, clipping, schedules, validation and checkpoints.
 
-Stages: `__init__` checks the run folder, `setup` builds data, model and optimizer (or restores
-them from `last.pt`), `fit` trains, `save` writes checkpoints atomically, `close` releases files.
+The stages, in the order a run goes through them and this file reads:
+  build     `setup`: take the run folder (lock, tidy, prepare), build data, model and optimizer
+  restore   from `last.pt` when resuming, before anything is written
+  the step  `fit` -> `_run_epoch` -> `_train_step`, one optimizer step per BPTT window
+  validate  `_validate`: score the validation split, feed the schedule, keep the best
+  save      `save`: checkpoints written atomically, holding every rank's state
+  stop      at the end, on a signal, a non-finite or diverged loss; `close` releases what `setup` took
+Constructing a Trainer changes nothing: the run folder is taken in `setup`, so whatever fails before
+it leaves nothing to undo, and `close` undoes what `setup` did, however far it got.
 A first SIGINT/SIGTERM finishes the current step, saves and stops; a second stops at once.
 """
 
@@ -10,7 +17,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +31,7 @@ from rnnlm.data.batching import TrainBatches
 from rnnlm.data.corpus import load_corpus
 from rnnlm.data.tokenizers import from_state
 from rnnlm.errors import CheckpointError, DataError, Interrupted, TrainingError, UsageError
-from rnnlm.evaluate import EvalResult, evaluate, perplexity
+from rnnlm.evaluate import evaluate, perplexity
 from rnnlm.metrics import open_writer
 from rnnlm.models import build_model
 from rnnlm.models.lm import detach_state
@@ -33,7 +39,10 @@ from rnnlm.models.stack import State
 from rnnlm.optim import Averager, Schedule, build_optimizer
 from rnnlm.runs import RunFolder, changed_splits, describe_changes, split_fingerprint
 from rnnlm.runtime import StopSignals
+from rnnlm.training_state import Meter, TrainState, TrainSummary
 from rnnlm.warmstart import start_states
+
+__all__ = ["Trainer", "TrainSummary", "TrainState", "DIVERGED_MARGIN", "DIVERGED_LOG_POINTS"]
 
 # A diverged run: its loss stays far above that of guessing uniformly (ln V nats per token). An untrained
 # model starts near ln V and any learning run stays below it, with passing spikes; twice ln V means the
@@ -45,86 +54,76 @@ DIVERGED_MARGIN = 5.0  # nats
 DIVERGED_LOG_POINTS = 3
 
 
-@dataclass
-class TrainSummary:
-    steps: int
-    epochs_done: int
-    best_val_loss: float | None
-    last_val: EvalResult | None
-    run_dir: Path
-    tokens: int  # tokens trained on in this fit() call, by all ranks together
-    train_seconds: float  # time in training steps, validation and checkpoint writes excluded
-
-    @property
-    def tokens_per_sec(self) -> float:
-        return self.tokens / max(self.train_seconds, 1e-9)
-
-
-class Meter:
-    """Tokens and seconds of training steps: in total, and since the last window()."""
-
-    def __init__(self) -> None:
-        self.tokens, self.seconds = 0, 0.0
-        self._tokens, self._seconds = 0, 0.0
-
-    def add(self, tokens: int, seconds: float) -> None:
-        self.tokens += tokens
-        self.seconds += seconds
-        self._tokens += tokens
-        self._seconds += seconds
-
-    def window(self) -> float:
-        """Tokens per second since the last call."""
-        speed = self._tokens / max(self._seconds, 1e-9)
-        self._tokens, self._seconds = 0, 0.0
-        return speed
-
-
 class Trainer:
     def __init__(self, config: Config, run_dir: str | Path, *, resume_from: dict[str, Any] | None = None,
                  overwrite: bool = False, allow_data_change: bool = False, progress: bool | None = None,
                  log: Callable[[str], None] | None = None) -> None:
-        """`resume_from` is the payload of the run's last.pt, when continuing it.
-
-        Rank 0 holds the run folder's lock from here until `close`, before it changes anything there."""
+        """`resume_from` is the payload of the run's last.pt, when continuing it. Nothing happens yet."""
         self.config = config
         self.run_dir = Path(run_dir)
         self.saved = resume_from
         self.resume = resume_from is not None
+        self.overwrite = overwrite
         self.allow_data_change = allow_data_change
-        self.group, self.device = distributed.join(config.train.device, config.train.dist_timeout)
-        main = self.group.is_main  # only rank 0 writes files, logs and shows progress
-        self.progress = progress if main else False
-        self.log = (log or (lambda message: tqdm.write(message, file=sys.stderr))) if main else (lambda _: None)
+        self.show_progress = progress
+        self._log = log
+        self.log: Callable[[str], None] = lambda _: None  # until `setup` knows whether this rank speaks
         self.folder = RunFolder(self.run_dir)
+        self.run = TrainState()
         self.run_id: str | None = None
-        self._start_cache: tuple[int, State | None] | None = None  # (step, the start states saved at that step)
+
+    # -- build ----------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Take the run folder, build everything, restore a resumed run; then write its config and id."""
+        c = self.config
+        self._take_folder()
+        runtime.configure_threads(c.train.num_threads)
+        runtime.seed_everything(c.train.seed)
+        saved, self.saved = self.saved, None
+        self._build_data(saved)
+        self._build_model()
+        if saved:
+            self._restore_checked(saved)
+        self.run.start_step = self.run.step
+        if self.group.is_main:
+            dump_yaml(c, self.run_dir / "config.yaml")
+            self.folder.write_id(self.run_id)
+        # a resumed run logs again the steps after its checkpoint, which a crash may have logged already
+        self.writer = open_writer(self.run_dir, c.train.tensorboard and self.group.is_main,
+                                  purge_step=self.run.step + 1 if self.resume else None)
+        self.log(self._describe())
+
+    def _take_folder(self) -> None:
+        """Join the ranks; rank 0 locks the run folder before it changes anything there, and holds it until
+        `close`. A failure (Ctrl-C included) puts back a run being replaced and frees the folder."""
+        self.group, self.device = distributed.join(self.config.train.device, self.config.train.dist_timeout)
+        main = self.group.is_main  # only rank 0 writes files, logs and shows progress
+        self.show_progress = self.show_progress if main else False
+        if main:
+            self.log = self._log or (lambda message: tqdm.write(message, file=sys.stderr))
         try:
             if main:
                 self.folder.lock()
                 for note in self.folder.tidy():
                     self.log(note)
-                self.run_id = self.folder.run_id(resume_from)
-            for note in self.folder.prepare(resume=self.resume, overwrite=overwrite, modify=main):
+                self.run_id = self.folder.run_id(self.saved)
+            for note in self.folder.prepare(resume=self.resume, overwrite=self.overwrite, modify=main):
                 self.log(note)
             self.group.barrier()
-        except BaseException:  # Ctrl-C included: a replaced run goes back, and the folder is free again
+        except BaseException:
             self.folder.rollback()
             self.folder.release()
             raise
 
-    def setup(self) -> None:
-        c = self.config
-        runtime.configure_threads(c.train.num_threads)
-        runtime.seed_everything(c.train.seed)
-        saved, self.saved = self.saved, None
+    def _build_data(self, saved: dict[str, Any] | None) -> None:
+        """The corpus (all splits: bad text shows up now), checked against a resumed run's, and its batches."""
+        c, g = self.config, self.group
         tokenizer = from_state(saved["tokenizer"]) if saved else None
-        # the test split too: bad text shows up now
         self.corpus = load_corpus(c.data, c.tokenizer, tokenizer, log=self.log)
         self.tokenizer = self.corpus.tokenizer
         self.fingerprints = self._check_data(saved)
         train = self.corpus.splits["train"]
-        g = self.group
         self.batches = TrainBatches(train.ids, c.train.batch_size, c.train.bptt, g.rank, g.world_size,
                                     variable=c.train.variable_bptt, seed=c.train.seed)
         if len(self.batches) == 0 or self.batches.rows < c.train.bptt + 1:
@@ -135,36 +134,6 @@ class Trainer:
                             f"text or lower them")
         if len(self.corpus.splits["valid"].ids) < g.world_size:
             raise DataError("the validation split is empty: use more text or raise data.valid_fraction")
-        runtime.check_precision(c.train.precision, self.device, c.model.impl, c.model.cell)
-        self.model = build_model(self.tokenizer.vocab_size, c.model).to(self.device)
-        self.network = self.model  # what training calls: the model, or its DistributedDataParallel wrapper
-        if g.enabled:
-            self.network = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
-                                                   else None)  # starts every rank from rank 0's weights
-            torch.manual_seed((c.train.seed + 1000 * g.rank) % 2**64)  # but each rank draws its own dropout masks
-        self.optimizer = build_optimizer(self.model.parameters(), c.optim)
-        self.schedule = Schedule(self.optimizer, c.optim, self._total_steps())
-        self.averager = Averager(self.model, c.optim)
-        # fp16 gradients underflow: scale the loss up, and skip the steps whose scaled gradients overflow
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.train.precision == "fp16")
-        self._skipped = 0  # non-finite steps skipped in a row
-        self._above_limit = 0  # log points in a row whose mean training loss was above the divergence limit
-        self.divergence_limit = 2 * math.log(self.tokenizer.vocab_size) + DIVERGED_MARGIN
-        self._pending: list[tuple[int, torch.Tensor]] = []  # (step, [loss, grad norm]) not read back yet
-        self.state = self.model.init_state(c.train.batch_size)
-        self.step, self.epoch, self.best_val, self.history = 0, 1, None, []
-        self.last_val: EvalResult | None = None
-        self._last_eval_step = -1
-        if saved:
-            self._restore_checked(saved)
-        self._start_step = self.step
-        if g.is_main:
-            dump_yaml(c, self.run_dir / "config.yaml")
-            self.folder.write_id(self.run_id)
-        # a resumed run logs again the steps after its checkpoint, which a crash may have logged already
-        self.writer = open_writer(self.run_dir, c.train.tensorboard and g.is_main,
-                                  purge_step=self.step + 1 if self.resume else None)
-        self.log(self._describe())
 
     def _check_data(self, saved: dict[str, Any] | None) -> dict[str, Any]:
         """Fingerprint the splits (on rank 0, which saves them); a resume on other data is refused unless
@@ -182,6 +151,24 @@ class Trainer:
             self.log(f"warning: resuming on changed data: {what} (--allow-data-change)")
         return current
 
+    def _build_model(self) -> None:
+        """Model, its distributed wrapper, optimizer, schedule, averager, loss scaler and the hidden state."""
+        c, g = self.config, self.group
+        runtime.check_precision(c.train.precision, self.device, c.model.impl, c.model.cell)
+        self.model = build_model(self.tokenizer.vocab_size, c.model).to(self.device)
+        self.network = self.model  # what training calls: the model, or its DistributedDataParallel wrapper
+        if g.enabled:
+            self.network = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
+                                                   else None)  # starts every rank from rank 0's weights
+            torch.manual_seed((c.train.seed + 1000 * g.rank) % 2**64)  # but each rank draws its own dropout masks
+        self.optimizer = build_optimizer(self.model.parameters(), c.optim)
+        self.schedule = Schedule(self.optimizer, c.optim, self._total_steps())
+        self.averager = Averager(self.model, c.optim)
+        # fp16 gradients underflow: scale the loss up, and skip the steps whose scaled gradients overflow
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.train.precision == "fp16")
+        self.divergence_limit = 2 * math.log(self.tokenizer.vocab_size) + DIVERGED_MARGIN
+        self.state = self.model.init_state(c.train.batch_size)  # the recurrent state, carried across windows
+
     def _describe(self) -> str:
         c, splits = self.config, self.corpus.splits
         m = c.model
@@ -189,263 +176,9 @@ class Trainer:
                 f"tokens, {c.tokenizer.kind} vocabulary {self.tokenizer.vocab_size:,} | model {m.cell} "
                 f"{m.num_layers}x{m.hidden_size}, {self.model.num_parameters():,} parameters | device {self.device}"
                 + (f" | {self.group.world_size} processes" if self.group.enabled else "")
-                + (f" | resuming at step {self.step:,}, epoch {self.epoch}" if self.resume else ""))
+                + (f" | resuming at step {self.run.step:,}, epoch {self.run.epoch}" if self.resume else ""))
 
-    def fit(self) -> TrainSummary:
-        total = self._total_steps()
-        meter = Meter()
-        bar = tqdm(total=total, initial=min(self.step, total), unit="step", file=sys.stderr, dynamic_ncols=True,
-                   disable=(not self.progress) if self.progress is not None else None)
-        try:
-            with StopSignals(self.log) as signals, bar:
-                while not self._finished() and not self._stop_requested(signals, agree=True):
-                    self._run_epoch(signals, meter, bar)
-                if self._stop_requested(signals, agree=True):
-                    self.save("last.pt")
-                    raise Interrupted(f"stopped at step {self.step:,}; saved {self.run_dir / 'last.pt'}. Resume "
-                                      f"with: rnnlm train --resume {self.run_dir}", 128 + signals.caught)
-            if self._last_eval_step != self.step:
-                self._validate(final=True)
-        except RuntimeError as exc:  # a collective failed: another rank died or hung
-            if not self.group.enabled:
-                raise
-            raise distributed.failure(self.group, exc, self.config.train.dist_timeout) from None
-        return TrainSummary(self.step, self.epoch - 1, self.best_val, self.last_val, self.run_dir,
-                            meter.tokens, meter.seconds)
-
-    def _run_epoch(self, signals: StopSignals, meter: Meter, bar: tqdm) -> None:
-        """Train from the current position to the end of the epoch, or until asked to stop."""
-        c = self.config.train
-        if self.batches.position == 0:
-            self.schedule.epoch_start(self.epoch)
-        tick = time.perf_counter()
-        for inputs, targets in self.batches:
-            self.schedule.step_start(self.step)
-            stats = self._train_step(inputs, targets)
-            self.step += 1
-            bar.update(1)
-            if stats is not None:
-                self._pending.append((self.step, stats))
-            log_point = self.step % c.log_every == 0
-            read = self._flush() if log_point else None  # a GPU's one wait per window: timed with its steps
-            # every rank trains on as many tokens as this one: count the whole job's throughput
-            meter.add(targets.numel() * self.group.world_size, time.perf_counter() - tick)
-            if log_point:
-                speed = meter.window()
-                if read is not None or self.group.enabled:  # every rank judges the highest rank's loss, so
-                    self._check_diverged(self.group.highest(read[0] if read else 0.0, self.device))  # all agree
-                if read is not None:
-                    self._log_train(read[0], speed, read[1], bar)
-            if c.eval_every and self.step % c.eval_every == 0:
-                self._validate()
-            if self._stop_requested(signals, agree=self.step % c.log_every == 0) or self._finished():
-                return
-            tick = time.perf_counter()
-        self.epoch += 1
-        self.batches.restart()
-        self._validate()
-        self._stop_requested(signals, agree=True)
-
-    def _stop_requested(self, signals: StopSignals, agree: bool) -> bool:
-        """Whether a signal asks to stop. Distributed ranks only act on it at agreed steps (log points,
-        epoch ends), where the signal is shared, so that every rank stops at the same step."""
-        if not self.group.enabled:
-            return signals.caught is not None
-        if agree:
-            signals.caught = self.group.max(signals.caught or 0, self.device) or None
-            return signals.caught is not None
-        return False
-
-    def _total_steps(self) -> int:
-        c = self.config.train
-        by_epochs = c.epochs * len(self.batches) if c.epochs else math.inf
-        return int(min(by_epochs, c.max_steps or math.inf))
-
-    def _finished(self) -> bool:
-        c = self.config.train
-        return bool((c.max_steps and self.step >= c.max_steps) or (c.epochs and self.epoch > c.epochs))
-
-    def _train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
-        """One optimizer step on one window: [loss, gradient norm] (not yet read), or None if skipped."""
-        inputs = inputs.to(self.device, non_blocking=True)
-        targets = targets.to(self.device, non_blocking=True)
-        self.state = detach_state(self.state)  # truncated BPTT: keep the values, cut the graph
-        with runtime.autocast(self.device, self.config.train.precision):
-            out = self.network(inputs, targets, self.state)
-        if self.step == self._start_step and self.config.train.precision == "bf16" and \
-                any(s.dtype == torch.float16 for s in out.state):  # measured: cuDNN's LSTM, torch 2.11
-            self.log("warning: train.precision=bf16, but the recurrent kernel ran in fp16 (autocast hands its "
-                     "state back as float16), without loss scaling; train.precision=fp16 adds it")
-        loss = out.nll.float() / out.tokens
-        objective = out.training_objective().float()
-        if self.config.train.loss_reduction == "sum_over_time":
-            objective = objective * inputs.size(0)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(objective).backward()
-        self.scaler.unscale_(self.optimizer)  # clip and report the true gradient norm
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        clip = self.config.optim.clip
-        # clipping the global norm keeps one exploding window from wrecking the weights (Pascanu et al. 2013)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0 else \
-            torch.nn.utils.get_total_norm([p.grad for p in params])
-        if self.scaler.is_enabled():  # an overflow is the scaler's business: it skips the step, lowers the scale
-            grad_norm = torch.nan_to_num(grad_norm.float(), nan=0.0, posinf=0.0)
-        stats = torch.stack([loss.detach().float(), grad_norm.float()])
-        if self._check_each_step:
-            loss_value, norm_value = stats.tolist()
-            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-                self._non_finite("loss" if not math.isfinite(loss_value) else "gradient norm", self.step + 1)
-                return None
-            self._skipped = 0
-        # variable-length windows: a longer window takes a proportionally larger step (Merity et al. 2017)
-        with self.schedule.scaled(inputs.size(0) / self.config.train.bptt if self.batches.variable else 1.0):
-            self.scaler.step(self.optimizer)  # optimizer.step(), unless fp16 gradients overflowed
-        self.scaler.update()
-        self.averager.update()
-        # autocast hands an LSTM's state back in bf16 / fp16: carry (and checkpoint) it at the weights' precision
-        self.state = tuple(s.to(self.model.dtype) for s in out.state)
-        return stats
-
-    @property
-    def _check_each_step(self) -> bool:
-        """Read loss and gradient norm back at every step (free on a CPU), or only at log points,
-        validations and saves: on a GPU a read-back stalls the queue of kernels. Skipping needs the
-        check before the update, so it always reads back."""
-        return self.device.type != "cuda" or self.config.train.skip_nonfinite > 0
-
-    def _flush(self) -> tuple[float, float] | None:
-        """Read the losses and gradient norms of the steps since the last flush (one sync) and stop at a
-        non-finite one; returns their mean loss and the last gradient norm (None if there were none).
-        Runs before anything is saved, so no NaN is ever saved."""
-        if not self._pending:
-            return None
-        steps = [step for step, _ in self._pending]
-        values = torch.stack([stats for _, stats in self._pending]).tolist()
-        self._pending.clear()
-        for step, (loss, norm) in zip(steps, values):
-            if not (math.isfinite(loss) and math.isfinite(norm)):
-                self._non_finite("loss" if not math.isfinite(loss) else "gradient norm", step)
-        return sum(v[0] for v in values) / len(values), values[-1][1]
-
-    def _non_finite(self, what: str, step: int) -> None:
-        """Skip the step (keeping weights and hidden state) while the configured allowance lasts, else stop."""
-        limit = self.config.train.skip_nonfinite
-        where = f"at step {step:,} (epoch {self.epoch})"
-        if self._skipped < limit:
-            self._skipped += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.update()  # closes the step the scaler had opened with unscale_
-            self.log(f"warning: non-finite {what} {where}: step skipped ({self._skipped} of {limit} in a row)")
-            return
-        raise TrainingError(f"non-finite {what} {where}"
-                            + (f" after {limit} skipped steps in a row" if limit else "")
-                            + self._stopped_without_saving())
-
-    def _stopped_without_saving(self) -> str:
-        """The end of a message that stops the run: what it leaves (the last good checkpoint, if the run has
-        written one yet) and what to try."""
-        kept = f", so the last good checkpoint in {self.run_dir} is untouched" if (self.run_dir / "last.pt").exists() \
-            else " (the run had not written a checkpoint yet)"
-        return f"; stopped without saving{kept}. Try a lower optim.lr or optim.clip"
-
-    def _check_diverged(self, loss: float, validation: bool = False) -> None:
-        """Stop a run whose loss stays far above a uniform guess's (see DIVERGED_MARGIN), as for a NaN."""
-        if not validation:
-            self._above_limit = self._above_limit + 1 if loss > self.divergence_limit else 0
-        if loss <= self.divergence_limit or (not validation and self._above_limit < DIVERGED_LOG_POINTS):
-            return
-        what = "validation loss" if validation else "mean training loss"
-        span = "" if validation else f" for {self._above_limit} log points in a row"
-        raise TrainingError(f"the run diverged at step {self.step:,} (epoch {self.epoch}): {what} {loss:.4g}{span}, "
-                            f"above {self.divergence_limit:.2f} (twice ln V plus {DIVERGED_MARGIN:g} nats; a uniform "
-                            f"guess scores {math.log(self.tokenizer.vocab_size):.2f})" + self._stopped_without_saving())
-
-    def _log_train(self, loss: float, speed: float, grad_norm: float, bar: tqdm) -> None:
-        lr = self.schedule.lr
-        self.history.append({"step": self.step, "loss": loss})
-        self.writer.add_scalar("train/loss", loss, self.step)
-        self.writer.add_scalar("train/lr", lr, self.step)
-        self.writer.add_scalar("train/grad_norm", grad_norm, self.step)
-        self.writer.add_scalar("perf/tokens_per_sec", speed, self.step)
-        bar.set_postfix(epoch=self.epoch, loss=f"{loss:.3f}", ppl=f"{perplexity(loss):.2f}", lr=f"{lr:.3g}",
-                        tok_s=f"{speed:,.0f}", refresh=False)
-
-    def _validate(self, final: bool = False) -> None:
-        """Score the validation split, keep the best checkpoint, save last.pt.
-
-        The end-of-run validation does not feed the schedule, so a run stopped at max_steps and
-        resumed follows the same learning rates as one that never stopped.
-        """
-        c = self.config.train
-        self._flush()
-        with self.averager.applied():  # NT-ASGD: the averaged weights are the ones that count
-            result = evaluate(self.model, self.corpus.splits["valid"], boundary_id=self.tokenizer.boundary_id,
-                              batch_size=c.eval_batch_size, bptt=c.bptt, device=self.device, group=self.group,
-                              precision=c.precision)
-        if not math.isfinite(result.loss):
-            raise TrainingError(f"non-finite validation loss ({result.loss}) at step {self.step:,} "
-                                f"(epoch {self.epoch})" + self._stopped_without_saving())
-        self._check_diverged(result.loss, validation=True)
-        self._last_eval_step = self.step
-        self.last_val = result
-        self.history.append({"step": self.step, "val_loss": result.loss})
-        self.writer.add_scalar("val/loss", result.loss, self.step)
-        self.writer.add_scalar("val/ppl", result.ppl, self.step)
-        self.writer.flush()
-        improved = self.best_val is None or result.loss < self.best_val
-        if not final:
-            self.schedule.validated(result.loss)
-            if self.averager.validated(result.loss):
-                self.log(f"NT-ASGD: validation stopped improving; averaging the weights from step {self.step:,} on")
-        if improved:
-            self.best_val = result.loss
-            self.save("best.pt")
-        self.save("last.pt")
-        self.log(f"step {self.step:,} | epoch {self.epoch - (self.batches.position == 0)} | val loss {result.loss:.4f} "
-                 f"| ppl {result.ppl:.2f} | bits/char {result.bits_per_char:.4f} | lr {self.schedule.lr:.4g}"
-                 + (" | best" if improved else ""))
-
-    def save(self, name: str) -> None:
-        """Write a checkpoint (rank 0), holding every rank's hidden state and random generators."""
-        self._flush()  # a non-finite step since the last log point stops here, before anything is written
-        ranks = self.group.gather({"hidden": tuple(s.detach().cpu() for s in self.state), "rng": runtime.rng_state()})
-        if self.group.is_main:
-            save_checkpoint({**self._payload(), "world_size": self.group.world_size, "ranks": ranks,
-                             "hidden": ranks[0]["hidden"], "rng": ranks[0]["rng"],
-                             "start_states": self._start_states()}, self.run_dir / name)
-            if name == "last.pt":
-                self.folder.commit()  # the new run can be resumed: a run it replaces goes now
-
-    def _start_states(self) -> State | None:
-        """Fresh starts' states for the weights a loaded model gets (rnnlm/warmstart.py); computed once per
-        step (best.pt and last.pt share them), in eval mode without random draws, so training is unchanged."""
-        cached = self._start_cache
-        if cached is None or cached[0] != self.step:
-            with self.averager.applied():
-                state = start_states(self.model, self.corpus.splits["train"].ids, self.tokenizer.boundary_id)
-            self._start_cache = cached = (self.step, state)
-        return cached[1]
-
-    def _payload(self) -> dict[str, Any]:
-        averaged = {}
-        if self.averager.active:
-            with self.averager.applied():
-                averaged = {"averaged_model": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
-        return {
-            **averaged,
-            "averager": self.averager.state_dict(),
-            "config": self.config.to_dict(),
-            "tokenizer": self.tokenizer.state_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "batches": self.batches.state_dict(),
-            "trainer": {"step": self.step, "epoch": self.epoch, "best_val": self.best_val, "history": self.history},
-            "metrics": self.last_val.to_dict() if self.last_val else {},
-            "run_id": self.run_id,
-            "data_fingerprint": self.fingerprints,
-        }
+    # -- restore --------------------------------------------------------------------------------------
 
     def _restore_checked(self, saved: dict[str, Any]) -> None:
         """`_restore`, with a hand-damaged last.pt as one CheckpointError; nothing is written before this."""
@@ -477,19 +210,314 @@ class Trainer:
             raise ValueError(f"hidden state of shapes {[tuple(h.shape) for h in hidden]}, where the model's are "
                              f"{[tuple(s.shape) for s in self.state]}")
         self.state = hidden
-        trainer = saved["trainer"]
-        self.step, self.epoch, self.best_val = trainer["step"], trainer["epoch"], trainer["best_val"]
-        self.history = list(trainer["history"])
-        self._last_eval_step = self.step
+        self.run.load(saved["trainer"])
         named = saved.get("averaged_model")
         self.averager.load_state_dict({**saved["averager"], "average": None if named is None else [
             named[name] for name, _ in self.model.named_parameters()]})
         runtime.set_rng_state(mine["rng"])
 
+    # -- the step -------------------------------------------------------------------------------------
+
+    def fit(self) -> TrainSummary:
+        """Train until the epochs or max_steps are done, validate at the end, and say how it went."""
+        run, total = self.run, self._total_steps()
+        run.meter = Meter()
+        bar = tqdm(total=total, initial=min(run.step, total), unit="step", file=sys.stderr, dynamic_ncols=True,
+                   disable=(not self.show_progress) if self.show_progress is not None else None)
+        try:
+            with StopSignals(self.log) as signals, bar:
+                while not self._finished():
+                    self._share_stop(signals)
+                    if self._stop_requested(signals, agreed=True):
+                        break
+                    self._run_epoch(signals, bar)
+                self._share_stop(signals)
+                if self._stop_requested(signals, agreed=True):
+                    self._stop_on_signal(signals)
+            if run.last_eval_step != run.step:
+                self._validate(final=True)
+        except RuntimeError as exc:  # a collective failed: another rank died or hung
+            if not self.group.enabled:
+                raise
+            raise distributed.failure(self.group, exc, self.config.train.dist_timeout) from None
+        return TrainSummary(run.step, run.epoch - 1, run.best_val, run.last_val, self.run_dir,
+                            run.meter.tokens, run.meter.seconds)
+
+    def _run_epoch(self, signals: StopSignals, bar: tqdm) -> None:
+        """Train from the current position to the end of the epoch, or until it is time to stop."""
+        c, run = self.config.train, self.run
+        if self.batches.position == 0:
+            self.schedule.epoch_start(run.epoch)
+        tick = time.perf_counter()
+        for inputs, targets in self.batches:
+            self.schedule.step_start(run.step)
+            stats = self._train_step(inputs, targets)
+            run.step += 1
+            bar.update(1)
+            if stats is not None:
+                run.pending.append((run.step, stats))
+            at_log_point = run.step % c.log_every == 0
+            read = self._flush() if at_log_point else None  # a GPU's one wait per window: timed with its steps
+            # every rank trains on as many tokens as this one: count the whole job's throughput
+            run.meter.add(targets.numel() * self.group.world_size, time.perf_counter() - tick)
+            if at_log_point:
+                self._log_point(read, bar)
+            if c.eval_every and run.step % c.eval_every == 0:
+                self._validate()
+            if at_log_point:
+                self._share_stop(signals)
+            if self._stop_requested(signals, agreed=at_log_point) or self._finished():
+                return
+            tick = time.perf_counter()
+        run.epoch += 1
+        self.batches.restart()
+        self._validate()
+
+    def _train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        """One optimizer step on one window: [loss, gradient norm] (not yet read), or None if skipped."""
+        inputs = inputs.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        self.state = detach_state(self.state)  # truncated BPTT: keep the values, cut the graph
+        with runtime.autocast(self.device, self.config.train.precision):
+            out = self.network(inputs, targets, self.state)
+        if self.run.step == self.run.start_step and self.config.train.precision == "bf16":
+            self._warn_if_fp16(out.state)
+        loss = out.nll.float() / out.tokens
+        objective = out.training_objective().float()
+        if self.config.train.loss_reduction == "sum_over_time":
+            objective = objective * inputs.size(0)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(objective).backward()
+        self.scaler.unscale_(self.optimizer)  # clip and report the true gradient norm
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        clip = self.config.optim.clip
+        # clipping the global norm keeps one exploding window from wrecking the weights (Pascanu et al. 2013)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0 else \
+            torch.nn.utils.get_total_norm([p.grad for p in params])
+        if self.scaler.is_enabled():  # an overflow is the scaler's business: it skips the step, lowers the scale
+            grad_norm = torch.nan_to_num(grad_norm.float(), nan=0.0, posinf=0.0)
+        stats = torch.stack([loss.detach().float(), grad_norm.float()])
+        if self._check_each_step:
+            loss_value, norm_value = stats.tolist()
+            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+                self._non_finite("loss" if not math.isfinite(loss_value) else "gradient norm", self.run.step + 1)
+                return None
+            self.run.skipped = 0
+        # variable-length windows: a longer window takes a proportionally larger step (Merity et al. 2017)
+        with self.schedule.scaled(inputs.size(0) / self.config.train.bptt if self.batches.variable else 1.0):
+            self.scaler.step(self.optimizer)  # optimizer.step(), unless fp16 gradients overflowed
+        self.scaler.update()
+        self.averager.update()
+        # autocast hands an LSTM's state back in bf16 / fp16: carry (and checkpoint) it at the weights' precision
+        self.state = tuple(s.to(self.model.dtype) for s in out.state)
+        return stats
+
+    def _warn_if_fp16(self, state: tuple[torch.Tensor, ...]) -> None:
+        """A recurrent kernel may run in fp16 under bf16 autocast, and fp16 without loss scaling underflows:
+        say so, once (cuDNN's LSTM does; docs/benchmarks.md has the measurement)."""
+        if any(s.dtype == torch.float16 for s in state):
+            self.log("warning: train.precision=bf16, but the recurrent kernel ran in fp16 (autocast hands its "
+                     "state back as float16), without loss scaling; train.precision=fp16 adds it")
+
+    @property
+    def _check_each_step(self) -> bool:
+        """Read loss and gradient norm back at every step (free on a CPU), or only at log points,
+        validations and saves: on a GPU a read-back stalls the queue of kernels. Skipping needs the
+        check before the update, so it always reads back."""
+        return self.device.type != "cuda" or self.config.train.skip_nonfinite > 0
+
+    def _flush(self) -> tuple[float, float] | None:
+        """Read the losses and gradient norms of the steps since the last flush (one sync) and stop at a
+        non-finite one; returns their mean loss and the last gradient norm (None if there were none).
+        Runs before anything is saved, so no NaN is ever saved."""
+        pending = self.run.pending
+        if not pending:
+            return None
+        steps = [step for step, _ in pending]
+        values = torch.stack([stats for _, stats in pending]).tolist()
+        pending.clear()
+        for step, (loss, norm) in zip(steps, values):
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                self._non_finite("loss" if not math.isfinite(loss) else "gradient norm", step)
+        return sum(v[0] for v in values) / len(values), values[-1][1]
+
+    def _log_point(self, read: tuple[float, float] | None, bar: tqdm) -> None:
+        """Every log_every steps: judge the mean training loss for divergence, then log it."""
+        speed = self.run.meter.window()
+        if read is not None or self.group.enabled:  # every rank judges the highest rank's loss, so all agree
+            self._check_diverged(self.group.highest(read[0] if read else 0.0, self.device))
+        if read is None:
+            return
+        loss, grad_norm = read
+        step, lr = self.run.step, self.schedule.lr
+        self.run.history.append({"step": step, "loss": loss})
+        self.writer.add_scalar("train/loss", loss, step)
+        self.writer.add_scalar("train/lr", lr, step)
+        self.writer.add_scalar("train/grad_norm", grad_norm, step)
+        self.writer.add_scalar("perf/tokens_per_sec", speed, step)
+        bar.set_postfix(epoch=self.run.epoch, loss=f"{loss:.3f}", ppl=f"{perplexity(loss):.2f}", lr=f"{lr:.3g}",
+                        tok_s=f"{speed:,.0f}", refresh=False)
+
+    # -- validate -------------------------------------------------------------------------------------
+
+    def _validate(self, final: bool = False) -> None:
+        """Score the validation split, keep the best checkpoint, save last.pt.
+
+        The end-of-run validation does not feed the schedule, so a run stopped at max_steps and
+        resumed follows the same learning rates as one that never stopped.
+        """
+        c, run = self.config.train, self.run
+        self._flush()
+        with self.averager.applied():  # NT-ASGD: the averaged weights are the ones that count
+            result = evaluate(self.model, self.corpus.splits["valid"], boundary_id=self.tokenizer.boundary_id,
+                              batch_size=c.eval_batch_size, bptt=c.bptt, device=self.device, group=self.group,
+                              precision=c.precision)
+        if not math.isfinite(result.loss):
+            raise TrainingError(f"non-finite validation loss ({result.loss}) at step {run.step:,} "
+                                f"(epoch {run.epoch})" + self._stopped_without_saving())
+        self._check_diverged(result.loss, validation=True)
+        run.last_eval_step, run.last_val = run.step, result
+        run.history.append({"step": run.step, "val_loss": result.loss})
+        self.writer.add_scalar("val/loss", result.loss, run.step)
+        self.writer.add_scalar("val/ppl", result.ppl, run.step)
+        self.writer.flush()
+        improved = run.best_val is None or result.loss < run.best_val
+        if not final:
+            self.schedule.validated(result.loss)
+            if self.averager.validated(result.loss):
+                self.log(f"NT-ASGD: validation stopped improving; averaging the weights from step {run.step:,} on")
+        if improved:
+            run.best_val = result.loss
+            self.save("best.pt")
+        self.save("last.pt")
+        self.log(f"step {run.step:,} | epoch {run.epoch - (self.batches.position == 0)} | val loss {result.loss:.4f} "
+                 f"| ppl {result.ppl:.2f} | bits/char {result.bits_per_char:.4f} | lr {self.schedule.lr:.4g}"
+                 + (" | best" if improved else ""))
+
+    # -- save -----------------------------------------------------------------------------------------
+
+    def save(self, name: str) -> None:
+        """Write a checkpoint (rank 0), holding every rank's hidden state and random generators."""
+        self._flush()  # a non-finite step since the last log point stops here, before anything is written
+        ranks = self.group.gather({"hidden": tuple(s.detach().cpu() for s in self.state), "rng": runtime.rng_state()})
+        if self.group.is_main:
+            save_checkpoint({**self._payload(), "world_size": self.group.world_size, "ranks": ranks,
+                             "hidden": ranks[0]["hidden"], "rng": ranks[0]["rng"],
+                             "start_states": self._start_states()}, self.run_dir / name)
+            if name == "last.pt":
+                self.folder.commit()  # the new run can be resumed: a run it replaces goes now
+
+    def _start_states(self) -> State | None:
+        """Fresh starts' states for the weights a loaded model gets (rnnlm/warmstart.py); computed once per
+        step (best.pt and last.pt share them), in eval mode without random draws, so training is unchanged."""
+        cached = self.run.start_states
+        if cached is None or cached[0] != self.run.step:
+            with self.averager.applied():
+                state = start_states(self.model, self.corpus.splits["train"].ids, self.tokenizer.boundary_id)
+            self.run.start_states = cached = (self.run.step, state)
+        return cached[1]
+
+    def _payload(self) -> dict[str, Any]:
+        averaged = {}
+        if self.averager.active:
+            with self.averager.applied():
+                averaged = {"averaged_model": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
+        return {
+            **averaged,
+            "averager": self.averager.state_dict(),
+            "config": self.config.to_dict(),
+            "tokenizer": self.tokenizer.state_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "batches": self.batches.state_dict(),
+            "trainer": self.run.saved(),
+            "metrics": self.run.last_val.to_dict() if self.run.last_val else {},
+            "run_id": self.run_id,
+            "data_fingerprint": self.fingerprints,
+        }
+
+    # -- stop -----------------------------------------------------------------------------------------
+
+    def _total_steps(self) -> int:
+        c = self.config.train
+        by_epochs = c.epochs * len(self.batches) if c.epochs else math.inf
+        return int(min(by_epochs, c.max_steps or math.inf))
+
+    def _finished(self) -> bool:
+        c = self.config.train
+        return bool((c.max_steps and self.run.step >= c.max_steps) or (c.epochs and self.run.epoch > c.epochs))
+
+    def _share_stop(self, signals: StopSignals) -> None:
+        """At agreed steps (log points, epoch ends): every rank takes the signal any rank caught (the
+        highest), so that all stop at the same step. Alone, there is nothing to share."""
+        if self.group.enabled:
+            signals.caught = self.group.max(signals.caught or 0, self.device) or None
+
+    def _stop_requested(self, signals: StopSignals, agreed: bool) -> bool:
+        """Whether a signal asks to stop now. Distributed ranks act only on one shared at an agreed step."""
+        return signals.caught is not None and (agreed or not self.group.enabled)
+
+    def _stop_on_signal(self, signals: StopSignals) -> None:
+        self.save("last.pt")
+        raise Interrupted(f"stopped at step {self.run.step:,}; saved {self.run_dir / 'last.pt'}. Resume with: "
+                          f"rnnlm train --resume {self.run_dir}", 128 + (signals.caught or 0))
+
+    def _non_finite(self, what: str, step: int) -> None:
+        """Skip the step (keeping weights and hidden state) while the configured allowance lasts, else stop."""
+        limit = self.config.train.skip_nonfinite
+        where = f"at step {step:,} (epoch {self.run.epoch})"
+        if self.run.skipped < limit:
+            self.run.skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()  # closes the step the scaler had opened with unscale_
+            self.log(f"warning: non-finite {what} {where}: step skipped ({self.run.skipped} of {limit} in a row)")
+            return
+        raise TrainingError(f"non-finite {what} {where}"
+                            + (f" after {limit} skipped steps in a row" if limit else "")
+                            + self._stopped_without_saving())
+
+    def _check_diverged(self, loss: float, validation: bool = False) -> None:
+        """Stop a run whose loss stays far above a uniform guess's (see DIVERGED_MARGIN), as for a NaN."""
+        run = self.run
+        if not validation:
+            run.above_limit = run.above_limit + 1 if loss > self.divergence_limit else 0
+        if loss <= self.divergence_limit or (not validation and run.above_limit < DIVERGED_LOG_POINTS):
+            return
+        what = "validation loss" if validation else "mean training loss"
+        span = "" if validation else f" for {run.above_limit} log points in a row"
+        raise TrainingError(f"the run diverged at step {run.step:,} (epoch {run.epoch}): {what} {loss:.4g}{span}, "
+                            f"above {self.divergence_limit:.2f} (twice ln V plus {DIVERGED_MARGIN:g} nats; a uniform "
+                            f"guess scores {math.log(self.tokenizer.vocab_size):.2f})" + self._stopped_without_saving())
+
+    def _stopped_without_saving(self) -> str:
+        """The end of a message that stops the run: what it leaves (the last good checkpoint, if the run has
+        written one yet) and what to try."""
+        kept = f", so the last good checkpoint in {self.run_dir} is untouched" if (self.run_dir / "last.pt").exists() \
+            else " (the run had not written a checkpoint yet)"
+        return f"; stopped without saving{kept}. Try a lower optim.lr or optim.clip"
+
     def close(self) -> None:
+        """Release what `setup` took, however far it got: the event writer, the run folder (putting back a run
+        an --overwrite stopped before its first last.pt was to replace), the process group."""
         writer = getattr(self, "writer", None)
         if writer is not None:
             writer.close()
-        self.folder.rollback()  # stopped before its first last.pt: the run it was to replace goes back
+        self.folder.rollback()
         self.folder.release()
         distributed.leave()
+
+    # -- views for callers ----------------------------------------------------------------------------
+
+    @property
+    def step(self) -> int:
+        return self.run.step
+
+    @property
+    def epoch(self) -> int:
+        return self.run.epoch
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.run.history

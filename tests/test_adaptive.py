@@ -7,14 +7,13 @@ import sys
 import pytest
 import torch
 
-from helpers import TINY_MODEL, invoke, tiny_config
+from helpers import TINY_MODEL, invoke, tiny_config, train_run
 from rnnlm.checkpoint import load_model
 from rnnlm.config import load_config
 from rnnlm.data.batching import PAD
 from rnnlm.errors import ConfigError
 from rnnlm.models import build_model
 from rnnlm.models.softmax import AdaptiveSoftmax, resolve_cutoffs
-from rnnlm.train import Trainer
 
 ADAPTIVE = ["tokenizer.kind=word", "model.softmax=adaptive", "model.cutoffs=[4, 12]"]
 
@@ -132,12 +131,7 @@ def test_cutoffs_default_to_the_vocabulary_and_must_fit_it():
 
 def test_training_with_adaptive_softmax_lowers_the_loss(tiny_corpus, tmp_path):
     config = tiny_config(tiny_corpus, *ADAPTIVE, "train.max_steps=60", "optim.name=adam", "optim.lr=0.01")
-    trainer = Trainer(config, tmp_path / "run", progress=False, log=lambda m: None)
-    try:
-        trainer.setup()
-        trainer.fit()
-    finally:
-        trainer.close()
+    trainer, _ = train_run(config, tmp_path / "run")
     assert isinstance(trainer.model.decoder, AdaptiveSoftmax) and trainer.model.decoder.bounds[:2] == [4, 12]
     losses = [entry["loss"] for entry in trainer.history if "loss" in entry]
     assert len(losses) == 60 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5

@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import tiny_config
+from helpers import tiny_config, train_run
 from rnnlm.checkpoint import load_model
 from rnnlm.cli import cli
 from rnnlm.config import load_config
@@ -16,7 +16,6 @@ from rnnlm.data.registry import default_cache_dir
 from rnnlm.evaluate import evaluate
 from rnnlm.models import build_model
 from rnnlm.sample import generate, generate_reverse
-from rnnlm.train import Trainer
 
 CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("gru", "tanh"), ("lstm", "tanh")]
 # head -> the sequence position that logits[k] predicts
@@ -59,11 +58,7 @@ def test_the_objective_is_the_mean_of_both_directions_plus_infill():
 def train_tiny(corpus, run_dir, *overrides):
     config = tiny_config(corpus, "model.bidirectional=true", "train.max_steps=30", "optim.name=adam",
                          "optim.lr=0.01", *overrides)
-    trainer = Trainer(config, run_dir, progress=False, log=lambda m: None)
-    trainer.setup()
-    trainer.fit()
-    trainer.close()
-    return trainer
+    return train_run(config, run_dir)[0]
 
 
 def test_eval_reports_forward_backward_and_infill(tiny_corpus, tmp_path):
@@ -101,9 +96,7 @@ def test_fill_ranks_each_blank(tiny_corpus, tmp_path):
 
 
 def test_fill_and_reverse_need_a_bidirectional_model(tiny_corpus, tmp_path):
-    trainer = Trainer(tiny_config(tiny_corpus), tmp_path / "run", progress=False, log=lambda m: None)
-    trainer.setup()
-    trainer.fit()
+    train_run(tiny_config(tiny_corpus), tmp_path / "run")
     for args in (["fill", str(tmp_path / "run" / "best.pt"), "a ___ b"],
                  ["sample", str(tmp_path / "run" / "best.pt"), "--reverse"]):
         result = CliRunner().invoke(cli, args)
@@ -120,9 +113,7 @@ def test_every_model_trains_samples_and_evaluates_from_its_checkpoint(tiny_corpu
     config = tiny_config(tiny_corpus, f"model.cell={cell}", f"model.nonlinearity={nonlinearity}",
                          f"model.impl={impl}", f"model.bidirectional={str(bidirectional).lower()}",
                          "train.max_steps=4")
-    trainer = Trainer(config, tmp_path / "run", progress=False, log=lambda m: None)
-    trainer.setup()
-    trainer.fit()
+    train_run(config, tmp_path / "run")
     loaded = load_model(tmp_path / "run" / "best.pt")
     text = generate(loaded.model, loaded.tokenizer, prompt="All", length=10, seed=1)[0]
     assert text.startswith("All") and len(text) == 13
@@ -135,9 +126,7 @@ def test_every_model_trains_samples_and_evaluates_from_its_checkpoint(tiny_corpu
 @pytest.mark.parametrize("trained_impl,other", [("fused", "reference"), ("reference", "fused")])
 def test_eval_with_the_other_implementation_gives_the_same_loss(tiny_corpus, tmp_path, trained_impl, other):
     config = tiny_config(tiny_corpus, f"model.impl={trained_impl}", "model.num_layers=2", "train.max_steps=10")
-    trainer = Trainer(config, tmp_path / "run", progress=False, log=lambda m: None)
-    trainer.setup()
-    trainer.fit()
+    train_run(config, tmp_path / "run")
     losses = []
     for impl in (trained_impl, other):
         result = CliRunner().invoke(cli, ["eval", str(tmp_path / "run" / "best.pt"), "--split", "valid", "--json",

@@ -3,13 +3,12 @@
 import pytest
 import torch
 
-from helpers import tiny_config
+from helpers import tiny_config, train_run
 from rnnlm.config import load_config
 from rnnlm.errors import ConfigError
 from rnnlm.models.cells import ElmanCell, GRUCell, LayerWeights, LSTMCell
 from rnnlm.models.lm import RNNLM
 from rnnlm.models.stack import FusedGRU, FusedLSTM, FusedRNN, ReferenceStack
-from rnnlm.train import Trainer
 
 KINDS = [("rnn", "tanh"), ("rnn", "relu"), ("gru", "tanh"), ("lstm", "tanh")]
 
@@ -112,9 +111,7 @@ def test_sigmoid_rnn_needs_the_reference_cells():
 def test_sigmoid_rnn_trains_and_lowers_the_loss(tiny_corpus, tmp_path):
     config = tiny_config(tiny_corpus, "model.cell=rnn", "model.nonlinearity=sigmoid", "model.impl=reference",
                          "model.hidden_size=32", "train.max_steps=150", "optim.name=adam", "optim.lr=0.01")
-    trainer = Trainer(config, tmp_path / "run", progress=False, log=lambda m: None)
-    trainer.setup()
-    trainer.fit()
+    trainer, _ = train_run(config, tmp_path / "run")
     losses = [e["loss"] for e in trainer.history if "loss" in e]
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.7
 

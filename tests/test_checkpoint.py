@@ -5,20 +5,15 @@ import weakref
 import pytest
 import torch
 
-from helpers import tiny_config
+from helpers import tiny_config, train_run
 from rnnlm import checkpoint
 from rnnlm.checkpoint import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
 from rnnlm.errors import CheckpointError
-from rnnlm.train import Trainer
 
 
 @pytest.fixture
 def trained(tiny_corpus, tmp_path):
-    trainer = Trainer(tiny_config(tiny_corpus), tmp_path / "run", progress=False, log=lambda m: None)
-    trainer.setup()
-    trainer.fit()
-    trainer.close()
-    return trainer
+    return train_run(tiny_config(tiny_corpus), tmp_path / "run")[0]
 
 
 def test_a_checkpoint_alone_rebuilds_the_model(trained, tmp_path):

@@ -5,13 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import TINY_MODEL, tiny_config
+from helpers import TINY_MODEL, tiny_config, train_run
 from rnnlm.config import load_config
 from rnnlm.data.batching import PAD
 from rnnlm.errors import ConfigError
 from rnnlm.models.lm import RNNLM
 from rnnlm.models.softmax import FusedCrossEntropy, Workspace, chunked_cross_entropy, fused_cross_entropy
-from rnnlm.train import Trainer
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
@@ -114,13 +113,7 @@ def test_a_model_trains_the_same_with_the_fused_loss_chunks_and_torch(tiny_corpu
     weights = []
     for name, settings in {"torch": ["model.fused_loss=false"], "fused": [],
                            "chunks": ["model.loss_chunk=5"]}.items():
-        trainer = Trainer(tiny_config(tiny_corpus, *common, *settings), tmp_path / name, progress=False,
-                          log=lambda m: None)
-        try:
-            trainer.setup()
-            summary = trainer.fit()
-        finally:
-            trainer.close()
+        trainer, summary = train_run(tiny_config(tiny_corpus, *common, *settings), tmp_path / name)
         assert (trainer.model.workspace.buffer is not None) == (name == "fused")  # the path that ran
         weights.append([p.detach() for p in trainer.model.parameters()])
         assert summary.last_val is not None

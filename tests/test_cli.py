@@ -114,6 +114,28 @@ def test_a_run_folder_is_not_overwritten_by_accident(tiny_corpus, tmp_path):
     assert train(tiny_corpus, tmp_path / "run", "--overwrite").exit_code == 0
 
 
+def test_a_stop_as_the_trainer_is_built_leaves_the_folder_free_and_the_old_run_in_place(tiny_corpus, tmp_path,
+                                                                                        monkeypatch):
+    from rnnlm.runs import RunFolder
+    from rnnlm.train import Trainer
+
+    train(tiny_corpus, tmp_path / "run")
+    before = {name: (tmp_path / "run" / name).read_bytes() for name in ("best.pt", "last.pt")}
+    built = Trainer.__init__
+
+    def interrupted_as_it_returns(self, *args, **kwargs):
+        built(self, *args, **kwargs)
+        raise KeyboardInterrupt  # a Ctrl-C landing between the construction and the try that closes it
+    monkeypatch.setattr(Trainer, "__init__", interrupted_as_it_returns)
+    result = train(tiny_corpus, tmp_path / "run", "--overwrite")
+    assert result.exit_code == 130, result.output
+    assert {name: (tmp_path / "run" / name).read_bytes() for name in before} == before
+    assert not (tmp_path / "run" / ".replaced").exists()
+    folder = RunFolder(tmp_path / "run")
+    folder.lock()  # free: the trainer holds nothing
+    folder.release()
+
+
 @pytest.mark.parametrize("content,fragment", [
     (b"garbage", "cannot be read as a checkpoint"),
     (b"", "is empty"),

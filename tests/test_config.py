@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from rnnlm.config import Config, all_keys, build_config, load_config, requested_changes, resume_config
+from rnnlm.config import Config, all_keys, build_config, load_config
 from rnnlm.errors import ConfigError
 
 
@@ -81,19 +81,6 @@ def test_round_trip_through_dict():
     assert len(all_keys()) == sum(len(v) for v in config.to_dict().values())
 
 
-def test_resume_allows_run_length_changes_only():
-    saved = load_config(None, ["model.hidden_size=32", "train.max_steps=10"])
-    resumed = resume_config(saved, {"train.max_steps": 20, "model.hidden_size": 32})
-    assert resumed.train.max_steps == 20 and resumed.model.hidden_size == 32
-    with pytest.raises(ConfigError, match=r"model.hidden_size \(run has 32, asked for 64\)"):
-        resume_config(saved, {"model.hidden_size": 64})
-
-
-def test_requested_changes_are_only_the_mentioned_keys(tmp_path):
-    path = write(tmp_path, "model:\n  hidden_size: 64\n")
-    assert requested_changes(path, ["train.max_steps=5"]) == {"model.hidden_size": 64, "train.max_steps": 5}
-
-
 @pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_every_shipped_recipe_loads_and_says_how_to_run_it(path):
@@ -108,8 +95,8 @@ def test_every_shipped_recipe_loads_and_says_how_to_run_it(path):
 def test_every_shipped_recipe_trains_and_resumes_at_toy_size(path, tiny_corpus, tmp_path):
     """Each recipe's combination of optimizer, schedule and regularisers runs together: the recipe
     shrunk to a toy model on a toy corpus, 4 steps, then 2 more after a resume."""
+    from helpers import train_run
     from rnnlm.checkpoint import load_checkpoint
-    from rnnlm.train import Trainer
 
     recipe = load_config(path)
     shrink = [f"data.corpus={tiny_corpus}", "data.valid_fraction=0.1", "data.test_fraction=0.1",
@@ -120,12 +107,6 @@ def test_every_shipped_recipe_trains_and_resumes_at_toy_size(path, tiny_corpus, 
         shrink.append("model.output_size=8")
     for steps in (4, 6):
         config = load_config(path, [*shrink, f"train.max_steps={steps}"])
-        saved = load_checkpoint(tmp_path / "run" / "last.pt") if steps == 6 else None
-        trainer = Trainer(config, tmp_path / "run", resume_from=saved, progress=False, log=lambda m: None)
-        try:
-            trainer.setup()
-            summary = trainer.fit()
-        finally:
-            trainer.close()
+        _, summary = train_run(config, tmp_path / "run", resume=steps == 6)
         assert summary.steps == steps and math.isfinite(summary.best_val_loss)
     assert load_checkpoint(tmp_path / "run" / "best.pt")["config"]["model"]["cell"] == recipe.model.cell

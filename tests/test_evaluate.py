@@ -51,3 +51,28 @@ def test_bits_arithmetic_on_a_hand_checked_example():
     assert result.bits_per_char == pytest.approx(0.5)
     assert result.bits_per_byte == pytest.approx(0.25)
     assert set(result.to_dict()) >= {"loss", "ppl", "bits_per_token", "bits_per_char", "tokens", "chars"}
+
+
+def test_scoring_a_checkpoint_names_its_source_and_marks_unknown_text_lossy(tiny_corpus, tmp_path):
+    from helpers import invoke
+    from rnnlm.checkpoint import load_model
+    from rnnlm.errors import DataError
+    from rnnlm.evaluate import eval_source, score_checkpoint
+
+    assert invoke("train", "--run-dir", tmp_path / "run", f"data.corpus={tiny_corpus}", "train.max_steps=2",
+                  "model.hidden_size=8", "model.embed_size=8", "model.num_layers=1", "train.batch_size=2",
+                  "train.bptt=8", "train.epochs=0", "train.tensorboard=false", "data.valid_fraction=0.1",
+                  "data.test_fraction=0.1").exit_code == 0
+    loaded = load_model(tmp_path / "run" / "best.pt")
+    odd, empty = tmp_path / "odd.txt", tmp_path / "empty.txt"
+    odd.write_text("All: \u20ac\u20ac\n", encoding="utf-8")  # the euro sign is not in the vocabulary
+    empty.write_text("")
+    settings = dict(batch_size=1, bptt=16, device="cpu", precision="fp32", start="zero")
+    split, source = eval_source(loaded, split="valid", text=None)
+    assert source == f"{tiny_corpus} (valid split)"
+    clean = score_checkpoint(loaded, split, source, **settings)
+    assert (clean.unk_tokens, clean.lossy, clean.result.tokens) == (0, False, len(split.ids))
+    unknown = score_checkpoint(loaded, *eval_source(loaded, split="test", text=odd), **settings)
+    assert (unknown.source, unknown.unk_tokens, unknown.lossy) == (str(odd), 2, True)
+    with pytest.raises(DataError, match="holds no text to score"):
+        eval_source(loaded, split="test", text=empty)

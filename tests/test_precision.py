@@ -6,7 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import tiny_config
+from helpers import tiny_config, train_run
 from rnnlm import runtime
 from rnnlm.checkpoint import load_checkpoint
 from rnnlm.cli import cli
@@ -18,14 +18,7 @@ BF16_IMPL = "model.impl=fused" if runtime.cpu_has_bf16_lstm() else "model.impl=r
 
 
 def run(config, run_dir, resume=False):
-    saved = load_checkpoint(run_dir / "last.pt") if resume else None
-    trainer = Trainer(config, run_dir, resume_from=saved, progress=False, log=lambda m: None)
-    try:
-        trainer.setup()
-        trainer.fit()
-        return trainer
-    finally:
-        trainer.close()
+    return train_run(config, run_dir, resume=resume)[0]
 
 
 def losses(trainer):
@@ -115,13 +108,7 @@ def test_bf16_that_runs_as_fp16_is_reported_once(tiny_corpus, tmp_path, monkeypa
         return out
     monkeypatch.setattr(RNNLM, "forward", as_fp16)
     messages = []
-    trainer = Trainer(tiny_config(tiny_corpus, "train.precision=bf16", BF16_IMPL), tmp_path / "run",
-                      progress=False, log=messages.append)
-    try:
-        trainer.setup()
-        trainer.fit()
-    finally:
-        trainer.close()
+    train_run(tiny_config(tiny_corpus, "train.precision=bf16", BF16_IMPL), tmp_path / "run", log=messages.append)
     warnings = [m for m in messages if "ran in fp16" in m]
     assert len(warnings) == 1 and "train.precision=fp16 adds it" in warnings[0]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import tiny_config
-from rnnlm.checkpoint import load_checkpoint, load_model
+from helpers import tiny_config, train_run
+from rnnlm.checkpoint import load_model
 from rnnlm.config import Config, load_config
 from rnnlm.models import build_model
 from rnnlm.models.regularize import activation_penalty, dropout, embedding_dropout
@@ -126,12 +126,7 @@ AWD_LIKE = ["model.num_layers=2", "model.dropout=0.3", "model.dropout_between=0.
 
 
 def run(config, run_dir, resume=False):
-    saved = load_checkpoint(run_dir / "last.pt") if resume else None
-    trainer = Trainer(config, run_dir, resume_from=saved, progress=False, log=lambda m: None)
-    trainer.setup()
-    trainer.fit()
-    trainer.close()
-    return trainer
+    return train_run(config, run_dir, resume=resume)[0]
 
 
 @pytest.mark.parametrize("impl", ["fused", "reference"])

@@ -170,14 +170,9 @@ def test_an_overwrite_killed_while_moving_the_old_run_aside_is_undone_at_the_nex
 
 
 def invoke_trainer(corpus, run_dir, *, overwrite=False, tensorboard=False):
-    from helpers import tiny_config
+    from helpers import tiny_config, train_run
     config = tiny_config(corpus, f"train.tensorboard={str(tensorboard).lower()}")
-    trainer = Trainer(config, run_dir, overwrite=overwrite, progress=False, log=lambda m: None)
-    try:
-        trainer.setup()
-        return trainer.fit()
-    finally:
-        trainer.close()
+    return train_run(config, run_dir, overwrite=overwrite)[1]
 
 
 # 2. one trainer per run folder
@@ -238,6 +233,7 @@ def test_a_trainer_holds_the_lock_until_it_closes(tiny_corpus, tmp_path):
     from helpers import tiny_config
     trainer = Trainer(tiny_config(tiny_corpus), tmp_path / "run", progress=False, log=lambda m: None)
     try:
+        trainer.setup()
         probe = subprocess.run([sys.executable, "-c", HOLDER, str(tmp_path / "run")], capture_output=True,
                                text=True, input="")
         assert probe.returncode == 1 and f"in use by process {os.getpid()}" in probe.stderr
@@ -269,8 +265,12 @@ def test_a_last_pt_saved_by_another_trainer_while_this_one_started_is_not_resume
     shutil.copytree(run_a, tmp_path / "later", ignore=shutil.ignore_patterns(".lock"))
     assert invoke("train", "--resume", tmp_path / "later", "train.max_steps=9").exit_code == 0
     (run_a / "last.pt").write_bytes((tmp_path / "later" / "last.pt").read_bytes())  # the same run, saved further
-    with pytest.raises(RunInUse, match="changed while this trainer started"):
-        Trainer(config, folder, resume_from=saved, progress=False, log=lambda m: None)
+    trainer = Trainer(config, folder, resume_from=saved, progress=False, log=lambda m: None)
+    try:
+        with pytest.raises(RunInUse, match="changed while this trainer started"):
+            trainer.setup()
+    finally:
+        trainer.close()
     assert load_checkpoint(run_a / "last.pt")["trainer"]["step"] == 9
 
 

@@ -73,7 +73,7 @@ def test_a_short_spike_of_the_training_loss_is_not_a_divergence(tiny_corpus, tmp
     monkeypatch.setattr(RNNLM, "forward", spike_at_steps_3_and_4)
     from rnnlm.train import Trainer
     trainer = Trainer(tiny_config(tiny_corpus, "train.max_steps=8", "optim.clip=0.01"), tmp_path / "run",
-                      progress=False, log=lambda m: None)
+                      progress=False, log=lambda m: None)  # built here: the spike reads its step while it trains
     try:
         trainer.setup()
         summary = trainer.fit()

@@ -4,7 +4,7 @@ import signal
 import pytest
 import torch
 
-from helpers import tiny_config
+from helpers import tiny_config, train_run
 from rnnlm.checkpoint import load_checkpoint
 from rnnlm.config import load_config
 from rnnlm.errors import DataError, Interrupted, TrainingError, UsageError
@@ -15,13 +15,7 @@ from rnnlm.train import Trainer
 
 
 def run(config, run_dir, resume=False, overwrite=False):
-    saved = load_checkpoint(run_dir / "last.pt") if resume else None
-    trainer = Trainer(config, run_dir, resume_from=saved, overwrite=overwrite, progress=False, log=lambda m: None)
-    try:
-        trainer.setup()
-        return trainer, trainer.fit()
-    finally:
-        trainer.close()
+    return train_run(config, run_dir, resume=resume, overwrite=overwrite)
 
 
 def train_losses(history):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import invoke, tiny_config
+from helpers import invoke, tiny_config, train_run
 from rnnlm.checkpoint import load_checkpoint, load_model, save_checkpoint
 from rnnlm.data.corpus import load_corpus
 from rnnlm.config import load_config
@@ -19,7 +19,6 @@ from rnnlm.distributed import Group
 from rnnlm.evaluate import evaluate, score_ids
 from rnnlm.models import build_model
 from rnnlm.sample import fill_blanks, generate
-from rnnlm.train import Trainer
 from rnnlm.warmstart import MixtureReader, line_ends, mixture_log_probs, start_ends, start_states
 
 
@@ -35,13 +34,7 @@ def paragraphs(count: int = 400) -> str:
 def train(corpus, run_dir, *overrides):
     config = tiny_config(corpus, "model.hidden_size=32", "train.batch_size=8", "train.bptt=32", "optim.name=adam",
                          "optim.lr=0.01", "train.eval_every=0", *overrides)
-    trainer = Trainer(config, run_dir, progress=False, log=lambda m: None)
-    try:
-        trainer.setup()
-        trainer.fit()
-    finally:
-        trainer.close()
-    return trainer
+    return train_run(config, run_dir)[0]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,78 @@
+"""What a training run knows about itself while it runs: its progress and counters in one `TrainState`,
+the throughput `Meter`, and the `TrainSummary` that `Trainer.fit` returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnlm.evaluate import EvalResult
+from rnnlm.models.stack import State
+
+
+@dataclass
+class TrainSummary:
+    steps: int
+    epochs_done: int
+    best_val_loss: float | None
+    last_val: EvalResult | None
+    run_dir: Path
+    tokens: int  # tokens trained on in this fit() call, by all ranks together
+    train_seconds: float  # time in training steps, validation and checkpoint writes excluded
+
+    @property
+    def tokens_per_sec(self) -> float:
+        return self.tokens / max(self.train_seconds, 1e-9)
+
+
+class Meter:
+    """Tokens and seconds of training steps: in total, and since the last window()."""
+
+    def __init__(self) -> None:
+        self.tokens, self.seconds = 0, 0.0
+        self._tokens, self._seconds = 0, 0.0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.tokens += tokens
+        self.seconds += seconds
+        self._tokens += tokens
+        self._seconds += seconds
+
+    def window(self) -> float:
+        """Tokens per second since the last call."""
+        speed = self._tokens / max(self._seconds, 1e-9)
+        self._tokens, self._seconds = 0, 0.0
+        return speed
+
+
+@dataclass
+class TrainState:
+    """Everything about a run that changes while it trains; what is built once (model, optimizer, data)
+    stays on the Trainer. The first four fields are what a checkpoint saves under "trainer"."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 1  # the epoch being trained (1-based); epochs done is epoch - 1
+    best_val: float | None = None  # the lowest validation loss so far
+    history: list[dict[str, Any]] = field(default_factory=list)  # {"step", "loss"} and {"step", "val_loss"}
+    start_step: int = 0  # the step this fit started from (0, or a resumed run's)
+    last_val: EvalResult | None = None
+    last_eval_step: int = -1  # the step of the last validation (a resumed run counts its checkpoint's)
+    skipped: int = 0  # non-finite steps skipped in a row
+    above_limit: int = 0  # log points in a row whose mean training loss was above the divergence limit
+    pending: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (step, [loss, grad norm]) unread
+    meter: Meter = field(default_factory=Meter)  # this fit's throughput
+    start_states: tuple[int, State | None] | None = None  # (step, the warm start states computed at that step)
+
+    def saved(self) -> dict[str, Any]:
+        """The part a checkpoint keeps."""
+        return {"step": self.step, "epoch": self.epoch, "best_val": self.best_val, "history": self.history}
+
+    def load(self, saved: dict[str, Any]) -> None:
+        """Continue from a checkpoint's "trainer" entry: validated at its step, so a finished run that resumes
+        does not validate again."""
+        self.step, self.epoch, self.best_val = saved["step"], saved["epoch"], saved["best_val"]
+        self.history = list(saved["history"])
+        self.last_eval_step = self.step
