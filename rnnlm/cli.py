@@ -427,11 +427,15 @@ def score(checkpoint: str, text: str, form: str, words: bool, out: str | None, d
     """Per-token (or per-word) log-probability, surprisal and entropy of a text, in full left context."""
     from rnnlm import runtime
     from rnnlm.checkpoint import load_model
+    import itertools
+
     from rnnlm.surprisal import token_scores
 
     loaded = load_model(checkpoint, runtime.resolve_device(device))
     rows = token_scores(loaded.model, loaded.tokenizer, Path(text), words=words, start=_start(loaded.model, start),
                         device=runtime.resolve_device(device))
+    first = next(rows, None)  # an empty or unreadable text fails here, before the header is written
+    rows = itertools.chain([first] if first is not None else [], rows)
     unit = "word" if words else "token"
     if out is None:
         _write_scores(rows, form, unit, functools.partial(click.echo, nl=False))
