@@ -48,12 +48,13 @@ class NeuralCache:
         self.keys: torch.Tensor | None = None  # (K, M, H) h_i
         self.words: torch.Tensor | None = None  # (M,) x_{i+1}, the same for every hypothesis
 
-    def mix(self, hidden: torch.Tensor, log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """log p (T, K, V) float64 of the mixture at each of T positions, from the top layer's outputs
-        hidden (T, K, H) and the model's log_probs (T, K, V); then stores the T pairs (hidden, targets (T,))."""
+    def mix(self, hidden: torch.Tensor, log_probs: torch.Tensor, targets: torch.Tensor, distributions: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The mixture's log p (T, K) float64 of each target (T,), and with `distributions` its whole log
+        distribution (T, K, V), from the top layer's outputs hidden (T, K, H) and the model's log_probs
+        (T, K, V); then stores the T pairs (hidden, targets)."""
         T, K, _ = hidden.shape
-        keys = hidden.transpose(0, 1)  # (K, T, H)
-        words = targets
+        keys, words = hidden.transpose(0, 1), targets  # (K, T, H), (T,)
         if self.keys is not None:
             keys, words = torch.cat([self.keys, keys], dim=1), torch.cat([self.words, targets])
         M = keys.size(1) - T  # pairs stored before this window
@@ -63,14 +64,17 @@ class NeuralCache:
         allowed = (place < query) & (query - place <= self.settings.size)  # pairs whose next word is known
         empty = ~allowed.any(-1, keepdim=True)  # (T, 1): nothing stored yet; its share below is 0
         weights = torch.softmax(scores.masked_fill(~(allowed | empty), -math.inf), dim=-1)  # (K, T, M+T)
-        cache = torch.zeros(K, T, log_probs.size(-1), dtype=torch.float64, device=hidden.device)
-        cache.scatter_add_(2, words.view(1, 1, -1).expand(K, T, -1), weights)
-        share = torch.where(empty, 0.0, self.settings.interpolation).view(T, 1, 1).double()
-        model_part = torch.log1p(-share) + log_probs.double()
-        cache_part = torch.log(share) + torch.log(cache.transpose(0, 1).clamp(min=TINY))
-        mixed = torch.logaddexp(model_part, cache_part)  # (T, K, V)
+        share = torch.where(empty, 0.0, self.settings.interpolation).double()  # (T, 1)
+        at_target = (weights * (words.view(1, 1, -1) == targets.view(1, -1, 1))).sum(-1).transpose(0, 1)  # (T, K)
+        model_part = log_probs.gather(2, targets.view(T, 1, 1).expand(T, K, 1)).squeeze(2).double()
+        token = _interpolate(model_part, at_target, share)
+        mixed = None
+        if distributions:  # p_cache over the whole vocabulary: T x K x V numbers, only when asked for
+            cache = torch.zeros(K, T, log_probs.size(-1), dtype=torch.float64, device=hidden.device)
+            cache.scatter_add_(2, words.view(1, 1, -1).expand(K, T, -1), weights)
+            mixed = _interpolate(log_probs.double(), cache.transpose(0, 1), share.unsqueeze(-1))
         self.keys, self.words = keys[:, -self.settings.size:], words[-self.settings.size:]
-        return mixed
+        return token, mixed
 
     def keep(self, hypothesis: int) -> None:
         """Keep only one hypothesis's hidden states (when the warm start's span is over)."""
@@ -81,3 +85,8 @@ class NeuralCache:
         """Cut the graph to the stored hidden states (dynamic evaluation, after each segment's update)."""
         if self.keys is not None:
             self.keys = self.keys.detach()
+
+
+def _interpolate(model_log_probs: torch.Tensor, cache_probs: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+    """log((1 - share) p_model + share p_cache), as a logsumexp of the two parts' logs."""
+    return torch.logaddexp(torch.log1p(-share) + model_log_probs, torch.log(share) + torch.log(cache_probs.clamp(min=TINY)))

@@ -62,9 +62,10 @@ class StreamReader:
         hidden, state = self.model.encode(inputs, self.state)  # (T, K, H)
         log_probs = self.model.log_probs(hidden.reshape(T * K, -1)).view(T, K, -1)
         if self.cache is not None:
-            log_probs = self.cache.mix(hidden, log_probs, targets)
-        wanted = targets.view(T, 1, 1).expand(T, K, 1)
-        scored = log_probs.gather(2, wanted).squeeze(2).double()  # (T, K)
+            scored, mixed_cache = self.cache.mix(hidden, log_probs, targets, distributions)  # (T, K)
+            log_probs = mixed_cache if mixed_cache is not None else log_probs
+        else:
+            scored = log_probs.gather(2, targets.view(T, 1, 1).expand(T, K, 1)).squeeze(2).double()  # (T, K)
         if K == 1:
             token, mixed = scored[:, 0], log_probs[:, 0].double() if distributions else None
         else:  # the mixture of the start states, weighted by p(start k | the tokens before)

@@ -42,7 +42,9 @@ def test_the_mixture_on_a_hand_checked_example():
     hidden = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0]]).unsqueeze(1)  # (T=4, K=1, H=2)
     uniform = torch.full((4, 1, 3), -math.log(3))
     targets = torch.tensor([2, 0, 2, 1])  # pairs (h_0, 2), (h_1, 0), (h_2, 2), (h_3, 1)
-    mixed = NeuralCache(settings).mix(hidden, uniform, targets)[:, 0].exp()
+    token, mixed = NeuralCache(settings).mix(hidden, uniform, targets, distributions=True)
+    mixed = mixed[:, 0].exp()
+    assert token[:, 0].exp().tolist() == pytest.approx(mixed[torch.arange(4), targets].tolist())
     assert mixed[0].tolist() == pytest.approx([1 / 3] * 3)  # nothing stored yet: the model alone
     assert mixed[1].tolist() == pytest.approx([0.75 / 3, 0.75 / 3, 0.75 / 3 + 0.25])  # only (h_0, 2): h_1.h_0 = 0
     # t = 2 reads (h_0, 2) and (h_1, 0), both with h_2 . h_i = 1
