@@ -128,9 +128,11 @@ class Adapter:
         """One step on `loss` (the mean nats per token of the segment just scored), and the decay."""
         grads = torch.autograd.grad(loss, [p for _, p in self.named], allow_unused=True)
         lr = self.settings.lr
-        with torch.no_grad():
+        with torch.no_grad():  # in place, one pass per term: the step costs about what the backward pass does
             for (_, p), grad, trained, scale, pull in zip(self.named, grads, self.trained, self.scale, self.pull):
-                step = (trained - p) * pull
-                if grad is not None:
-                    step -= lr * (grad * scale if scale is not None else grad)
-                p += step
+                if not isinstance(pull, float) or pull > 0:
+                    p.lerp_(trained, pull)  # p + pull (trained - p)
+                if grad is not None and scale is not None:
+                    p.addcmul_(grad, scale, value=-lr)
+                elif grad is not None:
+                    p.add_(grad, alpha=-lr)
