@@ -425,15 +425,16 @@ def _start(model: Any, start: str) -> str:
 @reports_errors
 def score(checkpoint: str, text: str, form: str, words: bool, out: str | None, device: str, start: str) -> None:
     """Per-token (or per-word) log-probability, surprisal and entropy of a text, in full left context."""
-    from rnnlm import runtime
-    from rnnlm.checkpoint import load_model
     import itertools
 
+    from rnnlm import runtime
+    from rnnlm.checkpoint import load_model
     from rnnlm.surprisal import token_scores
 
-    loaded = load_model(checkpoint, runtime.resolve_device(device))
+    torch_device = runtime.resolve_device(device)
+    loaded = load_model(checkpoint, torch_device)
     rows = token_scores(loaded.model, loaded.tokenizer, Path(text), words=words, start=_start(loaded.model, start),
-                        device=runtime.resolve_device(device))
+                        device=torch_device)
     first = next(rows, None)  # an empty or unreadable text fails here, before the header is written
     rows = itertools.chain([first] if first is not None else [], rows)
     unit = "word" if words else "token"

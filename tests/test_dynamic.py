@@ -5,8 +5,8 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-
 from helpers import tiny_config
+
 from rnnlm.cache import CacheSettings
 from rnnlm.checkpoint import load_model
 from rnnlm.config import load_config

@@ -3,11 +3,10 @@
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
-
 from helpers import TINY_MODEL, invoke
+
 from rnnlm.config import load_config
 from rnnlm.data.tokenizers import CharTokenizer
 from rnnlm.models.lm import RNNLM
