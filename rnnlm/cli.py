@@ -399,6 +399,58 @@ def _start(model: Any, start: str) -> str:
     return start
 
 
+@cli.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--text", required=True, type=click.Path(exists=True, dir_okay=False), help="The text file to score.")
+@click.option("--format", "form", type=click.Choice(["tsv", "jsonl"]), default="tsv", show_default=True,
+              help="A tab-separated table with a header row, or one JSON object a line.")
+@click.option("--words", is_flag=True,
+              help="Sum the tokens to whitespace-separated words (line ends are rows of their own).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write to this file [default: standard output].")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@start_option
+@reports_errors
+def score(checkpoint: str, text: str, form: str, words: bool, out: str | None, device: str, start: str) -> None:
+    """Per-token (or per-word) log-probability, surprisal and entropy of a text, in full left context."""
+    import itertools
+
+    from rnnlm import runtime
+    from rnnlm.checkpoint import load_model
+    from rnnlm.surprisal import token_scores
+
+    torch_device = runtime.resolve_device(device)
+    loaded = load_model(checkpoint, torch_device)
+    rows = token_scores(loaded.model, loaded.tokenizer, Path(text), words=words, start=_start(loaded.model, start),
+                        device=torch_device)
+    first = next(rows, None)  # an empty or unreadable text fails here, before the header is written
+    rows = itertools.chain([first] if first is not None else [], rows)
+    unit = "word" if words else "token"
+    if out is None:
+        _write_scores(rows, form, unit, functools.partial(click.echo, nl=False))
+        return
+    partial = Path(out).with_name(f".{Path(out).name}.{os.getpid()}.part")  # a failed run leaves --out as it was
+    try:
+        with open(partial, "w", encoding="utf-8") as f:
+            _write_scores(rows, form, unit, f.write)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _write_scores(rows: Any, form: str, unit: str, write: Callable[[str], Any]) -> None:
+    """TSV with a header row, or JSON lines; log_prob in nats, surprisal and entropy in bits."""
+    if form == "tsv":
+        write(f"line\t{unit}\tlog_prob\tsurprisal_bits\tentropy_bits\ttokens\n")
+    for row in rows:
+        if form == "tsv":
+            shown = row.text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+            write(f"{row.line}\t{shown}\t{row.log_prob:.6f}\t{row.surprisal:.6f}\t{row.entropy:.6f}\t{row.tokens}\n")
+        else:
+            write(json.dumps({"line": row.line, unit: row.text, "log_prob": row.log_prob,
+                              "surprisal_bits": row.surprisal, "entropy_bits": row.entropy, "tokens": row.tokens},
+                             ensure_ascii=False) + "\n")
+
+
 def main() -> None:
     global _standalone
     _standalone = True
