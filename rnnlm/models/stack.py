@@ -70,8 +70,10 @@ class FusedStack:
         hx = tuple(torch.stack(layout.by_name(state, name)) for name in layout.names)  # (L, B, H) each, for the kernel
         kernel = KERNELS[self.cell_name]
         if self.training and self.weight_drop > 0:
-            weights = [drop_connect(w, self.weight_drop, True) if name.startswith("weight_hh") else w
-                       for name, w in zip(self._flat_weights_names, self._flat_weights)]  # type: ignore
+            weights = [
+                drop_connect(w, self.weight_drop, True) if name.startswith("weight_hh") else w
+                for name, w in zip(self._flat_weights_names, self._flat_weights)
+            ]  # type: ignore
             outputs, final = _call_with_weights(kernel, self, weights, inputs, hx if n == 2 else hx[0])
         else:
             outputs, final = kernel.forward(self, inputs, hx if n == 2 else hx[0])  # type: ignore[arg-type]
@@ -91,8 +93,9 @@ class FusedRNN(FusedStack, nn.RNN):
     cell_name = "rnn"
 
 
-def _call_with_weights(kernel: type, module: nn.Module, weights: list[torch.Tensor], inputs: torch.Tensor,
-                       hx: object) -> tuple[torch.Tensor, object]:
+def _call_with_weights(
+    kernel: type, module: nn.Module, weights: list[torch.Tensor], inputs: torch.Tensor, hx: object
+) -> tuple[torch.Tensor, object]:
     """Run torch's recurrent kernel on `module` with `weights` in place of its own, then put them back."""
     saved = module._flat_weights  # type: ignore[attr-defined]
     module.__dict__["_flat_weights"] = weights
@@ -105,8 +108,15 @@ def _call_with_weights(kernel: type, module: nn.Module, weights: list[torch.Tens
 class LayerStack(nn.Module):
     """Layers run one at a time: sizes may differ, dropout between layers may be locked."""
 
-    def __init__(self, cell: str, sizes: list[int], nonlinearity: str = "tanh", between: float = 0.0,
-                 locked: bool = False, weight_drop: float = 0.0) -> None:
+    def __init__(
+        self,
+        cell: str,
+        sizes: list[int],
+        nonlinearity: str = "tanh",
+        between: float = 0.0,
+        locked: bool = False,
+        weight_drop: float = 0.0,
+    ) -> None:
         super().__init__()
         self.cell_name, self.nonlinearity, self.sizes = cell, nonlinearity, sizes
         self.cell = make_cell(cell, nonlinearity)
@@ -128,8 +138,12 @@ class LayerStack(nn.Module):
                 nn.init.uniform_(w, -bound, bound)
 
     def layer(self, k: int) -> LayerWeights:
-        return LayerWeights(getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}"),
-                            getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}"))
+        return LayerWeights(
+            getattr(self, f"weight_ih_l{k}"),
+            getattr(self, f"weight_hh_l{k}"),
+            getattr(self, f"bias_ih_l{k}"),
+            getattr(self, f"bias_hh_l{k}"),
+        )
 
     def stepper(self, exact: torch.dtype, dtype: torch.dtype | None = None) -> StackStepper:
         return StackStepper(self.cell, [self.layer(k) for k in range(self.num_layers)], exact, dtype)
@@ -148,16 +162,18 @@ class LayerStack(nn.Module):
             final.extend(layer_state)
         return layer_input, tuple(final)  # (T, B, H_top)
 
-    def run_layer(self, k: int, inputs: torch.Tensor, state: State, weights: LayerWeights
-                  ) -> tuple[torch.Tensor, State]:
+    def run_layer(
+        self, k: int, inputs: torch.Tensor, state: State, weights: LayerWeights
+    ) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 
 
 class ReferenceStack(LayerStack):
     """The cells of `models/cells.py` applied one time step at a time."""
 
-    def run_layer(self, k: int, inputs: torch.Tensor, state: State, weights: LayerWeights
-                  ) -> tuple[torch.Tensor, State]:
+    def run_layer(
+        self, k: int, inputs: torch.Tensor, state: State, weights: LayerWeights
+    ) -> tuple[torch.Tensor, State]:
         outputs = []
         for x_t in inputs:  # x_t (B, I)
             state = self.cell(x_t, state, weights)
@@ -168,13 +184,15 @@ class ReferenceStack(LayerStack):
 class KernelStack(LayerStack):
     """Torch's fused kernel applied one layer at a time, lent each layer's weights."""
 
-    def run_layer(self, k: int, inputs: torch.Tensor, state: State, weights: LayerWeights
-                  ) -> tuple[torch.Tensor, State]:
+    def run_layer(
+        self, k: int, inputs: torch.Tensor, state: State, weights: LayerWeights
+    ) -> tuple[torch.Tensor, State]:
         kernel = KERNELS[self.cell_name]
         template = self._template(k)
         hx = tuple(s.unsqueeze(0) for s in state)  # (1, B, H) each
-        outputs, final = _call_with_weights(kernel, template, list(weights.all()), inputs,
-                                            hx if len(hx) == 2 else hx[0])
+        outputs, final = _call_with_weights(
+            kernel, template, list(weights.all()), inputs, hx if len(hx) == 2 else hx[0]
+        )
         final = final if len(hx) == 2 else (final,)
         return outputs, tuple(f[0] for f in final)
 
@@ -196,8 +214,9 @@ def build_stack(config: ModelConfig) -> RecurrentStack:
     """The recurrent stack `config` asks for, with its dropout between layers and weight drop."""
     between = config.dropouts()[1] if config.num_layers > 1 else 0.0
     sizes = layer_sizes(config)
-    per_layer = dict(nonlinearity=config.nonlinearity, between=between, locked=config.locked_dropout,
-                     weight_drop=config.weight_drop)
+    per_layer = dict(
+        nonlinearity=config.nonlinearity, between=between, locked=config.locked_dropout, weight_drop=config.weight_drop
+    )
     if config.impl == "reference":
         return ReferenceStack(config.cell, sizes, **per_layer)
     if len(set(sizes[1:])) > 1 or (config.locked_dropout and between > 0):
