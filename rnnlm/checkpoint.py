@@ -18,10 +18,10 @@ import torch
 
 from rnnlm import __version__
 from rnnlm.config import Config
-from rnnlm.resume import saved_config
 from rnnlm.data.tokenizers import Tokenizer, from_state
 from rnnlm.errors import CheckpointError, ConfigError
 from rnnlm.models import LanguageModel, build_model
+from rnnlm.resume import saved_config
 from rnnlm.warmstart import saved_start_states
 
 FORMAT = "rnnlm-checkpoint"

@@ -21,7 +21,6 @@ import yaml
 
 from rnnlm.errors import ConfigError, storage_error
 
-
 # torch's own range (a signed or an unsigned 64-bit integer): what runs before the check was added trained with
 MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
 

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from rnnlm.checkpoint import identity, resume_payload
 from rnnlm.config import Config, load_config
-from rnnlm.resume import requested_changes, resume_config
 from rnnlm.errors import CheckpointError, RunInUse, UsageError, storage_error
+from rnnlm.resume import requested_changes, resume_config
 
 if TYPE_CHECKING:
     from rnnlm.data.corpus import Split

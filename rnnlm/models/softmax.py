@@ -17,14 +17,14 @@ cluster k only for the targets that fall in it, so most tokens (the frequent one
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlm.ids import PAD
 from rnnlm.errors import ConfigError
+from rnnlm.ids import PAD
 
 DEFAULT_CUTOFFS = (2000, 10_000, 50_000)  # each cluster 5x the last; those below the vocabulary are used
 LogProbs = Callable[[torch.Tensor], torch.Tensor]  # hidden (N, H) -> log-probabilities (N, V), float32 at least
