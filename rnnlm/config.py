@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
 import os
 import types
@@ -420,7 +421,7 @@ def _check_output_layer(c: Config) -> list[str]:
     vocabulary are caught here when tokenizer.vocab_size caps it, else when the model is built."""
     m, t = c.model, c.tokenizer
     problems = []
-    if any(b <= a for a, b in zip(m.cutoffs, m.cutoffs[1:])) or any(cut < 1 for cut in m.cutoffs):
+    if any(b <= a for a, b in itertools.pairwise(m.cutoffs)) or any(cut < 1 for cut in m.cutoffs):
         problems.append(f"model.cutoffs must be positive and increasing (got {list(m.cutoffs)})")
     elif m.softmax == "adaptive" and t.vocab_size and m.cutoffs and m.cutoffs[-1] >= t.vocab_size:
         problems.append(f"model.cutoffs must be below tokenizer.vocab_size {t.vocab_size} (got {list(m.cutoffs)})")

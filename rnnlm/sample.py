@@ -210,7 +210,8 @@ def fill_blanks(
                 torch.tensor(left, device=device), torch.tensor(right, device=device), state
             )
             values, ids = log_probs.topk(min(top_k, log_probs.numel()))
-            rankings.append([(tokenizer.decode([i]), p) for i, p in zip(ids.tolist(), values.exp().tolist())])
+            pairs = zip(ids.tolist(), values.exp().tolist(), strict=True)
+            rankings.append([(tokenizer.decode([i]), p) for i, p in pairs])
     return rankings
 
 

@@ -384,7 +384,7 @@ class Trainer:
         steps = [step for step, _ in pending]
         values = torch.stack([stats for _, stats in pending]).tolist()
         pending.clear()
-        for step, (loss, norm) in zip(steps, values):
+        for step, (loss, norm) in zip(steps, values, strict=True):
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 self._non_finite("loss" if not math.isfinite(loss) else "gradient norm", step)
         return sum(v[0] for v in values) / len(values), values[-1][1]

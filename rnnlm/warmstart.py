@@ -132,7 +132,7 @@ class MixtureReader:
         K, (T, B) = self.K, inputs.shape
         rows = slice(columns.start * K, columns.start * K + B * K)
         hidden, state = self.model.encode(inputs.repeat_interleave(K, dim=1), tuple(s[rows] for s in self.state))
-        for kept, new in zip(self.state, state):
+        for kept, new in zip(self.state, state, strict=True):
             kept[rows] = new.to(kept.dtype)
         wide = targets.repeat_interleave(K, dim=1)  # (T, B*K)
         scored = _token_log_probs(self.model, hidden, wide).masked_fill(wide == PAD, 0.0).view(T, B, K)
@@ -165,7 +165,8 @@ def posterior(model: LanguageModel, tokens: list[int], states: State) -> torch.T
     device = model.device
     context = torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(1).expand(-1, K)  # (T, K)
     hidden, _ = model.encode(context[:-1], tuple(s.to(device) for s in states))
-    score = sum(model.log_probs(h).gather(1, t.unsqueeze(1)).squeeze(1).double() for h, t in zip(hidden, context[1:]))
+    pairs = zip(hidden, context[1:], strict=True)
+    score = sum(model.log_probs(h).gather(1, t.unsqueeze(1)).squeeze(1).double() for h, t in pairs)
     return torch.log_softmax(score.cpu(), dim=0)
 
 
@@ -183,7 +184,7 @@ def saved_start_states(payload: dict[str, Any], model: LanguageModel) -> State |
         or len(saved) != len(zero)
         or any(
             not isinstance(s, torch.Tensor) or s.dim() != 2 or s.shape[1:] != z.shape[1:] or len(s) != len(saved[0])
-            for s, z in zip(saved, zero)
+            for s, z in zip(saved, zero, strict=True)  # lengths are equal: checked just before
         )
     ):
         raise ValueError("its start states do not fit the model's state")

@@ -16,7 +16,7 @@ for it). Both return the state; `gates`/`step` return every intermediate (a Name
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import torch
 
@@ -211,8 +211,8 @@ class LSTMCell:
         return LSTMGates(i, f, c_tilde, o, c, o * c.tanh())
 
 
-Cell = Union[ElmanCell, GRUCell, LSTMCell]
-Gates = Union[ElmanGates, GRUGates, LSTMGates]
+Cell = ElmanCell | GRUCell | LSTMCell
+Gates = ElmanGates | GRUGates | LSTMGates
 
 
 def make_cell(cell: str, nonlinearity: str = "tanh") -> Cell:

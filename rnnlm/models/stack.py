@@ -15,8 +15,8 @@ checkpoint runs on any of them:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
-from typing import Union
 
 import torch
 from torch import nn
@@ -72,13 +72,13 @@ class FusedStack:
         if self.training and self.weight_drop > 0:
             weights = [
                 drop_connect(w, self.weight_drop, True) if name.startswith("weight_hh") else w
-                for name, w in zip(self._flat_weights_names, self._flat_weights)
+                for name, w in zip(self._flat_weights_names, self._flat_weights, strict=True)
             ]  # type: ignore
             outputs, final = _call_with_weights(kernel, self, weights, inputs, hx if n == 2 else hx[0])
         else:
             outputs, final = kernel.forward(self, inputs, hx if n == 2 else hx[0])  # type: ignore[arg-type]
         final = final if n == 2 else (final,)
-        return outputs, tuple(t for layer in zip(*(f.unbind(0) for f in final)) for t in layer)
+        return outputs, tuple(t for layer in zip(*(f.unbind(0) for f in final), strict=True) for t in layer)
 
 
 class FusedLSTM(FusedStack, nn.LSTM):
@@ -124,7 +124,7 @@ class LayerStack(nn.Module):
         self.num_layers = len(sizes) - 1
         self.between, self.locked, self.weight_drop = between, locked, weight_drop
         gates = self.cell.gate_count
-        for k, (columns, hidden) in enumerate(zip(sizes, sizes[1:])):
+        for k, (columns, hidden) in enumerate(itertools.pairwise(sizes)):
             self.register_parameter(f"weight_ih_l{k}", nn.Parameter(torch.empty(gates * hidden, columns)))
             self.register_parameter(f"weight_hh_l{k}", nn.Parameter(torch.empty(gates * hidden, hidden)))
             self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(gates * hidden)))
@@ -207,7 +207,7 @@ class KernelStack(LayerStack):
         return templates[shape]
 
 
-RecurrentStack = Union[FusedLSTM, FusedGRU, FusedRNN, LayerStack]
+RecurrentStack = FusedLSTM | FusedGRU | FusedRNN | LayerStack
 
 
 def build_stack(config: ModelConfig) -> RecurrentStack:
