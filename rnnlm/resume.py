@@ -72,8 +72,9 @@ RESUMABLE_KEYS = frozenset(RESUMABLE)
 LEGACY_DEFAULTS = {"model.adaptive_cluster_grad": 1.0}
 
 
-def saved_config(values: dict[str, Any]) -> Config:
-    """The Config a checkpoint saved, the keys it predates set to their old behaviour."""
+def saved_config(values: Any) -> Config:
+    """The Config a checkpoint saved, the keys it predates set to their old behaviour. `values` is whatever
+    the checkpoint holds there: a nested dict, unless the file is damaged."""
     if not isinstance(values, dict):
         return build_config(values)  # reports what is wrong with it
     values = {section: dict(v) if isinstance(v, dict) else v for section, v in values.items()}

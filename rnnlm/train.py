@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -34,7 +34,7 @@ from rnnlm.data.tokenizers import from_state
 from rnnlm.errors import CheckpointError, DataError, Interrupted, TrainingError, UsageError
 from rnnlm.evaluate import evaluate, perplexity
 from rnnlm.metrics import open_writer
-from rnnlm.models import build_model
+from rnnlm.models import LanguageModel, build_model
 from rnnlm.models.lm import detach_state
 from rnnlm.models.stack import State
 from rnnlm.optim import Averager, Schedule, build_optimizer
@@ -96,6 +96,7 @@ class Trainer:
             self._restore_checked(saved)
         self.run.start_step = self.run.step
         if self.group.is_main:
+            assert self.run_id is not None  # rank 0 took it with the folder
             dump_yaml(c, self.run_dir / "config.yaml")
             self.folder.write_id(self.run_id)
         # a resumed run logs again the steps after its checkpoint, which a crash may have logged already
@@ -165,7 +166,7 @@ class Trainer:
         recorded = saved.get("data_fingerprint") if saved else None
         changed = changed_splits(recorded, current)
         if changed:
-            what = describe_changes(changed, recorded, current)
+            what = describe_changes(changed, cast("dict[str, Any]", recorded), current)  # a change implies a record
             if not self.allow_data_change:
                 raise UsageError(
                     f"cannot resume {self.run_dir} on other data than it trained on: {what}. Put the "
@@ -179,7 +180,8 @@ class Trainer:
         c, g = self.config, self.group
         runtime.check_precision(c.train.precision, self.device, c.model.impl, c.model.cell)
         self.model = build_model(self.tokenizer.vocab_size, c.model).to(self.device)
-        self.network = self.model  # what training calls: the model, or its DistributedDataParallel wrapper
+        # what training calls: the model, or its DistributedDataParallel wrapper
+        self.network: LanguageModel | DistributedDataParallel = self.model
         if g.enabled:
             self.network = DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None
@@ -338,7 +340,7 @@ class Trainer:
         grad_norm = (
             torch.nn.utils.clip_grad_norm_(params, clip)
             if clip > 0
-            else torch.nn.utils.get_total_norm([p.grad for p in params])
+            else torch.nn.utils.get_total_norm(cast("list[torch.Tensor]", [p.grad for p in params]))
         )
         if self.scaler.is_enabled():  # an overflow is the scaler's business: it skips the step, lowers the scale
             grad_norm = torch.nan_to_num(grad_norm.float(), nan=0.0, posinf=0.0)

@@ -21,7 +21,7 @@ bit-exact.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -166,7 +166,7 @@ def posterior(model: LanguageModel, tokens: list[int], states: State) -> torch.T
     context = torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(1).expand(-1, K)  # (T, K)
     hidden, _ = model.encode(context[:-1], tuple(s.to(device) for s in states))
     pairs = zip(hidden, context[1:], strict=True)
-    score = sum(model.log_probs(h).gather(1, t.unsqueeze(1)).squeeze(1).double() for h, t in pairs)
+    score = cast(torch.Tensor, sum(model.log_probs(h).gather(1, t.unsqueeze(1)).squeeze(1).double() for h, t in pairs))
     return torch.log_softmax(score.cpu(), dim=0)
 
 

@@ -18,6 +18,7 @@ cluster k only for the targets that fall in it, so most tokens (the frequent one
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,8 @@ class LinearLogProbs:
 
 
 class AdaptiveSoftmax(nn.Module):
+    starts: torch.Tensor  # the first id of each cluster, a buffer (registered in __init__)
+
     def __init__(
         self, in_features: int, vocab_size: int, cutoffs: list[int], div_value: float, cluster_grad: float
     ) -> None:
@@ -95,11 +98,16 @@ class AdaptiveSoftmax(nn.Module):
         cluster's projection with orthonormal rows: a well-conditioned map of the hidden state from
         the start, where a uniform draw stretches some directions more than others (the evidence, thin
         and mixed: docs/benchmarks.md)."""
-        for module in [self.head, *(cluster[1] for cluster in self.tail)]:
+        clusters = self._clusters()
+        for module in [self.head, *(output for _, output in clusters)]:
             nn.init.uniform_(module.weight, -init_range, init_range)
             nn.init.zeros_(module.bias)
-        for cluster in self.tail:
-            nn.init.orthogonal_(cluster[0].weight)
+        for projection, _ in clusters:
+            nn.init.orthogonal_(projection.weight)
+
+    def _clusters(self) -> list[tuple[nn.Linear, nn.Linear]]:
+        """Each tail cluster's projection and output layer (the two Linears of its Sequential)."""
+        return cast("list[tuple[nn.Linear, nn.Linear]]", [tuple(cluster.children()) for cluster in self.tail])
 
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The head's logits (N, shortlist + clusters); the gradient of its cluster rows is scaled by
@@ -146,12 +154,12 @@ class ScaleRowGrad(torch.autograd.Function):
     """The identity on `tensor`, whose gradient rows from `start` on are multiplied by `scale`."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor, start: int, scale: float) -> torch.Tensor:
+    def forward(ctx: Any, tensor: torch.Tensor, start: int, scale: float) -> torch.Tensor:
         ctx.start, ctx.scale = start, scale
         return tensor.view_as(tensor)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         grad = grad.clone()
         grad[ctx.start :] *= ctx.scale
         return grad, None, None
@@ -175,7 +183,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor, chunk: int
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor, chunk: int
     ) -> torch.Tensor:
         hidden = hidden.to(weight.dtype)
         total = torch.zeros((), dtype=weight.dtype, device=weight.device)
@@ -193,7 +201,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
         hidden, weight, bias, targets, normalisers = ctx.saved_tensors
         grad_hidden = torch.empty_like(hidden)
         grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
@@ -259,7 +267,7 @@ class FusedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx,
+        ctx: Any,
         hidden: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
@@ -298,7 +306,9 @@ class FusedCrossEntropy(torch.autograd.Function):
         return nll
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(
+        ctx: Any, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, None, None, None]:
         inputs, matrix, wanted, scored, target_probs = ctx.saved_tensors
         hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
         dlogits, ctx.probs = ctx.probs, None  # the softmax, turned into the gradient in place
