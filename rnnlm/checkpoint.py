@@ -18,10 +18,10 @@ import torch
 
 from rnnlm import __version__
 from rnnlm.config import Config
-from rnnlm.resume import saved_config
 from rnnlm.data.tokenizers import Tokenizer, from_state
 from rnnlm.errors import CheckpointError, ConfigError
 from rnnlm.models import LanguageModel, build_model
+from rnnlm.resume import saved_config
 from rnnlm.warmstart import saved_start_states
 
 FORMAT = "rnnlm-checkpoint"
@@ -102,22 +102,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "unsupported global" in str(exc).lower():  # torch 2.13: "unsupported GLOBAL"; older: "Unsupported global"
-            raise CheckpointError(f"{path} is not an rnnlm checkpoint: it holds Python objects rnnlm does not load "
-                                  f"(rnnlm never unpickles arbitrary code)") from None
-        raise CheckpointError(f"{path} cannot be read as a checkpoint: it is truncated, damaged, or not a "
-                              f"checkpoint file") from None
+            raise CheckpointError(
+                f"{path} is not an rnnlm checkpoint: it holds Python objects rnnlm does not load "
+                f"(rnnlm never unpickles arbitrary code)"
+            ) from None
+        raise CheckpointError(
+            f"{path} cannot be read as a checkpoint: it is truncated, damaged, or not a checkpoint file"
+        ) from None
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {(exc.strerror or str(exc)).lower()}") from None
     except Exception:  # torch.load fails on foreign bytes in many ways: zip, pickle, key and value errors
-        raise CheckpointError(f"{path} cannot be read as a checkpoint: it is truncated, damaged, or not a "
-                              f"checkpoint file") from None
+        raise CheckpointError(
+            f"{path} cannot be read as a checkpoint: it is truncated, damaged, or not a checkpoint file"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not an rnnlm checkpoint")
     version = payload.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer rnnlm ({payload.get('rnnlm_version')}, checkpoint "
-                              f"format {version}); this rnnlm {__version__} reads format {FORMAT_VERSION} and older: "
-                              f"upgrade rnnlm")
+        raise CheckpointError(
+            f"{path} was written by a newer rnnlm ({payload.get('rnnlm_version')}, checkpoint "
+            f"format {version}); this rnnlm {__version__} reads format {FORMAT_VERSION} and older: "
+            f"upgrade rnnlm"
+        )
     return payload
 
 
@@ -187,8 +193,9 @@ def resume_payload(path: str | Path) -> tuple[dict[str, Any], Config]:
         raise CheckpointError(f"{path}: {exc}") from None
     for key in _RESUME_PARTS:
         if not isinstance(payload.get(key), dict):
-            raise CheckpointError(f"{path} cannot be resumed: its {key!r} part is "
-                                  f"{'missing' if key not in payload else 'damaged'}")
+            raise CheckpointError(
+                f"{path} cannot be resumed: its {key!r} part is {'missing' if key not in payload else 'damaged'}"
+            )
     trainer = payload["trainer"]
     for name, least in (("step", 0), ("epoch", 1)):
         if type(trainer.get(name)) is not int or trainer[name] < least:
@@ -196,9 +203,14 @@ def resume_payload(path: str | Path) -> tuple[dict[str, Any], Config]:
     if not isinstance(trainer.get("best_val"), (float, type(None))) or not isinstance(trainer.get("history"), list):
         raise CheckpointError(f"{path} cannot be resumed: its trainer state is damaged")
     ranks = payload.get("ranks", [payload])  # each rank's hidden state and generators (one rank: the payload's)
-    if not isinstance(ranks, list) or not ranks or not all(
+    if (
+        not isinstance(ranks, list)
+        or not ranks
+        or not all(
             isinstance(r, dict) and isinstance(r.get("hidden"), (tuple, list)) and isinstance(r.get("rng"), dict)
-            for r in ranks):
+            for r in ranks
+        )
+    ):
         raise CheckpointError(f"{path} cannot be resumed: its hidden state or random generators are missing or damaged")
     return payload, config
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
 import os
 import types
@@ -20,7 +21,6 @@ from typing import Any, Literal
 import yaml
 
 from rnnlm.errors import ConfigError, storage_error
-
 
 # torch's own range (a signed or an unsigned 64-bit integer): what runs before the check was added trained with
 MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
@@ -88,8 +88,10 @@ class ModelConfig:
 
     def dropouts(self) -> tuple[float, float, float]:
         """Dropout on the input, between layers and on the output, model.dropout filling the unset ones."""
-        return tuple(self.dropout if p is None else p  # type: ignore[return-value]
-                     for p in (self.dropout_input, self.dropout_between, self.dropout_output))
+        return tuple(
+            self.dropout if p is None else p  # type: ignore[return-value]
+            for p in (self.dropout_input, self.dropout_between, self.dropout_output)
+        )
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,10 @@ class Config:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain values, sequences as lists, as YAML and `rnnlm config` show them."""
-        return {section: {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
-                for section, values in dataclasses.asdict(self).items()}
+        return {
+            section: {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+            for section, values in dataclasses.asdict(self).items()
+        }
 
     def replace(self, changes: dict[str, Any]) -> Config:
         """A copy with `section.key` values replaced, validated like the original."""
@@ -154,6 +158,7 @@ class Config:
 
 
 SECTIONS: dict[str, type] = typing.get_type_hints(Config)
+
 
 def all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
@@ -242,7 +247,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if isinstance(key, (str, int, float, bool)) or key is None:
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} (first on line {seen[key].line + 1})", key_node.start_mark)
+                        None, None, f"duplicate key {key!r} (first on line {seen[key].line + 1})", key_node.start_mark
+                    )
                 seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
 
@@ -354,13 +360,17 @@ def _check_ranges(c: Config) -> list[str]:
     d, t, m, tr, o = c.data, c.tokenizer, c.model, c.train, c.optim
     for key, value in (("data.valid_fraction", d.valid_fraction), ("data.test_fraction", d.test_fraction)):
         need(0.0 <= value < 1.0, f"{key} must be in [0, 1) (got {value})")
-    need(d.valid_fraction + d.test_fraction < 1.0,
-         f"data.valid_fraction + data.test_fraction must be below 1 (got {d.valid_fraction + d.test_fraction})")
+    need(
+        d.valid_fraction + d.test_fraction < 1.0,
+        f"data.valid_fraction + data.test_fraction must be below 1 (got {d.valid_fraction + d.test_fraction})",
+    )
     need(d.corpus.strip() != "", "data.corpus must name a file, a folder or a registry corpus")
     need(t.vocab_size == 0 or t.vocab_size >= 3, f"tokenizer.vocab_size must be 0 or at least 3 (got {t.vocab_size})")
     need(t.min_count >= 1, f"tokenizer.min_count must be at least 1 (got {t.min_count})")
-    need(0.0 < t.character_coverage <= 1.0,
-         f"tokenizer.character_coverage must be in (0, 1] (got {t.character_coverage})")
+    need(
+        0.0 < t.character_coverage <= 1.0,
+        f"tokenizer.character_coverage must be in (0, 1] (got {t.character_coverage})",
+    )
     need(t.sample_bytes >= 0, f"tokenizer.sample_bytes must be 0 (all) or positive (got {t.sample_bytes})")
     for key in ("num_layers", "embed_size", "hidden_size"):
         need(getattr(m, key) >= 1, f"model.{key} must be at least 1 (got {getattr(m, key)})")
@@ -370,12 +380,16 @@ def _check_ranges(c: Config) -> list[str]:
     for key in ("activation_reg", "temporal_reg"):
         need(getattr(m, key) >= 0, f"model.{key} must be 0 or positive (got {getattr(m, key)})")
     top = m.output_size or m.hidden_size
-    need(not m.tie_weights or m.embed_size == top,
-         f"model.tie_weights needs model.embed_size == model.{'output_size' if m.output_size else 'hidden_size'} "
-         f"(got {m.embed_size} and {top})")
+    need(
+        not m.tie_weights or m.embed_size == top,
+        f"model.tie_weights needs model.embed_size == model.{'output_size' if m.output_size else 'hidden_size'} "
+        f"(got {m.embed_size} and {top})",
+    )
     need(m.output_size is None or m.output_size >= 1, f"model.output_size must be at least 1 (got {m.output_size})")
-    need(not (m.nonlinearity == "sigmoid" and m.impl == "fused" and m.cell == "rnn"),
-         "model.nonlinearity sigmoid needs model.impl: reference (torch's fused nn.RNN offers tanh and relu only)")
+    need(
+        not (m.nonlinearity == "sigmoid" and m.impl == "fused" and m.cell == "rnn"),
+        "model.nonlinearity sigmoid needs model.impl: reference (torch's fused nn.RNN offers tanh and relu only)",
+    )
     need(m.init_range > 0 and math.isfinite(m.init_range), f"model.init_range must be positive (got {m.init_range})")
     need(math.isfinite(m.forget_bias), f"model.forget_bias must be finite (got {m.forget_bias})")
     problems.extend(_check_output_layer(c))
@@ -388,8 +402,10 @@ def _check_ranges(c: Config) -> list[str]:
     need(o.clip >= 0, f"optim.clip must be 0 (off) or positive (got {o.clip})")
     need(o.weight_decay >= 0, f"optim.weight_decay must be 0 or positive (got {o.weight_decay})")
     need(0.0 <= o.momentum < 1.0, f"optim.momentum must be in [0, 1) (got {o.momentum})")
-    need(o.name in ("sgd", "ntasgd") or o.momentum == 0.0,
-         f"optim.momentum applies to sgd and ntasgd only (optimizer is {o.name})")
+    need(
+        o.name in ("sgd", "ntasgd") or o.momentum == 0.0,
+        f"optim.momentum applies to sgd and ntasgd only (optimizer is {o.name})",
+    )
     need(o.warmup_steps >= 0, f"optim.warmup_steps must be 0 or more (got {o.warmup_steps})")
     need(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, optim.lr] (got {o.min_lr})")
     need(o.nonmono >= 1, f"optim.nonmono must be at least 1 (got {o.nonmono})")
@@ -405,7 +421,7 @@ def _check_output_layer(c: Config) -> list[str]:
     vocabulary are caught here when tokenizer.vocab_size caps it, else when the model is built."""
     m, t = c.model, c.tokenizer
     problems = []
-    if any(b <= a for a, b in zip(m.cutoffs, m.cutoffs[1:])) or any(cut < 1 for cut in m.cutoffs):
+    if any(b <= a for a, b in itertools.pairwise(m.cutoffs)) or any(cut < 1 for cut in m.cutoffs):
         problems.append(f"model.cutoffs must be positive and increasing (got {list(m.cutoffs)})")
     elif m.softmax == "adaptive" and t.vocab_size and m.cutoffs and m.cutoffs[-1] >= t.vocab_size:
         problems.append(f"model.cutoffs must be below tokenizer.vocab_size {t.vocab_size} (got {list(m.cutoffs)})")
@@ -416,17 +432,23 @@ def _check_output_layer(c: Config) -> list[str]:
     if m.loss_chunk < 0:
         problems.append(f"model.loss_chunk must be 0 or more (got {m.loss_chunk})")
     if m.loss_chunk and (m.softmax == "adaptive" or m.bidirectional):
-        problems.append("model.loss_chunk applies to the full softmax of a unidirectional model: set it to 0 "
-                        "with model.softmax adaptive or model.bidirectional")
+        problems.append(
+            "model.loss_chunk applies to the full softmax of a unidirectional model: set it to 0 "
+            "with model.softmax adaptive or model.bidirectional"
+        )
     if m.softmax != "adaptive":
         return problems
     if t.kind != "word":  # the head must hold the frequent words: only word ids are sorted by frequency
-        problems.append(f"model.softmax adaptive needs tokenizer.kind word, whose ids are sorted by frequency "
-                        f"(got {t.kind})")
+        problems.append(
+            f"model.softmax adaptive needs tokenizer.kind word, whose ids are sorted by frequency (got {t.kind})"
+        )
     if m.tie_weights:
-        problems.append("model.softmax adaptive cannot be combined with model.tie_weights (its output layer is "
-                        "not one matrix the embedding could share)")
+        problems.append(
+            "model.softmax adaptive cannot be combined with model.tie_weights (its output layer is "
+            "not one matrix the embedding could share)"
+        )
     if m.bidirectional:
-        problems.append("model.softmax adaptive is not available with model.bidirectional (its heads use a full "
-                        "softmax)")
+        problems.append(
+            "model.softmax adaptive is not available with model.bidirectional (its heads use a full softmax)"
+        )
     return problems

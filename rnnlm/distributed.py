@@ -72,18 +72,21 @@ def join(device_name: str, timeout_seconds: int) -> tuple[Group, torch.device]:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device_name in ("auto", "cuda") and torch.cuda.is_available():
         if local_rank >= torch.cuda.device_count():
-            raise UsageError(f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
-                             f"lower --nproc_per_node")
+            raise UsageError(
+                f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+                f"lower --nproc_per_node"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     elif device_name in ("auto", "cpu"):
         device = torch.device("cpu")
     else:
-        raise UsageError(f"under torchrun, train.device must be auto, cuda or cpu (got {device_name!r}): each "
-                         f"process takes the GPU of its local rank")
+        raise UsageError(
+            f"under torchrun, train.device must be auto, cuda or cpu (got {device_name!r}): each "
+            f"process takes the GPU of its local rank"
+        )
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=timedelta(seconds=timeout_seconds))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_seconds))
     return Group(rank, world_size), device
 
 
@@ -95,6 +98,8 @@ def leave() -> None:
 def failure(group: Group, exc: BaseException, timeout_seconds: int) -> TrainingError:
     """The error a rank reports when a collective fails: usually another rank died or hung."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return TrainingError(f"rank {group.rank} of {group.world_size}: distributed training stopped: {first}. Another "
-                         f"process has probably failed or hung (collectives time out after train.dist_timeout = "
-                         f"{timeout_seconds} s); see its log, then resume with --resume")
+    return TrainingError(
+        f"rank {group.rank} of {group.world_size}: distributed training stopped: {first}. Another "
+        f"process has probably failed or hung (collectives time out after train.dist_timeout = "
+        f"{timeout_seconds} s); see its log, then resume with --resume"
+    )

@@ -16,8 +16,9 @@ from rnnlm.config import OptimConfig
 def build_optimizer(parameters: Iterable[nn.Parameter], config: OptimConfig) -> torch.optim.Optimizer:
     params = list(parameters)
     if config.name in ("sgd", "ntasgd"):  # the notes' minibatched SGD: theta <- theta - lr * grad
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay, foreach=True)
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, foreach=True
+        )
     if config.name == "adamw":  # decoupled weight decay (Loshchilov & Hutter 2019)
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)

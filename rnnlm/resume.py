@@ -27,24 +27,38 @@ class Resumable:
 # Every key that may differ between a run and its resumption; any other change is refused, since it would
 # make the checkpoint's state (weights, optimizer, batches) that of another run.
 RESUMABLE: dict[str, Resumable] = {
-    "train.epochs": Resumable("schedule", "where the run stops; with optim.schedule cosine also the length the "
-                                          "rate decays over"),
-    "train.max_steps": Resumable("schedule", "where the run stops; with optim.schedule cosine also the length the "
-                                             "rate decays over, so the rate from the resumed step on is the new "
-                                             "schedule's"),
-    "train.eval_every": Resumable("schedule", "when validation runs, and so when the plateau schedule may decay, "
-                                              "NT-ASGD may start averaging and best.pt is chosen"),
-    "train.eval_batch_size": Resumable("schedule", "the validation loss itself (streams start afresh at other "
-                                                   "places), which the plateau schedule, NT-ASGD and best.pt "
-                                                   "decide on"),
-    "train.precision": Resumable("rounding", "the forward pass's precision: bf16 and fp16 round far more than "
-                                             "fp32 (the losses follow fp32's closely, not bit for bit); the "
-                                             "validations it feeds the schedule round with them"),
+    "train.epochs": Resumable(
+        "schedule", "where the run stops; with optim.schedule cosine also the length the rate decays over"
+    ),
+    "train.max_steps": Resumable(
+        "schedule",
+        "where the run stops; with optim.schedule cosine also the length the "
+        "rate decays over, so the rate from the resumed step on is the new "
+        "schedule's",
+    ),
+    "train.eval_every": Resumable(
+        "schedule",
+        "when validation runs, and so when the plateau schedule may decay, "
+        "NT-ASGD may start averaging and best.pt is chosen",
+    ),
+    "train.eval_batch_size": Resumable(
+        "schedule",
+        "the validation loss itself (streams start afresh at other "
+        "places), which the plateau schedule, NT-ASGD and best.pt "
+        "decide on",
+    ),
+    "train.precision": Resumable(
+        "rounding",
+        "the forward pass's precision: bf16 and fp16 round far more than "
+        "fp32 (the losses follow fp32's closely, not bit for bit); the "
+        "validations it feeds the schedule round with them",
+    ),
     "train.device": Resumable("rounding", "another device runs the same operations in another order"),
     "model.loss_chunk": Resumable("rounding", "the loss is summed over other pieces of the logits"),
     "model.fused_loss": Resumable("rounding", "the loss is computed by other kernels"),
-    "train.log_every": Resumable("nothing", "how often the loss is read back and logged (the divergence check "
-                                            "judges means over this many steps)"),
+    "train.log_every": Resumable(
+        "nothing", "how often the loss is read back and logged (the divergence check judges means over this many steps)"
+    ),
     "train.num_threads": Resumable("nothing", "how many CPU threads torch uses"),
     "train.tensorboard": Resumable("nothing", "whether TensorBoard events are written"),
     "train.dist_timeout": Resumable("nothing", "how long a distributed collective may wait"),
@@ -58,8 +72,9 @@ RESUMABLE_KEYS = frozenset(RESUMABLE)
 LEGACY_DEFAULTS = {"model.adaptive_cluster_grad": 1.0}
 
 
-def saved_config(values: dict[str, Any]) -> Config:
-    """The Config a checkpoint saved, the keys it predates set to their old behaviour."""
+def saved_config(values: Any) -> Config:
+    """The Config a checkpoint saved, the keys it predates set to their old behaviour. `values` is whatever
+    the checkpoint holds there: a nested dict, unless the file is damaged."""
     if not isinstance(values, dict):
         return build_config(values)  # reports what is wrong with it
     values = {section: dict(v) if isinstance(v, dict) else v for section, v in values.items()}
@@ -82,7 +97,9 @@ def resume_config(saved: Config, requested: dict[str, Any]) -> Config:
         raise ConfigError(
             "cannot change these settings when resuming a run: "
             + "; ".join(refused)
-            + " (only " + ", ".join(sorted(RESUMABLE)) + " may change)"
+            + " (only "
+            + ", ".join(sorted(RESUMABLE))
+            + " may change)"
         )
     changes = {k: v for k, v in requested.items() if k in RESUMABLE and current.get(k) != v}
     return saved.replace(changes) if changes else saved

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from rnnlm.checkpoint import identity, resume_payload
 from rnnlm.config import Config, load_config
-from rnnlm.resume import requested_changes, resume_config
 from rnnlm.errors import CheckpointError, RunInUse, UsageError, storage_error
+from rnnlm.resume import requested_changes, resume_config
 
 if TYPE_CHECKING:
     from rnnlm.data.corpus import Split
@@ -36,8 +36,9 @@ RESTORING = ".restoring"  # that run while it moves back (the new run's files ar
 _PARTIAL = re.compile(r"^\.(.+\.pt|config\.yaml)\.\d+\.tmp$")  # save_checkpoint's and dump_yaml's temporary files
 
 
-def plan_run(config_path: str | None, overrides: list[str], run_dir: str | None, resume: str | None,
-             overwrite: bool) -> tuple[Config, Path, dict[str, Any] | None]:
+def plan_run(
+    config_path: str | None, overrides: list[str], run_dir: str | None, resume: str | None, overwrite: bool
+) -> tuple[Config, Path, dict[str, Any] | None]:
     """Decide what `rnnlm train` runs: the config, the run folder, and the checkpoint to resume from.
 
     `resume` is a run folder, or "auto" to resume `run_dir` when it holds a run and start it otherwise.
@@ -73,8 +74,10 @@ def resumable_checkpoint(folder: Path) -> Path | None:
 
 def _nothing_to_resume(folder: Path) -> NoReturn:
     if not any((folder / name).exists() for name in CHECKPOINTS):  # --resume never starts a run: it has no config
-        raise UsageError(f"nothing to resume in {folder}: it holds no checkpoint yet (a start stopped before its first "
-                         f"save); start it afresh with rnnlm train --run-dir {folder} ...")
+        raise UsageError(
+            f"nothing to resume in {folder}: it holds no checkpoint yet (a start stopped before its first "
+            f"save); start it afresh with rnnlm train --run-dir {folder} ..."
+        )
     raise UsageError(f"cannot resume: {folder / 'last.pt'} does not exist")
 
 
@@ -106,8 +109,10 @@ class RunFolder:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
             self.release()
-            raise RunInUse(f"run folder {self.path} is in use by process {holder or '(unknown)'}: another rnnlm "
-                           f"train holds it; wait for it to end or stop it, or choose another --run-dir") from None
+            raise RunInUse(
+                f"run folder {self.path} is in use by process {holder or '(unknown)'}: another rnnlm "
+                f"train holds it; wait for it to end or stop it, or choose another --run-dir"
+            ) from None
         except OSError:  # a file system without locks (some network mounts): run unguarded, as before
             return
         self.locked = True
@@ -140,10 +145,14 @@ class RunFolder:
         checkpoints = [name for name in CHECKPOINTS if (self.path / name).exists()]
         if checkpoints and not overwrite:
             if "last.pt" not in checkpoints:
-                raise UsageError(f"run folder {self.path} holds best.pt but no last.pt to resume from: pass "
-                                 f"--overwrite to replace it, or choose another --run-dir")
-            raise UsageError(f"run folder {self.path} already holds a run ({', '.join(checkpoints)}): pass --resume "
-                             f"{self.path} to continue it, --overwrite to replace it, or choose another --run-dir")
+                raise UsageError(
+                    f"run folder {self.path} holds best.pt but no last.pt to resume from: pass "
+                    f"--overwrite to replace it, or choose another --run-dir"
+                )
+            raise UsageError(
+                f"run folder {self.path} already holds a run ({', '.join(checkpoints)}): pass --resume "
+                f"{self.path} to continue it, --overwrite to replace it, or choose another --run-dir"
+            )
         leftovers = self._run_files() if modify else []
         if checkpoints and leftovers:
             self._replacing = True
@@ -154,8 +163,10 @@ class RunFolder:
             return []
         for path in leftovers:
             path.unlink()
-        return [f"run folder {self.path} holds no checkpoint yet (a start stopped before its first save): starting "
-                f"it afresh"] * bool(leftovers)
+        return [
+            f"run folder {self.path} holds no checkpoint yet (a start stopped before its first save): starting "
+            f"it afresh"
+        ] * bool(leftovers)
 
     def tidy(self) -> list[str]:
         """Once locked: finish a stopped --overwrite and remove partial checkpoints; returns lines to log."""
@@ -175,8 +186,9 @@ class RunFolder:
 
     def _run_files(self) -> list[Path]:
         """The files of the run in the folder, TensorBoard events included."""
-        return [self.path / name for name in RUN_FILES if (self.path / name).exists()] + \
-            sorted(self.path.glob("events.out.tfevents.*"))
+        return [self.path / name for name in RUN_FILES if (self.path / name).exists()] + sorted(
+            self.path.glob("events.out.tfevents.*")
+        )
 
     def _recover(self) -> list[str]:
         """Finish what a stopped --overwrite left: if its new run saved a last.pt, drop the old run, else put
@@ -196,8 +208,9 @@ class RunFolder:
             path.unlink()
         os.replace(aside, self.path / RESTORING)
         self._move_back(self.path / RESTORING)
-        return [f"put back the run in {self.path} that an --overwrite stopped before its first checkpoint had "
-                f"set aside"]
+        return [
+            f"put back the run in {self.path} that an --overwrite stopped before its first checkpoint had set aside"
+        ]
 
     def _move_back(self, holder: Path) -> None:
         for path in holder.iterdir():
@@ -242,9 +255,11 @@ class RunFolder:
             best = identity(self.path / "best.pt")
             mine, source = best[0] if best else None, self.path / "best.pt"
         if mine and theirs and mine != theirs:
-            raise CheckpointError(f"{self.path / 'last.pt'} belongs to another run (run id {theirs[:12]}, while "
-                                  f"{source} says {mine[:12]}): it was copied here from another run "
-                                  f"folder; resume that folder instead, or put this run's own last.pt back")
+            raise CheckpointError(
+                f"{self.path / 'last.pt'} belongs to another run (run id {theirs[:12]}, while "
+                f"{source} says {mine[:12]}): it was copied here from another run "
+                f"folder; resume that folder instead, or put this run's own last.pt back"
+            )
         return theirs or mine or uuid.uuid4().hex
 
     def _check_unchanged(self, saved: Mapping[str, Any]) -> None:
@@ -253,8 +268,10 @@ class RunFolder:
         trainer = saved.get("trainer")
         read = (saved.get("run_id"), trainer.get("step") if isinstance(trainer, Mapping) else None)
         if identity(self.path / "last.pt") != read:
-            raise RunInUse(f"{self.path / 'last.pt'} changed while this trainer started (another trainer saved it "
-                           f"meanwhile): run the command again to resume from the new one")
+            raise RunInUse(
+                f"{self.path / 'last.pt'} changed while this trainer started (another trainer saved it "
+                f"meanwhile): run the command again to resume from the new one"
+            )
 
 
 def split_fingerprint(split: Split) -> dict[str, Any]:
@@ -273,12 +290,15 @@ def changed_splits(saved: Mapping[str, Any] | None, current: Mapping[str, Any]) 
 
 def describe_changes(changed: list[str], saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
     """'the train split differs (4,000 tokens then, 4,100 now)', for a log line or an error."""
+
     def counts(name: str) -> str:
         then, now = (saved.get(name) or {}).get("tokens"), (current.get(name) or {}).get("tokens")
         if then is None or now is None:
             return "added" if then is None else "removed"
         return f"{now:,} tokens, other ones" if then == now else f"{then:,} tokens then, {now:,} now"
+
     if len(changed) == 1:
         return f"the {changed[0]} split differs ({counts(changed[0])})"
-    return (f"the {' and '.join(changed)} splits differ ("
-            + "; ".join(f"{name}: {counts(name)}" for name in changed) + ")")
+    return (
+        f"the {' and '.join(changed)} splits differ (" + "; ".join(f"{name}: {counts(name)}" for name in changed) + ")"
+    )

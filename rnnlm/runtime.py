@@ -51,13 +51,16 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 def check_precision(precision: str, device: torch.device, impl: str, cell: str = "lstm") -> None:
     """Refuse a precision the device's kernels cannot run, before any work is done."""
     if precision == "fp16" and device.type == "cpu" and impl == "fused":
-        raise UsageError("train.precision=fp16 cannot run torch's fused recurrent kernels on a CPU (oneDNN has no "
-                         "fp16 LSTM): use train.precision=bf16, or model.impl=reference")
-    if precision == "bf16" and device.type == "cpu" and impl == "fused" and cell == "lstm" \
-            and not cpu_has_bf16_lstm():
-        raise UsageError("train.precision=bf16 cannot run torch's fused LSTM on this CPU (oneDNN builds its bf16 LSTM "
-                         "only for CPUs with AVX-512; bf16 would not be faster here anyway): use "
-                         "train.precision=fp32, or model.impl=reference")
+        raise UsageError(
+            "train.precision=fp16 cannot run torch's fused recurrent kernels on a CPU (oneDNN has no "
+            "fp16 LSTM): use train.precision=bf16, or model.impl=reference"
+        )
+    if precision == "bf16" and device.type == "cpu" and impl == "fused" and cell == "lstm" and not cpu_has_bf16_lstm():
+        raise UsageError(
+            "train.precision=bf16 cannot run torch's fused LSTM on this CPU (oneDNN builds its bf16 LSTM "
+            "only for CPUs with AVX-512; bf16 would not be faster here anyway): use "
+            "train.precision=fp32, or model.impl=reference"
+        )
     if precision != "fp32" and device.type == "mps":
         raise UsageError(f"train.precision={precision} is not supported on mps: use fp32")
 
@@ -134,5 +137,7 @@ class StopSignals:
         if self.caught is not None:
             raise KeyboardInterrupt
         self.caught = signum
-        self.log(f"\n{signal.Signals(signum).name}: finishing this step and saving (press Ctrl-C again to quit "
-                 f"at once; the last checkpoint on disk stays intact)")
+        self.log(
+            f"\n{signal.Signals(signum).name}: finishing this step and saving (press Ctrl-C again to quit "
+            f"at once; the last checkpoint on disk stays intact)"
+        )

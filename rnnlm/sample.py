@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -12,10 +12,22 @@ from rnnlm.models import BidirectionalLM, LanguageModel, State
 from rnnlm.warmstart import posterior
 
 
-def generate(model: LanguageModel, tokenizer: Tokenizer, *, prompt: str = "", length: int = 200,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_samples: int = 1, seed: int = 0,
-             device: torch.device | str = "cpu", on_text: Callable[[str], None] | None = None,
-             weights: torch.dtype | None = None, start: str = "warm") -> list[str]:
+def generate(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    *,
+    prompt: str = "",
+    length: int = 200,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    num_samples: int = 1,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    on_text: Callable[[str], None] | None = None,
+    weights: torch.dtype | None = None,
+    start: str = "warm",
+) -> list[str]:
     """Continue `prompt` by `length` tokens, `num_samples` times in one batch; returns the full texts.
 
     The model first reads a line end and then the prompt, as evaluation conditions the first token,
@@ -35,8 +47,9 @@ def generate(model: LanguageModel, tokenizer: Tokenizer, *, prompt: str = "", le
     if on_text and prompt:
         on_text(prompt)
     pick = functools.partial(choose, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-    state = fresh_state(model, context, num_samples, greedy=temperature == 0, generator=generator, device=device,
-                        warm=start == "warm")
+    state = fresh_state(
+        model, context, num_samples, greedy=temperature == 0, generator=generator, device=device, warm=start == "warm"
+    )
     for drawn in _draw(model, model.prefill, model.stepper(weights), context, state, length, pick, device):
         for b, token in enumerate(drawn):
             texts[b].append(decoders[b](token))
@@ -45,8 +58,16 @@ def generate(model: LanguageModel, tokenizer: Tokenizer, *, prompt: str = "", le
     return ["".join(t) for t in texts]
 
 
-def fresh_state(model: LanguageModel, context: list[int], num_samples: int, *, greedy: bool,
-                generator: torch.Generator, device: torch.device | str, warm: bool = True) -> State:
+def fresh_state(
+    model: LanguageModel,
+    context: list[int],
+    num_samples: int,
+    *,
+    greedy: bool,
+    generator: torch.Generator,
+    device: torch.device | str,
+    warm: bool = True,
+) -> State:
     """Each sample's state before it reads `context` (a line end first): one of the model's start states
     (rnnlm/warmstart.py), drawn from their posterior given the context (its likeliest when `greedy`), which
     samples from their mixture; zeros when not `warm` or the model has none (checkpoints before them)."""
@@ -64,8 +85,16 @@ def fresh_state(model: LanguageModel, context: list[int], num_samples: int, *, g
     return tuple(s[chosen].to(device, model.dtype) for s in states)
 
 
-def _draw(model: LanguageModel, prefill: Callable, step: Callable, context: list[int], state: State, length: int,
-          pick: Callable[[torch.Tensor], torch.Tensor], device: torch.device | str) -> Iterator[list[int]]:
+def _draw(
+    model: LanguageModel,
+    prefill: Callable,
+    step: Callable,
+    context: list[int],
+    state: State,
+    length: int,
+    pick: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device | str,
+) -> Iterator[list[int]]:
     """Read `context` with `prefill` from `state` (one row per sample), then yield `length` draws (one id
     per sample), each fed back by `step`."""
     model.eval()
@@ -78,8 +107,9 @@ def _draw(model: LanguageModel, prefill: Callable, step: Callable, context: list
             log_probs, state = step(chosen, state)
 
 
-def choose(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: float,
-           generator: torch.Generator) -> torch.Tensor:
+def choose(
+    log_probs: torch.Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator
+) -> torch.Tensor:
     """Pick the next token per row of log_probs (B, V): argmax at temperature 0, else sample."""
     if temperature == 0:
         return log_probs.argmax(dim=-1)
@@ -122,9 +152,19 @@ def _most_likely(probs: torch.Tensor, mass: float, first: int = 64) -> tuple[tor
         k = min(size, k * 8)
 
 
-def generate_reverse(model: BidirectionalLM, tokenizer: Tokenizer, *, suffix: str, length: int = 200,
-                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_samples: int = 1,
-                     seed: int = 0, device: torch.device | str = "cpu") -> list[str]:
+def generate_reverse(
+    model: BidirectionalLM,
+    tokenizer: Tokenizer,
+    *,
+    suffix: str,
+    length: int = 200,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    num_samples: int = 1,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> list[str]:
     """Generate right to left with the backward stack: `length` tokens that lead up to `suffix`.
 
     The backward stack starts from the zero state: training reads every window of it from there.
@@ -140,8 +180,16 @@ def generate_reverse(model: BidirectionalLM, tokenizer: Tokenizer, *, suffix: st
     return [tokenizer.decode([*reversed(ids), *context[:-1]]) for ids in generated]
 
 
-def fill_blanks(model: BidirectionalLM, tokenizer: Tokenizer, text: str, *, blank: str = "___", top_k: int = 5,
-                device: torch.device | str = "cpu", start: str = "warm") -> list[list[tuple[str, float]]]:
+def fill_blanks(
+    model: BidirectionalLM,
+    tokenizer: Tokenizer,
+    text: str,
+    *,
+    blank: str = "___",
+    top_k: int = 5,
+    device: torch.device | str = "cpu",
+    start: str = "warm",
+) -> list[list[tuple[str, float]]]:
     """The top-k candidates, with probabilities, for each `blank` in `text` from the infill head.
 
     Each blank is ranked on its own; the other blanks read as <unk>. The forward stack reads the left
@@ -154,13 +202,16 @@ def fill_blanks(model: BidirectionalLM, tokenizer: Tokenizer, text: str, *, blan
     with torch.inference_mode():
         for i in range(len(pieces) - 1):
             left = [tokenizer.boundary_id] + _joined(encoded[: i + 1], tokenizer.unk_id)
-            right = _joined(encoded[i + 1:], tokenizer.unk_id) + [tokenizer.boundary_id]
-            state = fresh_state(model, left, 1, greedy=True, generator=torch.Generator(), device=device,
-                                warm=start == "warm")
-            log_probs = model.infill_log_probs(torch.tensor(left, device=device), torch.tensor(right, device=device),
-                                               state)
+            right = _joined(encoded[i + 1 :], tokenizer.unk_id) + [tokenizer.boundary_id]
+            state = fresh_state(
+                model, left, 1, greedy=True, generator=torch.Generator(), device=device, warm=start == "warm"
+            )
+            log_probs = model.infill_log_probs(
+                torch.tensor(left, device=device), torch.tensor(right, device=device), state
+            )
             values, ids = log_probs.topk(min(top_k, log_probs.numel()))
-            rankings.append([(tokenizer.decode([i]), p) for i, p in zip(ids.tolist(), values.exp().tolist())])
+            pairs = zip(ids.tolist(), values.exp().tolist(), strict=True)
+            rankings.append([(tokenizer.decode([i]), p) for i, p in pairs])
     return rankings
 
 

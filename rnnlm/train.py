@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, cast
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -33,7 +34,7 @@ from rnnlm.data.tokenizers import from_state
 from rnnlm.errors import CheckpointError, DataError, Interrupted, TrainingError, UsageError
 from rnnlm.evaluate import evaluate, perplexity
 from rnnlm.metrics import open_writer
-from rnnlm.models import build_model
+from rnnlm.models import LanguageModel, build_model
 from rnnlm.models.lm import detach_state
 from rnnlm.models.stack import State
 from rnnlm.optim import Averager, Schedule, build_optimizer
@@ -55,9 +56,17 @@ DIVERGED_LOG_POINTS = 3
 
 
 class Trainer:
-    def __init__(self, config: Config, run_dir: str | Path, *, resume_from: dict[str, Any] | None = None,
-                 overwrite: bool = False, allow_data_change: bool = False, progress: bool | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str | Path,
+        *,
+        resume_from: dict[str, Any] | None = None,
+        overwrite: bool = False,
+        allow_data_change: bool = False,
+        progress: bool | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
         """`resume_from` is the payload of the run's last.pt, when continuing it. Nothing happens yet."""
         self.config = config
         self.run_dir = Path(run_dir)
@@ -87,11 +96,15 @@ class Trainer:
             self._restore_checked(saved)
         self.run.start_step = self.run.step
         if self.group.is_main:
+            assert self.run_id is not None  # rank 0 took it with the folder
             dump_yaml(c, self.run_dir / "config.yaml")
             self.folder.write_id(self.run_id)
         # a resumed run logs again the steps after its checkpoint, which a crash may have logged already
-        self.writer = open_writer(self.run_dir, c.train.tensorboard and self.group.is_main,
-                                  purge_step=self.run.step + 1 if self.resume else None)
+        self.writer = open_writer(
+            self.run_dir,
+            c.train.tensorboard and self.group.is_main,
+            purge_step=self.run.step + 1 if self.resume else None,
+        )
         self.log(self._describe())
 
     def _take_folder(self) -> None:
@@ -124,14 +137,23 @@ class Trainer:
         self.tokenizer = self.corpus.tokenizer
         self.fingerprints = self._check_data(saved)
         train = self.corpus.splits["train"]
-        self.batches = TrainBatches(train.ids, c.train.batch_size, c.train.bptt, g.rank, g.world_size,
-                                    variable=c.train.variable_bptt, seed=c.train.seed)
+        self.batches = TrainBatches(
+            train.ids,
+            c.train.batch_size,
+            c.train.bptt,
+            g.rank,
+            g.world_size,
+            variable=c.train.variable_bptt,
+            seed=c.train.seed,
+        )
         if len(self.batches) == 0 or self.batches.rows < c.train.bptt + 1:
             need = g.world_size * c.train.batch_size * (c.train.bptt + 1)
             processes = f"{g.world_size} processes x " if g.enabled else ""
-            raise DataError(f"the training split has {len(train.ids):,} tokens; {processes}train.batch_size "
-                            f"{c.train.batch_size} x (train.bptt {c.train.bptt} + 1) = {need:,} are needed: use more "
-                            f"text or lower them")
+            raise DataError(
+                f"the training split has {len(train.ids):,} tokens; {processes}train.batch_size "
+                f"{c.train.batch_size} x (train.bptt {c.train.bptt} + 1) = {need:,} are needed: use more "
+                f"text or lower them"
+            )
         if len(self.corpus.splits["valid"].ids) < g.world_size:
             raise DataError("the validation split is empty: use more text or raise data.valid_fraction")
 
@@ -144,10 +166,12 @@ class Trainer:
         recorded = saved.get("data_fingerprint") if saved else None
         changed = changed_splits(recorded, current)
         if changed:
-            what = describe_changes(changed, recorded, current)
+            what = describe_changes(changed, cast("dict[str, Any]", recorded), current)  # a change implies a record
             if not self.allow_data_change:
-                raise UsageError(f"cannot resume {self.run_dir} on other data than it trained on: {what}. Put the "
-                                 f"original text back, or pass --allow-data-change to go on with this data")
+                raise UsageError(
+                    f"cannot resume {self.run_dir} on other data than it trained on: {what}. Put the "
+                    f"original text back, or pass --allow-data-change to go on with this data"
+                )
             self.log(f"warning: resuming on changed data: {what} (--allow-data-change)")
         return current
 
@@ -156,10 +180,12 @@ class Trainer:
         c, g = self.config, self.group
         runtime.check_precision(c.train.precision, self.device, c.model.impl, c.model.cell)
         self.model = build_model(self.tokenizer.vocab_size, c.model).to(self.device)
-        self.network = self.model  # what training calls: the model, or its DistributedDataParallel wrapper
+        # what training calls: the model, or its DistributedDataParallel wrapper
+        self.network: LanguageModel | DistributedDataParallel = self.model
         if g.enabled:
-            self.network = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
-                                                   else None)  # starts every rank from rank 0's weights
+            self.network = DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None
+            )  # starts every rank from rank 0's weights
             torch.manual_seed((c.train.seed + 1000 * g.rank) % 2**64)  # but each rank draws its own dropout masks
         self.optimizer = build_optimizer(self.model.parameters(), c.optim)
         self.schedule = Schedule(self.optimizer, c.optim, self._total_steps())
@@ -172,11 +198,13 @@ class Trainer:
     def _describe(self) -> str:
         c, splits = self.config, self.corpus.splits
         m = c.model
-        return (f"corpus {c.data.corpus}: {len(splits['train'].ids):,} train / {len(splits['valid'].ids):,} valid "
-                f"tokens, {c.tokenizer.kind} vocabulary {self.tokenizer.vocab_size:,} | model {m.cell} "
-                f"{m.num_layers}x{m.hidden_size}, {self.model.num_parameters():,} parameters | device {self.device}"
-                + (f" | {self.group.world_size} processes" if self.group.enabled else "")
-                + (f" | resuming at step {self.run.step:,}, epoch {self.run.epoch}" if self.resume else ""))
+        return (
+            f"corpus {c.data.corpus}: {len(splits['train'].ids):,} train / {len(splits['valid'].ids):,} valid "
+            f"tokens, {c.tokenizer.kind} vocabulary {self.tokenizer.vocab_size:,} | model {m.cell} "
+            f"{m.num_layers}x{m.hidden_size}, {self.model.num_parameters():,} parameters | device {self.device}"
+            + (f" | {self.group.world_size} processes" if self.group.enabled else "")
+            + (f" | resuming at step {self.run.step:,}, epoch {self.run.epoch}" if self.resume else "")
+        )
 
     # -- restore --------------------------------------------------------------------------------------
 
@@ -190,14 +218,18 @@ class Trainer:
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
             detail = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # torch's "Error(s) in ...:"
             detail = f"missing {detail}" if isinstance(exc, KeyError) else detail
-            raise CheckpointError(f"{self.run_dir / 'last.pt'} cannot be resumed: its saved state does not fit the "
-                                  f"run it describes ({detail}); it is damaged or was edited") from None
+            raise CheckpointError(
+                f"{self.run_dir / 'last.pt'} cannot be resumed: its saved state does not fit the "
+                f"run it describes ({detail}); it is damaged or was edited"
+            ) from None
 
     def _restore(self, saved: dict[str, Any]) -> None:
         saved_world = saved.get("world_size", 1)
         if saved_world != self.group.world_size:
-            raise UsageError(f"this run was trained by {saved_world} process(es); resume it with the same number "
-                             f"(torchrun --nproc_per_node ...), since each holds its own columns and hidden state")
+            raise UsageError(
+                f"this run was trained by {saved_world} process(es); resume it with the same number "
+                f"(torchrun --nproc_per_node ...), since each holds its own columns and hidden state"
+            )
         mine = saved["ranks"][self.group.rank] if "ranks" in saved else saved
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -207,13 +239,19 @@ class Trainer:
         self.batches.load_state_dict(saved["batches"])
         hidden = tuple(s.to(self.device) for s in mine["hidden"])
         if [h.shape for h in hidden] != [s.shape for s in self.state]:
-            raise ValueError(f"hidden state of shapes {[tuple(h.shape) for h in hidden]}, where the model's are "
-                             f"{[tuple(s.shape) for s in self.state]}")
+            raise ValueError(
+                f"hidden state of shapes {[tuple(h.shape) for h in hidden]}, where the model's are "
+                f"{[tuple(s.shape) for s in self.state]}"
+            )
         self.state = hidden
         self.run.load(saved["trainer"])
         named = saved.get("averaged_model")
-        self.averager.load_state_dict({**saved["averager"], "average": None if named is None else [
-            named[name] for name, _ in self.model.named_parameters()]})
+        self.averager.load_state_dict(
+            {
+                **saved["averager"],
+                "average": None if named is None else [named[name] for name, _ in self.model.named_parameters()],
+            }
+        )
         runtime.set_rng_state(mine["rng"])
 
     # -- the step -------------------------------------------------------------------------------------
@@ -222,8 +260,14 @@ class Trainer:
         """Train until the epochs or max_steps are done, validate at the end, and say how it went."""
         run, total = self.run, self._total_steps()
         run.meter = Meter()
-        bar = tqdm(total=total, initial=min(run.step, total), unit="step", file=sys.stderr, dynamic_ncols=True,
-                   disable=(not self.show_progress) if self.show_progress is not None else None)
+        bar = tqdm(
+            total=total,
+            initial=min(run.step, total),
+            unit="step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=(not self.show_progress) if self.show_progress is not None else None,
+        )
         try:
             with StopSignals(self.log) as signals, bar:
                 while not self._finished():
@@ -240,8 +284,9 @@ class Trainer:
             if not self.group.enabled:
                 raise
             raise distributed.failure(self.group, exc, self.config.train.dist_timeout) from None
-        return TrainSummary(run.step, run.epoch - 1, run.best_val, run.last_val, self.run_dir,
-                            run.meter.tokens, run.meter.seconds)
+        return TrainSummary(
+            run.step, run.epoch - 1, run.best_val, run.last_val, self.run_dir, run.meter.tokens, run.meter.seconds
+        )
 
     def _run_epoch(self, signals: StopSignals, bar: tqdm) -> None:
         """Train from the current position to the end of the epoch, or until it is time to stop."""
@@ -292,8 +337,11 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = self.config.optim.clip
         # clipping the global norm keeps one exploding window from wrecking the weights (Pascanu et al. 2013)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0 else \
-            torch.nn.utils.get_total_norm([p.grad for p in params])
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(params, clip)
+            if clip > 0
+            else torch.nn.utils.get_total_norm(cast("list[torch.Tensor]", [p.grad for p in params]))
+        )
         if self.scaler.is_enabled():  # an overflow is the scaler's business: it skips the step, lowers the scale
             grad_norm = torch.nan_to_num(grad_norm.float(), nan=0.0, posinf=0.0)
         stats = torch.stack([loss.detach().float(), grad_norm.float()])
@@ -316,8 +364,10 @@ class Trainer:
         """A recurrent kernel may run in fp16 under bf16 autocast, and fp16 without loss scaling underflows:
         say so, once (cuDNN's LSTM does; docs/benchmarks.md has the measurement)."""
         if any(s.dtype == torch.float16 for s in state):
-            self.log("warning: train.precision=bf16, but the recurrent kernel ran in fp16 (autocast hands its "
-                     "state back as float16), without loss scaling; train.precision=fp16 adds it")
+            self.log(
+                "warning: train.precision=bf16, but the recurrent kernel ran in fp16 (autocast hands its "
+                "state back as float16), without loss scaling; train.precision=fp16 adds it"
+            )
 
     @property
     def _check_each_step(self) -> bool:
@@ -336,7 +386,7 @@ class Trainer:
         steps = [step for step, _ in pending]
         values = torch.stack([stats for _, stats in pending]).tolist()
         pending.clear()
-        for step, (loss, norm) in zip(steps, values):
+        for step, (loss, norm) in zip(steps, values, strict=True):
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 self._non_finite("loss" if not math.isfinite(loss) else "gradient norm", step)
         return sum(v[0] for v in values) / len(values), values[-1][1]
@@ -355,8 +405,14 @@ class Trainer:
         self.writer.add_scalar("train/lr", lr, step)
         self.writer.add_scalar("train/grad_norm", grad_norm, step)
         self.writer.add_scalar("perf/tokens_per_sec", speed, step)
-        bar.set_postfix(epoch=self.run.epoch, loss=f"{loss:.3f}", ppl=f"{perplexity(loss):.2f}", lr=f"{lr:.3g}",
-                        tok_s=f"{speed:,.0f}", refresh=False)
+        bar.set_postfix(
+            epoch=self.run.epoch,
+            loss=f"{loss:.3f}",
+            ppl=f"{perplexity(loss):.2f}",
+            lr=f"{lr:.3g}",
+            tok_s=f"{speed:,.0f}",
+            refresh=False,
+        )
 
     # -- validate -------------------------------------------------------------------------------------
 
@@ -369,12 +425,21 @@ class Trainer:
         c, run = self.config.train, self.run
         self._flush()
         with self.averager.applied():  # NT-ASGD: the averaged weights are the ones that count
-            result = evaluate(self.model, self.corpus.splits["valid"], boundary_id=self.tokenizer.boundary_id,
-                              batch_size=c.eval_batch_size, bptt=c.bptt, device=self.device, group=self.group,
-                              precision=c.precision)
+            result = evaluate(
+                self.model,
+                self.corpus.splits["valid"],
+                boundary_id=self.tokenizer.boundary_id,
+                batch_size=c.eval_batch_size,
+                bptt=c.bptt,
+                device=self.device,
+                group=self.group,
+                precision=c.precision,
+            )
         if not math.isfinite(result.loss):
-            raise TrainingError(f"non-finite validation loss ({result.loss}) at step {run.step:,} "
-                                f"(epoch {run.epoch})" + self._stopped_without_saving())
+            raise TrainingError(
+                f"non-finite validation loss ({result.loss}) at step {run.step:,} "
+                f"(epoch {run.epoch})" + self._stopped_without_saving()
+            )
         self._check_diverged(result.loss, validation=True)
         run.last_eval_step, run.last_val = run.step, result
         run.history.append({"step": run.step, "val_loss": result.loss})
@@ -390,9 +455,11 @@ class Trainer:
             run.best_val = result.loss
             self.save("best.pt")
         self.save("last.pt")
-        self.log(f"step {run.step:,} | epoch {run.epoch - (self.batches.position == 0)} | val loss {result.loss:.4f} "
-                 f"| ppl {result.ppl:.2f} | bits/char {result.bits_per_char:.4f} | lr {self.schedule.lr:.4g}"
-                 + (" | best" if improved else ""))
+        self.log(
+            f"step {run.step:,} | epoch {run.epoch - (self.batches.position == 0)} | val loss {result.loss:.4f} "
+            f"| ppl {result.ppl:.2f} | bits/char {result.bits_per_char:.4f} | lr {self.schedule.lr:.4g}"
+            + (" | best" if improved else "")
+        )
 
     # -- save -----------------------------------------------------------------------------------------
 
@@ -401,9 +468,17 @@ class Trainer:
         self._flush()  # a non-finite step since the last log point stops here, before anything is written
         ranks = self.group.gather({"hidden": tuple(s.detach().cpu() for s in self.state), "rng": runtime.rng_state()})
         if self.group.is_main:
-            save_checkpoint({**self._payload(), "world_size": self.group.world_size, "ranks": ranks,
-                             "hidden": ranks[0]["hidden"], "rng": ranks[0]["rng"],
-                             "start_states": self._start_states()}, self.run_dir / name)
+            save_checkpoint(
+                {
+                    **self._payload(),
+                    "world_size": self.group.world_size,
+                    "ranks": ranks,
+                    "hidden": ranks[0]["hidden"],
+                    "rng": ranks[0]["rng"],
+                    "start_states": self._start_states(),
+                },
+                self.run_dir / name,
+            )
             if name == "last.pt":
                 self.folder.commit()  # the new run can be resumed: a run it replaces goes now
 
@@ -461,8 +536,11 @@ class Trainer:
 
     def _stop_on_signal(self, signals: StopSignals) -> None:
         self.save("last.pt")
-        raise Interrupted(f"stopped at step {self.run.step:,}; saved {self.run_dir / 'last.pt'}. Resume with: "
-                          f"rnnlm train --resume {self.run_dir}", 128 + (signals.caught or 0))
+        raise Interrupted(
+            f"stopped at step {self.run.step:,}; saved {self.run_dir / 'last.pt'}. Resume with: "
+            f"rnnlm train --resume {self.run_dir}",
+            128 + (signals.caught or 0),
+        )
 
     def _non_finite(self, what: str, step: int) -> None:
         """Skip the step (keeping weights and hidden state) while the configured allowance lasts, else stop."""
@@ -474,9 +552,11 @@ class Trainer:
             self.scaler.update()  # closes the step the scaler had opened with unscale_
             self.log(f"warning: non-finite {what} {where}: step skipped ({self.run.skipped} of {limit} in a row)")
             return
-        raise TrainingError(f"non-finite {what} {where}"
-                            + (f" after {limit} skipped steps in a row" if limit else "")
-                            + self._stopped_without_saving())
+        raise TrainingError(
+            f"non-finite {what} {where}"
+            + (f" after {limit} skipped steps in a row" if limit else "")
+            + self._stopped_without_saving()
+        )
 
     def _check_diverged(self, loss: float, validation: bool = False) -> None:
         """Stop a run whose loss stays far above a uniform guess's (see DIVERGED_MARGIN), as for a NaN."""
@@ -487,15 +567,20 @@ class Trainer:
             return
         what = "validation loss" if validation else "mean training loss"
         span = "" if validation else f" for {run.above_limit} log points in a row"
-        raise TrainingError(f"the run diverged at step {run.step:,} (epoch {run.epoch}): {what} {loss:.4g}{span}, "
-                            f"above {self.divergence_limit:.2f} (twice ln V plus {DIVERGED_MARGIN:g} nats; a uniform "
-                            f"guess scores {math.log(self.tokenizer.vocab_size):.2f})" + self._stopped_without_saving())
+        raise TrainingError(
+            f"the run diverged at step {run.step:,} (epoch {run.epoch}): {what} {loss:.4g}{span}, "
+            f"above {self.divergence_limit:.2f} (twice ln V plus {DIVERGED_MARGIN:g} nats; a uniform "
+            f"guess scores {math.log(self.tokenizer.vocab_size):.2f})" + self._stopped_without_saving()
+        )
 
     def _stopped_without_saving(self) -> str:
         """The end of a message that stops the run: what it leaves (the last good checkpoint, if the run has
         written one yet) and what to try."""
-        kept = f", so the last good checkpoint in {self.run_dir} is untouched" if (self.run_dir / "last.pt").exists() \
+        kept = (
+            f", so the last good checkpoint in {self.run_dir} is untouched"
+            if (self.run_dir / "last.pt").exists()
             else " (the run had not written a checkpoint yet)"
+        )
         return f"; stopped without saving{kept}. Try a lower optim.lr or optim.clip"
 
     def close(self) -> None:

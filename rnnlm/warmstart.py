@@ -21,7 +21,7 @@ bit-exact.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -38,8 +38,9 @@ SPAN = 256  # tokens of each column `eval` scores under the mixture, then it goe
 LOGITS = 1 << 22  # logits computed at once when scoring from every start state (16 MB in float32)
 
 
-def line_ends(ids: np.ndarray, boundary_id: int, count: int, context: int, *, blank: bool,
-              reach: int = REACH) -> np.ndarray:
+def line_ends(
+    ids: np.ndarray, boundary_id: int, count: int, context: int, *, blank: bool, reach: int = REACH
+) -> np.ndarray:
     """Up to `count` positions of `boundary_id` in `ids`, spread evenly over it, each with `context` tokens
     before it; with `blank`, only those that end a blank line (a boundary right after a boundary). The
     first one within `reach` tokens of each of `count` evenly spaced points: reads count x reach tokens
@@ -47,7 +48,7 @@ def line_ends(ids: np.ndarray, boundary_id: int, count: int, context: int, *, bl
     found = []
     points = np.linspace(context + 1, len(ids) - 1, count).round().astype(np.int64) if len(ids) > context + 1 else []
     for point in points:
-        piece = np.asarray(ids[point - 1: point + reach]) == boundary_id
+        piece = np.asarray(ids[point - 1 : point + reach]) == boundary_id
         hits = np.flatnonzero(piece[1:] & piece[:-1]) if blank else np.flatnonzero(piece[1:])
         if len(hits):
             found.append(int(point + hits[0]))
@@ -64,8 +65,9 @@ def start_ends(ids: np.ndarray, boundary_id: int, count: int, context: int) -> n
     return np.concatenate([paragraphs, lines])
 
 
-def start_states(model: LanguageModel, ids: np.ndarray, boundary_id: int, *, count: int = COUNT,
-                 context: int = CONTEXT) -> State | None:
+def start_states(
+    model: LanguageModel, ids: np.ndarray, boundary_id: int, *, count: int = COUNT, context: int = CONTEXT
+) -> State | None:
     """The model's states (K, H) per tensor just before it reads each of the line ends `start_ends`
     picks in `ids`, each after the `context` tokens before it; None when `ids` has no line end that far in.
 
@@ -74,7 +76,7 @@ def start_states(model: LanguageModel, ids: np.ndarray, boundary_id: int, *, cou
     ends = start_ends(ids, boundary_id, count, context)
     if len(ends) == 0:
         return None
-    block = np.stack([np.asarray(ids[e - context: e], dtype=np.int64) for e in ends], axis=1)  # (T, K)
+    block = np.stack([np.asarray(ids[e - context : e], dtype=np.int64) for e in ends], axis=1)  # (T, K)
     was_training = model.training
     model.eval()
     try:
@@ -85,8 +87,9 @@ def start_states(model: LanguageModel, ids: np.ndarray, boundary_id: int, *, cou
     return tuple(s.to("cpu", model.dtype).clone() for s in state)  # (K, H) each
 
 
-def mixture_log_probs(model: LanguageModel, inputs: torch.Tensor, targets: torch.Tensor, states: State
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def mixture_log_probs(
+    model: LanguageModel, inputs: torch.Tensor, targets: torch.Tensor, states: State
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Read inputs (T, B) from each of the K start `states` (K, H); the mixture's log-probability of each
     target (T, B) (0 for PAD), the K parts weighted by their posterior given the targets before it, and
     each column's likeliest start (B,) given the whole window. Call under inference mode, in eval mode."""
@@ -99,8 +102,9 @@ class MixtureReader:
     """B columns read from each of the K start states at once, window after window, for their first
     `span` tokens: what `rnnlm eval` scores under the mixture, whatever its window length (--bptt)."""
 
-    def __init__(self, model: LanguageModel, states: State, columns: int, device: torch.device | str,
-                 span: int | None = None) -> None:
+    def __init__(
+        self, model: LanguageModel, states: State, columns: int, device: torch.device | str, span: int | None = None
+    ) -> None:
         self.model, self.K, self.left = model, states[0].size(0), SPAN if span is None else span
         # row b*K + k: column b, start k
         self.state = tuple(s.to(device, model.dtype).repeat(columns, 1) for s in states)
@@ -117,8 +121,10 @@ class MixtureReader:
         parts weighted by their posterior given every token before it, those of earlier windows too."""
         assert len(inputs) <= self.left, "read past the mixture's span"
         step = max(1, COLUMNS // self.K)  # B*K columns at once would hold B*K x T x H activations
-        parts = [self._read(inputs[:, i: i + step], targets[:, i: i + step], slice(i, i + step))
-                 for i in range(0, inputs.size(1), step)]
+        parts = [
+            self._read(inputs[:, i : i + step], targets[:, i : i + step], slice(i, i + step))
+            for i in range(0, inputs.size(1), step)
+        ]
         self.left -= len(inputs)
         return torch.cat(parts, dim=1)
 
@@ -126,7 +132,7 @@ class MixtureReader:
         K, (T, B) = self.K, inputs.shape
         rows = slice(columns.start * K, columns.start * K + B * K)
         hidden, state = self.model.encode(inputs.repeat_interleave(K, dim=1), tuple(s[rows] for s in self.state))
-        for kept, new in zip(self.state, state):
+        for kept, new in zip(self.state, state, strict=True):
             kept[rows] = new.to(kept.dtype)
         wide = targets.repeat_interleave(K, dim=1)  # (T, B*K)
         scored = _token_log_probs(self.model, hidden, wide).masked_fill(wide == PAD, 0.0).view(T, B, K)
@@ -143,8 +149,10 @@ def _token_log_probs(model: LanguageModel, hidden: torch.Tensor, targets: torch.
     T, N = targets.shape
     steps = max(1, LOGITS // (N * model.vocab_size))
     flat, wanted = hidden.reshape(T * N, -1), targets.clamp(min=0).reshape(T * N, 1)
-    parts = [model.log_probs(flat[i: i + steps * N]).gather(1, wanted[i: i + steps * N]).squeeze(1)
-             for i in range(0, T * N, steps * N)]
+    parts = [
+        model.log_probs(flat[i : i + steps * N]).gather(1, wanted[i : i + steps * N]).squeeze(1)
+        for i in range(0, T * N, steps * N)
+    ]
     return torch.cat(parts).double().view(T, N)
 
 
@@ -157,7 +165,8 @@ def posterior(model: LanguageModel, tokens: list[int], states: State) -> torch.T
     device = model.device
     context = torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(1).expand(-1, K)  # (T, K)
     hidden, _ = model.encode(context[:-1], tuple(s.to(device) for s in states))
-    score = sum(model.log_probs(h).gather(1, t.unsqueeze(1)).squeeze(1).double() for h, t in zip(hidden, context[1:]))
+    pairs = zip(hidden, context[1:], strict=True)
+    score = cast(torch.Tensor, sum(model.log_probs(h).gather(1, t.unsqueeze(1)).squeeze(1).double() for h, t in pairs))
     return torch.log_softmax(score.cpu(), dim=0)
 
 
@@ -170,8 +179,13 @@ def saved_start_states(payload: dict[str, Any], model: LanguageModel) -> State |
     if saved is None:
         return None
     zero = model.init_state(1, "cpu")
-    if not isinstance(saved, (tuple, list)) or len(saved) != len(zero) or any(
+    if (
+        not isinstance(saved, (tuple, list))
+        or len(saved) != len(zero)
+        or any(
             not isinstance(s, torch.Tensor) or s.dim() != 2 or s.shape[1:] != z.shape[1:] or len(s) != len(saved[0])
-            for s, z in zip(saved, zero)):
+            for s, z in zip(saved, zero, strict=True)  # lengths are equal: checked just before
+        )
+    ):
         raise ValueError("its start states do not fit the model's state")
     return tuple(saved)

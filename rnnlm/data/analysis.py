@@ -44,9 +44,17 @@ class TokenStats:
         return self.fallback / max(self.tokens, 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tokens": self.tokens, "chars": self.chars, "bytes": self.bytes, "vocab_size": self.vocab_size,
-                "vocab_used": self.used, "fallback_tokens": self.fallback, "fallback_share": self.fallback_share,
-                "tokens_per_char": self.tokens_per_char, "tokens_per_byte": self.tokens_per_byte}
+        return {
+            "tokens": self.tokens,
+            "chars": self.chars,
+            "bytes": self.bytes,
+            "vocab_size": self.vocab_size,
+            "vocab_used": self.used,
+            "fallback_tokens": self.fallback,
+            "fallback_share": self.fallback_share,
+            "tokens_per_char": self.tokens_per_char,
+            "tokens_per_byte": self.tokens_per_byte,
+        }
 
 
 @dataclass(frozen=True)
@@ -61,15 +69,16 @@ def token_stats(tokenizer: Tokenizer, split: Split, chunk: int = 1 << 22) -> Tok
     """Count the split's tokens by id, a chunk of the memory map at a time."""
     counts = np.zeros(tokenizer.vocab_size, dtype=np.int64)
     for start in range(0, len(split.ids), chunk):
-        counts += np.bincount(split.ids[start: start + chunk], minlength=tokenizer.vocab_size)
+        counts += np.bincount(split.ids[start : start + chunk], minlength=tokenizer.vocab_size)
     fallback = int(counts[tokenizer.fallback_ids].sum())
-    return TokenStats(int(counts.sum()), split.chars, split.bytes, tokenizer.vocab_size,
-                      int(np.count_nonzero(counts)), fallback)
+    return TokenStats(
+        int(counts.sum()), split.chars, split.bytes, tokenizer.vocab_size, int(np.count_nonzero(counts)), fallback
+    )
 
 
 def count_token(ids: np.ndarray, token_id: int, chunk: int = 1 << 22) -> int:
     """How often `token_id` occurs in `ids`, a chunk of the memory map at a time."""
-    return sum(int(np.count_nonzero(ids[start: start + chunk] == token_id)) for start in range(0, len(ids), chunk))
+    return sum(int(np.count_nonzero(ids[start : start + chunk] == token_id)) for start in range(0, len(ids), chunk))
 
 
 def show_split(tokenizer: Tokenizer, text: str) -> str:
@@ -81,8 +90,13 @@ def show_split(tokenizer: Tokenizer, text: str) -> str:
     return "".join(out)
 
 
-def report(config: Config, tokenizer: Tokenizer | None = None, text: Path | None = None,
-           show: int = 300, log: registry.Log | None = None) -> Report:
+def report(
+    config: Config,
+    tokenizer: Tokenizer | None = None,
+    text: Path | None = None,
+    show: int = 300,
+    log: registry.Log | None = None,
+) -> Report:
     """Measure `tokenizer` (else the one `config` builds on its training split) on `text`.
 
     Without `text`, the corpus's validation split is measured: text the tokenizer was not built on.

@@ -37,8 +37,16 @@ class TrainBatches:
     columns rank*B .. rank*B+B-1, so every rank sees the same number of windows.
     """
 
-    def __init__(self, ids: np.ndarray, batch_size: int, bptt: int, rank: int = 0, world_size: int = 1,
-                 variable: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self,
+        ids: np.ndarray,
+        batch_size: int,
+        bptt: int,
+        rank: int = 0,
+        world_size: int = 1,
+        variable: bool = False,
+        seed: int = 0,
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         columns = batch_size * world_size
@@ -46,7 +54,7 @@ class TrainBatches:
         self.batch_size = batch_size
         self.bptt = bptt
         grid = np.asarray(ids[: self.rows * columns]).reshape(columns, self.rows)  # (B*W, T), a view
-        self._grid = grid[rank * batch_size: (rank + 1) * batch_size]  # (B, T)
+        self._grid = grid[rank * batch_size : (rank + 1) * batch_size]  # (B, T)
         self.position = 0  # first row of the next window
         self.variable = variable
         self._random = random.Random(seed)  # window lengths; its state is part of state_dict
@@ -86,8 +94,9 @@ class TrainBatches:
             self._random.setstate(as_tuple(state["random"]))
 
 
-def eval_windows(ids: np.ndarray, batch_size: int, bptt: int, boundary_id: int
-                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_windows(
+    ids: np.ndarray, batch_size: int, bptt: int, boundary_id: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Windows that score every token of `ids` exactly once.
 
     The stream is prefixed with `boundary_id` (a line end) so that its first token is predicted
@@ -114,5 +123,5 @@ def eval_windows(ids: np.ndarray, batch_size: int, bptt: int, boundary_id: int
 
 
 def _window(grid: np.ndarray, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    block = torch.from_numpy(np.ascontiguousarray(grid[:, start: start + length + 1].T, dtype=np.int64))
+    block = torch.from_numpy(np.ascontiguousarray(grid[:, start : start + length + 1].T, dtype=np.int64))
     return block[:-1], block[1:]  # (L, B) each

@@ -35,8 +35,11 @@ MAX_LINE = 4 << 20  # characters: a longer line is handed out in pieces, so memo
 SAMPLE_WINDOW = 64 << 10  # bytes: subword tokenizers train on windows this long spread over the split
 CACHE_VERSION = 1
 # the settings each kind of tokenizer depends on: the others do not make a new cache entry
-_SETTINGS = {"char": ("kind",), "word": ("kind", "vocab_size", "min_count"),
-             "bpe": ("kind", "vocab_size", "character_coverage", "sample_bytes")}
+_SETTINGS = {
+    "char": ("kind",),
+    "word": ("kind", "vocab_size", "min_count"),
+    "bpe": ("kind", "vocab_size", "character_coverage", "sample_bytes"),
+}
 _SETTINGS["unigram"] = _SETTINGS["bpe"]
 TOKENIZER_CACHE_VERSION = 2  # raise it when tokenizers are built differently, so older cached ones are not used
 
@@ -68,8 +71,13 @@ class Corpus:
     splits: dict[str, Split]
 
 
-def load_corpus(data: DataConfig, tokenizer_config: TokenizerConfig, tokenizer: Tokenizer | None = None,
-                splits: tuple[str, ...] = registry.SPLITS, log: registry.Log | None = None) -> Corpus:
+def load_corpus(
+    data: DataConfig,
+    tokenizer_config: TokenizerConfig,
+    tokenizer: Tokenizer | None = None,
+    splits: tuple[str, ...] = registry.SPLITS,
+    log: registry.Log | None = None,
+) -> Corpus:
     """Resolve the corpus, build the tokenizer on its training split unless given, encode `splits`.
     `log` hears of a corpus being downloaded."""
     cache_dir = registry.default_cache_dir(data.cache_dir)
@@ -80,8 +88,14 @@ def load_corpus(data: DataConfig, tokenizer_config: TokenizerConfig, tokenizer: 
         raise storage_error(exc, doing="reading") from None
 
 
-def _load_corpus(data: DataConfig, tokenizer_config: TokenizerConfig, tokenizer: Tokenizer | None,
-                 splits: tuple[str, ...], cache_dir: Path, log: registry.Log | None) -> Corpus:
+def _load_corpus(
+    data: DataConfig,
+    tokenizer_config: TokenizerConfig,
+    tokenizer: Tokenizer | None,
+    splits: tuple[str, ...],
+    cache_dir: Path,
+    log: registry.Log | None,
+) -> Corpus:
     segments = split_segments(registry.resolve(data.corpus, cache_dir, log), data)
     if tokenizer is None:
         tokenizer = cached_tokenizer(tokenizer_config, segments["train"], cache_dir)
@@ -108,9 +122,15 @@ def build_tokenizer(config: TokenizerConfig, segment: Segment) -> Tokenizer:
 def cached_tokenizer(config: TokenizerConfig, segment: Segment, cache_dir: Path) -> Tokenizer:
     """The tokenizer built on `segment`, from the cache when this split and these settings made one."""
     stat = segment.path.stat()
-    key_fields = {"version": TOKENIZER_CACHE_VERSION, "path": str(segment.path.resolve()), "size": stat.st_size,
-                  "mtime_ns": stat.st_mtime_ns, "start": segment.start, "end": segment.end,
-                  "tokenizer": {k: v for k, v in dataclasses.asdict(config).items() if k in _SETTINGS[config.kind]}}
+    key_fields = {
+        "version": TOKENIZER_CACHE_VERSION,
+        "path": str(segment.path.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "start": segment.start,
+        "end": segment.end,
+        "tokenizer": {k: v for k, v in dataclasses.asdict(config).items() if k in _SETTINGS[config.kind]},
+    }
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:32]
     path = cache_dir / "tokenizers" / f"{key}.json"
     try:
@@ -258,21 +278,27 @@ def iter_text(segment: Segment, block_size: int = BLOCK, max_line: int = MAX_LIN
         while remaining > 0 or carry_bytes:
             block = f.read(min(block_size, remaining)) if remaining > 0 else b""
             if remaining > 0 and not block:
-                raise DataError(f"{segment.path} ended at byte offset {position + len(carry_bytes)} instead of "
-                                f"{segment.end}: it changed while it was read; run again")
+                raise DataError(
+                    f"{segment.path} ended at byte offset {position + len(carry_bytes)} instead of "
+                    f"{segment.end}: it changed while it was read; run again"
+                )
             remaining -= len(block)
             final = remaining <= 0
             data = carry_bytes + block
             nul = data.find(b"\0")
             if nul >= 0:
-                raise DataError(f"{segment.path} holds a NUL byte at byte offset {position + nul}: it looks like a "
-                                f"binary file, not text")
+                raise DataError(
+                    f"{segment.path} holds a NUL byte at byte offset {position + nul}: it looks like a "
+                    f"binary file, not text"
+                )
             try:
                 text, used = data.decode("utf-8"), len(data)
             except UnicodeDecodeError as exc:
                 if final or exc.reason != "unexpected end of data" or exc.start < len(data) - 3:
-                    raise DataError(f"{segment.path} is not UTF-8 text: invalid byte 0x{data[exc.start]:02x} at byte "
-                                    f"offset {position + exc.start}") from None
+                    raise DataError(
+                        f"{segment.path} is not UTF-8 text: invalid byte 0x{data[exc.start]:02x} at byte "
+                        f"offset {position + exc.start}"
+                    ) from None
                 text, used = data[: exc.start].decode("utf-8"), exc.start
             carry_bytes = data[used:]
             position += used
@@ -302,9 +328,15 @@ def iter_pieces(segment: Segment) -> Iterator[tuple[str, bool]]:
 def encode_segment(segment: Segment, tokenizer: Tokenizer, cache_dir: Path) -> Split:
     """Token ids of a segment, from the cache when a complete, matching entry exists."""
     stat = segment.path.stat()
-    key_fields = {"version": CACHE_VERSION, "path": str(segment.path.resolve()), "size": stat.st_size,
-                  "mtime_ns": stat.st_mtime_ns, "start": segment.start, "end": segment.end,
-                  "tokenizer": fingerprint(tokenizer)}
+    key_fields = {
+        "version": CACHE_VERSION,
+        "path": str(segment.path.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "start": segment.start,
+        "end": segment.end,
+        "tokenizer": fingerprint(tokenizer),
+    }
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:32]
     ids_path = cache_dir / "ids" / f"{key}.ids"
     meta_path = ids_path.with_suffix(".json")
@@ -377,8 +409,15 @@ def _write_ids(segment: Segment, tokenizer: Tokenizer, out: BinaryIO, dtype: np.
     count = chars = 0
     digest = hashlib.sha256()
     show = segment.size > 32 << 20
-    with tqdm(total=segment.size, unit="B", unit_scale=True, desc="encoding", file=sys.stderr,
-              disable=None if show else True, leave=False) as bar:
+    with tqdm(
+        total=segment.size,
+        unit="B",
+        unit_scale=True,
+        desc="encoding",
+        file=sys.stderr,
+        disable=None if show else True,
+        leave=False,
+    ) as bar:
         for text, goes_on in iter_pieces(segment):
             data = tokenizer.encode(text, partial=goes_on).astype(dtype, copy=False).tobytes()
             out.write(data)

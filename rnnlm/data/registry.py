@@ -20,9 +20,9 @@ import sysconfig
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
 
@@ -67,21 +67,33 @@ REGISTRY: dict[str, Entry] = {
         # Shakespeare excerpts, 1.1 MB, 65 characters (Karpathy's char-rnn)
         Entry(
             "tinyshakespeare",
-            {"all": RemoteFile(
-                "input.txt",
-                "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-                "sha256:86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed")},
+            {
+                "all": RemoteFile(
+                    "input.txt",
+                    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+                    "sha256:86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+                )
+            },
         ),
         # Penn Treebank, Mikolov's language-model version: 10k words, 929k/73k/82k tokens
         Entry(
             "ptb",
             {
-                "train": RemoteFile("ptb.train.txt", _PTB + "ptb.train.txt",
-                                    "sha256:fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf"),
-                "valid": RemoteFile("ptb.valid.txt", _PTB + "ptb.valid.txt",
-                                    "sha256:c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2"),
-                "test": RemoteFile("ptb.test.txt", _PTB + "ptb.test.txt",
-                                   "sha256:dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0"),
+                "train": RemoteFile(
+                    "ptb.train.txt",
+                    _PTB + "ptb.train.txt",
+                    "sha256:fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
+                ),
+                "valid": RemoteFile(
+                    "ptb.valid.txt",
+                    _PTB + "ptb.valid.txt",
+                    "sha256:c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
+                ),
+                "test": RemoteFile(
+                    "ptb.test.txt",
+                    _PTB + "ptb.test.txt",
+                    "sha256:dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
+                ),
             },
         ),
         # WikiText-2 (Merity et al. 2016), tokenized, 33,278 words, CC BY-SA
@@ -97,26 +109,47 @@ REGISTRY: dict[str, Entry] = {
         Entry(
             "wikitext-103",
             {
-                "train": RemoteFile("train.txt", _WT103, "sha1:b7497e2dfe77e72cfef5e3dbc61b7b53712ac211",
-                                    "wikitext-103/wiki.train.tokens"),
-                "valid": RemoteFile("valid.txt", _WT103, "sha1:c326ac59dc587676d58c422eb8a03e119582f92b",
-                                    "wikitext-103/wiki.valid.tokens"),
-                "test": RemoteFile("test.txt", _WT103, "sha1:8a5befc548865cec54ed4273cf87dbbad60d1e47",
-                                   "wikitext-103/wiki.test.tokens"),
+                "train": RemoteFile(
+                    "train.txt",
+                    _WT103,
+                    "sha1:b7497e2dfe77e72cfef5e3dbc61b7b53712ac211",
+                    "wikitext-103/wiki.train.tokens",
+                ),
+                "valid": RemoteFile(
+                    "valid.txt",
+                    _WT103,
+                    "sha1:c326ac59dc587676d58c422eb8a03e119582f92b",
+                    "wikitext-103/wiki.valid.tokens",
+                ),
+                "test": RemoteFile(
+                    "test.txt", _WT103, "sha1:8a5befc548865cec54ed4273cf87dbbad60d1e47", "wikitext-103/wiki.test.tokens"
+                ),
             },
         ),
         # First 10^8 bytes of an English Wikipedia XML dump (Hutter Prize); 90M/5M/5M byte split
         Entry(
             "enwik8",
-            {"all": RemoteFile("enwik8", "http://mattmahoney.net/dc/enwik8.zip",
-                               "sha1:57b8363b814821dc9d47aa4d41f58733519076b2", "enwik8")},
+            {
+                "all": RemoteFile(
+                    "enwik8",
+                    "http://mattmahoney.net/dc/enwik8.zip",
+                    "sha1:57b8363b814821dc9d47aa4d41f58733519076b2",
+                    "enwik8",
+                )
+            },
             byte_splits=(90_000_000, 95_000_000),
         ),
         # enwik8 cleaned to lowercase a-z and spaces, 10^8 characters; 90M/5M/5M split
         Entry(
             "text8",
-            {"all": RemoteFile("text8", "http://mattmahoney.net/dc/text8.zip",
-                               "sha256:6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7", "text8")},
+            {
+                "all": RemoteFile(
+                    "text8",
+                    "http://mattmahoney.net/dc/text8.zip",
+                    "sha256:6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7",
+                    "text8",
+                )
+            },
             byte_splits=(90_000_000, 95_000_000),
         ),
     )
@@ -163,8 +196,10 @@ def _folder(spec: str, path: Path) -> Source:
     files = {s: path / f"{s}.txt" for s in SPLITS if (path / f"{s}.txt").is_file()}
     missing = [f"{s}.txt" for s in ("train", "valid") if s not in files]
     if missing:
-        raise DataError(f"corpus folder {path} lacks {' and '.join(missing)} (it needs train.txt, valid.txt "
-                        f"and optionally test.txt)")
+        raise DataError(
+            f"corpus folder {path} lacks {' and '.join(missing)} (it needs train.txt, valid.txt "
+            f"and optionally test.txt)"
+        )
     return Source(spec, files=files)
 
 
@@ -175,8 +210,10 @@ def fetch(entry: Entry, cache_dir: Path, log: Log | None = None) -> Source:
     paths = {split: folder / remote.name for split, remote in entry.files.items()}
     missing = [remote for split, remote in entry.files.items() if not paths[split].is_file()]
     if mirror and missing:
-        raise DataError(f"{entry.name}: {folder / missing[0].name} does not exist in the mirror RNNLM_DATA={mirror} "
-                        f"(unset RNNLM_DATA to download it from {missing[0].url})")
+        raise DataError(
+            f"{entry.name}: {folder / missing[0].name} does not exist in the mirror RNNLM_DATA={mirror} "
+            f"(unset RNNLM_DATA to download it from {missing[0].url})"
+        )
     for url in dict.fromkeys(remote.url for remote in missing):  # one download per archive
         _download(entry.name, url, [r for r in missing if r.url == url], folder, log)
     for split, remote in entry.files.items():
@@ -208,8 +245,10 @@ def _verify(path: Path, checksum: str, cache_dir: Path) -> None:
     algorithm, _, expected = checksum.partition(":")
     actual = file_digest(path, algorithm)
     if actual != expected:
-        raise DataError(f"{path} has {algorithm} {actual}, expected {expected}: the file is damaged or a "
-                        f"different version; delete it (or fix the mirror) and run again")
+        raise DataError(
+            f"{path} has {algorithm} {actual}, expected {expected}: the file is damaged or a "
+            f"different version; delete it (or fix the mirror) and run again"
+        )
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(record))
 
@@ -239,13 +278,17 @@ def _download(corpus: str, url: str, remotes: list[RemoteFile], folder: Path, lo
             actual = file_digest(partial, algorithm)
             if actual != expected:
                 partial.unlink()
-                raise DataError(f"the {remote.name} downloaded from {url} has {algorithm} {actual}, expected "
-                                f"{expected}: the server sent a different file; nothing was kept")
+                raise DataError(
+                    f"the {remote.name} downloaded from {url} has {algorithm} {actual}, expected "
+                    f"{expected}: the server sent a different file; nothing was kept"
+                )
             os.replace(partial, folder / remote.name)
     except (urllib.error.URLError, http.client.HTTPException, OSError, zipfile.BadZipFile, KeyError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise DataError(f"could not download {corpus} from {url}: {reason}. Without network access, point "
-                        f"RNNLM_DATA at a folder holding {corpus}/{remotes[0].name}") from None
+        raise DataError(
+            f"could not download {corpus} from {url}: {reason}. Without network access, point "
+            f"RNNLM_DATA at a folder holding {corpus}/{remotes[0].name}"
+        ) from None
     finally:
         download.unlink(missing_ok=True)
         for remote in remotes:

@@ -170,8 +170,9 @@ class SentencePieceBuilder:
         return train(self.kind, self.sentences, self.vocab_size, self.character_coverage)
 
 
-def train(kind: str, sentences: list[str], vocab_size: int = 0,
-          character_coverage: float = 0.9995) -> SentencePieceTokenizer:
+def train(
+    kind: str, sentences: list[str], vocab_size: int = 0, character_coverage: float = 0.9995
+) -> SentencePieceTokenizer:
     """Train a lossless `kind` model; vocab_size 0 means DEFAULT_VOCAB_SIZE or the most the text supports.
 
     Raises DataError, never sentencepiece's own errors, when the text cannot give that vocabulary.
@@ -182,19 +183,36 @@ def train(kind: str, sentences: list[str], vocab_size: int = 0,
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences), model_writer=model, model_type=kind, vocab_size=requested,
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            model_type=kind,
+            vocab_size=requested,
             hard_vocab_limit=False,  # a smaller vocabulary instead of an error: we report it below
-            character_coverage=character_coverage, byte_fallback=True, normalization_rule_name="identity",
-            remove_extra_whitespaces=False, add_dummy_prefix=False, user_defined_symbols=NEWLINE,
-            unk_id=0, unk_piece=UNK_SPELLING, bos_id=-1, eos_id=-1, pad_id=-1, unk_surface=REPLACEMENT,
-            max_sentence_length=4 * CHUNK_CHARS, num_threads=min(os.cpu_count() or 1, 16), minloglevel=2)
+            character_coverage=character_coverage,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            user_defined_symbols=NEWLINE,
+            unk_id=0,
+            unk_piece=UNK_SPELLING,
+            bos_id=-1,
+            eos_id=-1,
+            pad_id=-1,
+            unk_surface=REPLACEMENT,
+            max_sentence_length=4 * CHUNK_CHARS,
+            num_threads=min(os.cpu_count() or 1, 16),
+            minloglevel=2,
+        )
     except RuntimeError as exc:
         raise DataError(_explain(exc, kind, requested, character_coverage)) from None
     tokenizer = SentencePieceTokenizer(kind, model.getvalue())
     if vocab_size and tokenizer.vocab_size < vocab_size:
-        raise DataError(f"tokenizer.vocab_size {vocab_size:,} is more than the training text supports for a {kind} "
-                        f"tokenizer: the largest that works is {tokenizer.vocab_size:,}; set tokenizer.vocab_size="
-                        f"{tokenizer.vocab_size} or lower, or train on more text (tokenizer.sample_bytes)")
+        raise DataError(
+            f"tokenizer.vocab_size {vocab_size:,} is more than the training text supports for a {kind} "
+            f"tokenizer: the largest that works is {tokenizer.vocab_size:,}; set tokenizer.vocab_size="
+            f"{tokenizer.vocab_size} or lower, or train on more text (tokenizer.sample_bytes)"
+        )
     return tokenizer
 
 
@@ -203,9 +221,11 @@ def _explain(exc: RuntimeError, kind: str, requested: int, coverage: float) -> s
     message = str(exc)
     too_small = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
     if too_small:
-        return (f"tokenizer.vocab_size {requested:,} is too small for a {kind} tokenizer: it needs at least "
-                f"{int(too_small.group(2)):,} (256 byte tokens, <unk>, the newline, and the characters that make "
-                f"up {coverage:.2%} of the training text); raise tokenizer.vocab_size or lower "
-                f"tokenizer.character_coverage")
+        return (
+            f"tokenizer.vocab_size {requested:,} is too small for a {kind} tokenizer: it needs at least "
+            f"{int(too_small.group(2)):,} (256 byte tokens, <unk>, the newline, and the characters that make "
+            f"up {coverage:.2%} of the training text); raise tokenizer.vocab_size or lower "
+            f"tokenizer.character_coverage"
+        )
     reason = message.rsplit("]", 1)[-1].strip() or message.strip()
     return f"sentencepiece could not train a {kind} tokenizer on the training split: {reason}"

@@ -240,8 +240,9 @@ def _by_count(item: tuple[str, int]) -> tuple[int, str]:
     return -item[1], item[0]
 
 
-def vocab_builder(kind: str, vocab_size: int = 0, min_count: int = 1,
-                  character_coverage: float = 0.9995) -> CharVocabBuilder | WordVocabBuilder | SentencePieceBuilder:
+def vocab_builder(
+    kind: str, vocab_size: int = 0, min_count: int = 1, character_coverage: float = 0.9995
+) -> CharVocabBuilder | WordVocabBuilder | SentencePieceBuilder:
     """A builder fed text with `add(text, partial)`, whose `build()` returns the tokenizer."""
     if kind == "char":
         return CharVocabBuilder()
@@ -273,6 +274,10 @@ def from_state(state: Any) -> Tokenizer:
 
 def fingerprint(tokenizer: Tokenizer) -> str:
     """A short hash of the tokenizer's state: the same vocabulary gives the same fingerprint."""
-    blob = json.dumps(tokenizer.state_dict(), sort_keys=True, ensure_ascii=False,
-                      default=lambda value: hashlib.sha256(value).hexdigest()).encode("utf-8")  # model bytes
+    blob = json.dumps(
+        tokenizer.state_dict(),
+        sort_keys=True,
+        ensure_ascii=False,
+        default=lambda value: hashlib.sha256(value).hexdigest(),
+    ).encode("utf-8")  # model bytes
     return hashlib.sha256(blob).hexdigest()[:16]

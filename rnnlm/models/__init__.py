@@ -8,8 +8,17 @@ from rnnlm.models.bidirectional import BidirectionalLM
 from rnnlm.models.contract import HeadScore, LanguageModel, LMOutput, State, StateLayout, Stepper
 from rnnlm.models.lm import RNNLM
 
-__all__ = ["BidirectionalLM", "HeadScore", "LanguageModel", "LMOutput", "RNNLM", "State", "StateLayout", "Stepper",
-           "build_model"]
+__all__ = [
+    "BidirectionalLM",
+    "HeadScore",
+    "LanguageModel",
+    "LMOutput",
+    "RNNLM",
+    "State",
+    "StateLayout",
+    "Stepper",
+    "build_model",
+]
 
 
 def build_model(vocab_size: int, config: ModelConfig) -> LanguageModel:

@@ -80,11 +80,18 @@ class BidirectionalLM(LanguageModel):
         backward_nll, backward_n = self._score(logits["backward"], sequence[:-1].masked_fill(~valid[1:], PAD))
         infill_nll, infill_n = self._score(logits["infill"], sequence[1:-1].masked_fill(~valid[2:], PAD))
         objective = (forward_nll / forward_n + backward_nll / backward_n) / 2 + infill_nll / infill_n.clamp(min=1)
-        return LMOutput(forward_nll, forward_n, state, objective, backward=HeadScore(backward_nll, backward_n),
-                        infill=HeadScore(infill_nll, infill_n))
+        return LMOutput(
+            forward_nll,
+            forward_n,
+            state,
+            objective,
+            backward=HeadScore(backward_nll, backward_n),
+            infill=HeadScore(infill_nll, infill_n),
+        )
 
-    def head_logits(self, embedded: torch.Tensor, lengths: torch.Tensor, state: State
-                    ) -> tuple[dict[str, torch.Tensor], State]:
+    def head_logits(
+        self, embedded: torch.Tensor, lengths: torch.Tensor, state: State
+    ) -> tuple[dict[str, torch.Tensor], State]:
         """Logits of the three heads over s_0 .. s_L, from its embeddings (L+1, B, E).
 
         forward[k] predicts s_{k+1} from ahead[k] (has read s_0 .. s_k);
@@ -94,13 +101,17 @@ class BidirectionalLM(LanguageModel):
         ahead, state = self.rnn(embedded[:-1], state)  # (L, B, H)
         behind = self.read_backward(embedded, lengths)  # (L+1, B, H)
         ahead, behind = drop_output(ahead, self.config, self.training), drop_output(behind, self.config, self.training)
-        logits = {"forward": self.decoder(ahead), "backward": self.decoder(behind[1:]),
-                  "infill": self.infill(torch.cat([ahead[:-1], behind[2:]], dim=-1))}
+        logits = {
+            "forward": self.decoder(ahead),
+            "backward": self.decoder(behind[1:]),
+            "infill": self.infill(torch.cat([ahead[:-1], behind[2:]], dim=-1)),
+        }
         return logits, state
 
     def _score(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        nll = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1), ignore_index=PAD,
-                              reduction="sum")
+        nll = F.cross_entropy(
+            logits.reshape(-1, self.vocab_size), targets.reshape(-1), ignore_index=PAD, reduction="sum"
+        )
         return nll, (targets != PAD).sum()
 
     def read_backward(self, embedded: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

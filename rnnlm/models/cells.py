@@ -16,7 +16,7 @@ for it). Both return the state; `gates`/`step` return every intermediate (a Name
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import torch
 
@@ -132,10 +132,10 @@ class ElmanCell:
 class GRUCell:
     """Gated recurrent unit (Cho et al. 2014):
 
-        z_t = σ(W(z) x_t + U(z) h_{t-1})           update gate
-        r_t = σ(W(r) x_t + U(r) h_{t-1})           reset gate
-        h~_t = tanh(W x_t + r_t ∘ U h_{t-1})       new memory
-        h_t = z_t ∘ h_{t-1} + (1 - z_t) ∘ h~_t     final memory
+    z_t = σ(W(z) x_t + U(z) h_{t-1})           update gate
+    r_t = σ(W(r) x_t + U(r) h_{t-1})           reset gate
+    h~_t = tanh(W x_t + r_t ∘ U h_{t-1})       new memory
+    h_t = z_t ∘ h_{t-1} + (1 - z_t) ∘ h~_t     final memory
     """
 
     gate_count = 3
@@ -156,8 +156,12 @@ class GRUCell:
         return self.equations(wx, uh, h_prev)
 
     def pack(self, w: LayerWeights, dtype: torch.dtype) -> PackedLayer:
-        return PackedLayer(_cast(w.weight_ih.t(), dtype), _cast(w.bias_ih, dtype), _cast(w.weight_hh.t(), dtype),
-                           _cast(w.bias_hh, dtype))
+        return PackedLayer(
+            _cast(w.weight_ih.t(), dtype),
+            _cast(w.bias_ih, dtype),
+            _cast(w.weight_hh.t(), dtype),
+            _cast(w.bias_hh, dtype),
+        )
 
     @staticmethod
     def equations(wx: torch.Tensor, uh: torch.Tensor, h_prev: torch.Tensor) -> GRUGates:
@@ -172,12 +176,12 @@ class GRUCell:
 class LSTMCell:
     """Long short-term memory (Hochreiter & Schmidhuber 1997):
 
-        i_t = σ(W(i) x_t + U(i) h_{t-1})           input gate
-        f_t = σ(W(f) x_t + U(f) h_{t-1})           forget gate
-        o_t = σ(W(o) x_t + U(o) h_{t-1})           output gate
-        c~_t = tanh(W(c) x_t + U(c) h_{t-1})       new memory cell
-        c_t = f_t ∘ c_{t-1} + i_t ∘ c~_t           final memory cell
-        h_t = o_t ∘ tanh(c_t)                      final hidden state
+    i_t = σ(W(i) x_t + U(i) h_{t-1})           input gate
+    f_t = σ(W(f) x_t + U(f) h_{t-1})           forget gate
+    o_t = σ(W(o) x_t + U(o) h_{t-1})           output gate
+    c~_t = tanh(W(c) x_t + U(c) h_{t-1})       new memory cell
+    c_t = f_t ∘ c_{t-1} + i_t ∘ c~_t           final memory cell
+    h_t = o_t ∘ tanh(c_t)                      final hidden state
     """
 
     gate_count = 4
@@ -200,15 +204,15 @@ class LSTMCell:
     def equations(pre: torch.Tensor, c_prev: torch.Tensor) -> LSTMGates:
         """pre: W x_t + U h_{t-1} + biases, (B, 4H) in gate order i, f, g (c~), o."""
         size = c_prev.size(1)
-        c_tilde = pre[:, 2 * size: 3 * size].tanh()
+        c_tilde = pre[:, 2 * size : 3 * size].tanh()
         gates = pre.sigmoid()  # i, f, o: one call over all four blocks costs less than three calls
-        i, f, o = gates[:, :size], gates[:, size: 2 * size], gates[:, 3 * size:]
+        i, f, o = gates[:, :size], gates[:, size : 2 * size], gates[:, 3 * size :]
         c = torch.addcmul(f * c_prev, i, c_tilde)  # f c_{t-1} + i c~
         return LSTMGates(i, f, c_tilde, o, c, o * c.tanh())
 
 
-Cell = Union[ElmanCell, GRUCell, LSTMCell]
-Gates = Union[ElmanGates, GRUGates, LSTMGates]
+Cell = ElmanCell | GRUCell | LSTMCell
+Gates = ElmanGates | GRUGates | LSTMGates
 
 
 def make_cell(cell: str, nonlinearity: str = "tanh") -> Cell:
@@ -228,8 +232,9 @@ class StackStepper:
     the state stays in `exact`, the model's dtype.
     """
 
-    def __init__(self, cell: Cell, layers: list[LayerWeights], exact: torch.dtype, dtype: torch.dtype | None = None
-                 ) -> None:
+    def __init__(
+        self, cell: Cell, layers: list[LayerWeights], exact: torch.dtype, dtype: torch.dtype | None = None
+    ) -> None:
         self.cell, self.exact, self.dtype = cell, exact, dtype or exact
         self.per_layer = len(cell.state_names)
         with torch.no_grad():
@@ -240,7 +245,7 @@ class StackStepper:
         new: list[torch.Tensor] = []
         n, last = self.per_layer, len(self.layers) - 1
         for k, packed in enumerate(self.layers):
-            gates = self.cell.step(x, state[k * n:(k + 1) * n], packed, self.exact)
+            gates = self.cell.step(x, state[k * n : (k + 1) * n], packed, self.exact)
             if record is not None:
                 record.append(gates)
             new.extend(gates.state)

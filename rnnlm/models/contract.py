@@ -52,16 +52,17 @@ class StateLayout:
         return len(self.names)
 
     def zeros(self, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> State:
-        return tuple(torch.zeros(batch_size, size, device=device, dtype=dtype)
-                     for size in self.sizes for _ in self.names)
+        return tuple(
+            torch.zeros(batch_size, size, device=device, dtype=dtype) for size in self.sizes for _ in self.names
+        )
 
     def layer(self, state: State, k: int) -> State:
         """Layer k's tensors, in the order of `names`."""
-        return state[k * self.per_layer: (k + 1) * self.per_layer]
+        return state[k * self.per_layer : (k + 1) * self.per_layer]
 
     def by_name(self, state: State, name: str) -> tuple[torch.Tensor, ...]:
         """One tensor per layer, bottom first: e.g. every layer's "c"."""
-        return state[self.names.index(name)::self.per_layer]
+        return state[self.names.index(name) :: self.per_layer]
 
     def top_hidden(self, state: State) -> torch.Tensor:
         """The top layer's h (B, H_top): what the output layer reads."""

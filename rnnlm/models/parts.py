@@ -30,8 +30,13 @@ def make_decoder(vocab_size: int, config: ModelConfig, embedding: nn.Embedding) 
     top = layer_sizes(config)[-1]
     decoder: Decoder
     if config.softmax == "adaptive":  # Grave et al. 2017; config validation refuses tying it
-        decoder = AdaptiveSoftmax(top, vocab_size, resolve_cutoffs(config.cutoffs, vocab_size),
-                                  config.adaptive_div, config.adaptive_cluster_grad)
+        decoder = AdaptiveSoftmax(
+            top,
+            vocab_size,
+            resolve_cutoffs(config.cutoffs, vocab_size),
+            config.adaptive_div,
+            config.adaptive_cluster_grad,
+        )
     else:
         decoder = FullSoftmax(top, vocab_size)
     if config.tie_weights:  # Press & Wolf 2017; Inan et al. 2017
@@ -39,8 +44,7 @@ def make_decoder(vocab_size: int, config: ModelConfig, embedding: nn.Embedding) 
     return decoder
 
 
-def init_weights(config: ModelConfig, embedding: nn.Embedding, decoder: Decoder, stacks: list[RecurrentStack]
-                 ) -> None:
+def init_weights(config: ModelConfig, embedding: nn.Embedding, decoder: Decoder, stacks: list[RecurrentStack]) -> None:
     """The configured initialisation, in this order (a tied decoder's draw is the embedding's)."""
     nn.init.uniform_(embedding.weight, -config.init_range, config.init_range)
     decoder.init_weights(config.init_range)
@@ -58,10 +62,10 @@ def init_stack(stack: nn.Module, c: ModelConfig) -> None:
                 bias_ih = getattr(stack, f"bias_ih_l{layer}")
                 bias_hh = getattr(stack, f"bias_hh_l{layer}")
                 if c.init == "default":
-                    bias_ih[H: 2 * H] = c.forget_bias
-                    bias_hh[H: 2 * H] = 0.0
+                    bias_ih[H : 2 * H] = c.forget_bias
+                    bias_hh[H : 2 * H] = 0.0
                 else:
-                    bias_ih[H: 2 * H] += c.forget_bias
+                    bias_ih[H : 2 * H] += c.forget_bias
 
 
 def embed(embedding: nn.Embedding, inputs: torch.Tensor, config: ModelConfig, training: bool) -> torch.Tensor:
@@ -81,8 +85,14 @@ class TokenStepper:
     (tests/test_contract.py). With `dtype` bfloat16 the weights it reads are a bf16 copy (half the bytes
     read per token); the state and the softmax stay in `exact`, the model's dtype."""
 
-    def __init__(self, embedding: nn.Embedding, stack: RecurrentStack, decoder: Decoder, exact: torch.dtype,
-                 dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        embedding: nn.Embedding,
+        stack: RecurrentStack,
+        decoder: Decoder,
+        exact: torch.dtype,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         self.dtype = dtype or exact
         with torch.no_grad():
             self.embedding = embedding.weight.detach().to(self.dtype).contiguous()
@@ -90,8 +100,9 @@ class TokenStepper:
         self.decoder = decoder.stepper(self.dtype)
         self.layout = stack.layout
 
-    def __call__(self, tokens: torch.Tensor, state: State, record: list[Gates] | None = None
-                 ) -> tuple[torch.Tensor, State]:
+    def __call__(
+        self, tokens: torch.Tensor, state: State, record: list[Gates] | None = None
+    ) -> tuple[torch.Tensor, State]:
         """tokens (B,) -> log-probabilities (B, V) of the next token, the new state; with `record`, each
         layer's gates (models/cells.py) are appended to it."""
         state = self.stack(F.embedding(tokens, self.embedding), state, record)

@@ -17,14 +17,15 @@ cluster k only for the targets that fall in it, so most tokens (the frequent one
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlm.ids import PAD
 from rnnlm.errors import ConfigError
+from rnnlm.ids import PAD
 
 DEFAULT_CUTOFFS = (2000, 10_000, 50_000)  # each cluster 5x the last; those below the vocabulary are used
 LogProbs = Callable[[torch.Tensor], torch.Tensor]  # hidden (N, H) -> log-probabilities (N, V), float32 at least
@@ -35,8 +36,9 @@ def resolve_cutoffs(cutoffs: tuple[int, ...], vocab_size: int) -> list[int]:
     if not cutoffs:
         return [cut for cut in DEFAULT_CUTOFFS if cut < vocab_size]  # none when V <= 2000: the full softmax
     if cutoffs[-1] >= vocab_size:
-        raise ConfigError(f"model.cutoffs must be below the vocabulary size, {vocab_size:,} words here "
-                          f"(got {list(cutoffs)})")
+        raise ConfigError(
+            f"model.cutoffs must be below the vocabulary size, {vocab_size:,} words here (got {list(cutoffs)})"
+        )
     return list(cutoffs)
 
 
@@ -69,8 +71,11 @@ class LinearLogProbs:
 
 
 class AdaptiveSoftmax(nn.Module):
-    def __init__(self, in_features: int, vocab_size: int, cutoffs: list[int], div_value: float,
-                 cluster_grad: float) -> None:
+    starts: torch.Tensor  # the first id of each cluster, a buffer (registered in __init__)
+
+    def __init__(
+        self, in_features: int, vocab_size: int, cutoffs: list[int], div_value: float, cluster_grad: float
+    ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.bounds = [*cutoffs, vocab_size]  # cluster k holds ids bounds[k] .. bounds[k + 1] - 1
@@ -79,8 +84,12 @@ class AdaptiveSoftmax(nn.Module):
         self.tail = nn.ModuleList()
         for k in range(len(cutoffs)):
             projected = max(1, int(in_features // div_value ** (k + 1)))  # rarer words, fewer dimensions
-            self.tail.append(nn.Sequential(nn.Linear(in_features, projected, bias=False),
-                                           nn.Linear(projected, self.bounds[k + 1] - self.bounds[k])))
+            self.tail.append(
+                nn.Sequential(
+                    nn.Linear(in_features, projected, bias=False),
+                    nn.Linear(projected, self.bounds[k + 1] - self.bounds[k]),
+                )
+            )
         self.register_buffer("starts", torch.tensor(cutoffs, dtype=torch.long), persistent=False)
         self.cluster_grad = cluster_grad
 
@@ -89,11 +98,16 @@ class AdaptiveSoftmax(nn.Module):
         cluster's projection with orthonormal rows: a well-conditioned map of the hidden state from
         the start, where a uniform draw stretches some directions more than others (the evidence, thin
         and mixed: docs/benchmarks.md)."""
-        for module in [self.head, *(cluster[1] for cluster in self.tail)]:
+        clusters = self._clusters()
+        for module in [self.head, *(output for _, output in clusters)]:
             nn.init.uniform_(module.weight, -init_range, init_range)
             nn.init.zeros_(module.bias)
-        for cluster in self.tail:
-            nn.init.orthogonal_(cluster[0].weight)
+        for projection, _ in clusters:
+            nn.init.orthogonal_(projection.weight)
+
+    def _clusters(self) -> list[tuple[nn.Linear, nn.Linear]]:
+        """Each tail cluster's projection and output layer (the two Linears of its Sequential)."""
+        return cast("list[tuple[nn.Linear, nn.Linear]]", [tuple(cluster.children()) for cluster in self.tail])
 
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The head's logits (N, shortlist + clusters); the gradient of its cluster rows is scaled by
@@ -128,7 +142,7 @@ class AdaptiveSoftmax(nn.Module):
         head = log_softmax(self.head_logits(hidden))  # (N, shortlist + clusters)
         parts = [head[:, : self.shortlist]]
         for k, tail in enumerate(self.tail):
-            parts.append(log_softmax(tail(hidden)) + head[:, self.shortlist + k: self.shortlist + k + 1])
+            parts.append(log_softmax(tail(hidden)) + head[:, self.shortlist + k : self.shortlist + k + 1])
         return torch.cat(parts, dim=1)
 
     def stepper(self, dtype: torch.dtype) -> LogProbs:
@@ -140,14 +154,14 @@ class ScaleRowGrad(torch.autograd.Function):
     """The identity on `tensor`, whose gradient rows from `start` on are multiplied by `scale`."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor, start: int, scale: float) -> torch.Tensor:
+    def forward(ctx: Any, tensor: torch.Tensor, start: int, scale: float) -> torch.Tensor:
         ctx.start, ctx.scale = start, scale
         return tensor.view_as(tensor)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         grad = grad.clone()
-        grad[ctx.start:] *= ctx.scale
+        grad[ctx.start :] *= ctx.scale
         return grad, None, None
 
 
@@ -168,14 +182,15 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
-                chunk: int) -> torch.Tensor:
+    def forward(
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor, chunk: int
+    ) -> torch.Tensor:
         hidden = hidden.to(weight.dtype)
         total = torch.zeros((), dtype=weight.dtype, device=weight.device)
         normalisers = []
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.size(0), chunk):
-                rows, wanted = hidden[start: start + chunk], targets[start: start + chunk]
+                rows, wanted = hidden[start : start + chunk], targets[start : start + chunk]
                 logits = F.linear(rows, weight, bias)  # (chunk, V): the only logits that exist at a time
                 lse = logits.logsumexp(dim=-1)
                 picked = logits.gather(1, wanted.clamp(min=0).unsqueeze(1)).squeeze(1)
@@ -186,7 +201,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
         hidden, weight, bias, targets, normalisers = ctx.saved_tensors
         grad_hidden = torch.empty_like(hidden)
         grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
@@ -216,8 +231,12 @@ class Workspace:
 
     def take(self, rows: int, columns: int, like: torch.Tensor) -> torch.Tensor:
         buffer, self.buffer = self.buffer, None
-        if (buffer is None or buffer.numel() < rows * columns or buffer.dtype != like.dtype
-                or buffer.device != like.device):
+        if (
+            buffer is None
+            or buffer.numel() < rows * columns
+            or buffer.dtype != like.dtype
+            or buffer.device != like.device
+        ):
             buffer = torch.empty(rows * columns, dtype=like.dtype, device=like.device)
         return buffer[: rows * columns].view(rows, columns)
 
@@ -247,8 +266,15 @@ class FusedCrossEntropy(torch.autograd.Function):
     BLOCK = 2**19  # floats per softmax block, 2 MB, within the cache: 15 rows of 33,278 words, 8,065 of 65 chars
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                workspace: Workspace, dtype: torch.dtype) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        workspace: Workspace,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
         exact = torch.promote_types(weight.dtype, torch.float32)  # the softmax's: float32 at least
         inputs, matrix = hidden.to(dtype), weight.to(dtype)
         rows = hidden.size(0)
@@ -280,13 +306,17 @@ class FusedCrossEntropy(torch.autograd.Function):
         return nll
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(
+        ctx: Any, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, None, None, None]:
         inputs, matrix, wanted, scored, target_probs = ctx.saved_tensors
         hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
         dlogits, ctx.probs = ctx.probs, None  # the softmax, turned into the gradient in place
         if dlogits is None:
-            raise RuntimeError("the fused loss's buffer supports one backward pass per forward pass: set "
-                               "model.fused_loss=false to backpropagate through it twice")
+            raise RuntimeError(
+                "the fused loss's buffer supports one backward pass per forward pass: set "
+                "model.fused_loss=false to backpropagate through it twice"
+            )
         with torch.autocast(inputs.device.type, enabled=False):
             # p - 1 at each target, rounded once: in a bf16 buffer, p rounded first and then p - 1 would lose
             # the gradient of every confident prediction (bf16 steps by 2^-8 just below 1)
@@ -301,12 +331,18 @@ class FusedCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
-def fused_cross_entropy(hidden: torch.Tensor, decoder: nn.Linear, targets: torch.Tensor, workspace: Workspace,
-                        dtype: torch.dtype | None = None) -> torch.Tensor:
+def fused_cross_entropy(
+    hidden: torch.Tensor,
+    decoder: nn.Linear,
+    targets: torch.Tensor,
+    workspace: Workspace,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Summed nll of `targets` (N,) under `decoder` applied to `hidden` (N, H), for training, with the
     matrix products in `dtype` (default: the decoder's); see FusedCrossEntropy."""
-    return FusedCrossEntropy.apply(hidden, decoder.weight, decoder.bias, targets, workspace,
-                                   dtype or decoder.weight.dtype)
+    return FusedCrossEntropy.apply(
+        hidden, decoder.weight, decoder.bias, targets, workspace, dtype or decoder.weight.dtype
+    )
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, decoder: nn.Linear, targets: torch.Tensor, chunk: int) -> torch.Tensor:
