@@ -25,7 +25,8 @@ class GradientFlow:
     output in evaluation mode), each part of the carried state held as its own variable: the gradient flows
     through steps t-k+1..t only, never back into the step that made h_{t-k}. For the LSTM, `cell_norms` is the
     same for the top layer's memory cell c_{t-k} (h_{t-k} held fixed). Norms are Euclidean per position, then
-    averaged (arithmetic mean) over the `positions` places t of the text.
+    averaged (arithmetic mean) over the `positions` places t of the text. A bidirectional model is measured
+    through its forward stack, the one its `encode` runs.
     """
 
     lags: list[int]  # 1..max_lag
@@ -116,12 +117,10 @@ def _norms(model: LanguageModel, columns: torch.Tensor, targets: torch.Tensor, w
         hidden, state = model.encode(tokens.unsqueeze(0), state)  # (1, B, H)
     log_probs = model.log_probs(hidden[-1])  # (B, V): J_t = -log p(x_{t+1}) per column
     loss = -log_probs.gather(1, targets.unsqueeze(1)).sum()
-    top = len(layout.sizes) - 1
-    names = layout.names
-    wanted = [s[top * layout.per_layer + names.index(name)] for s in carried[1:][::-1] for name in names]
+    top, names = len(layout.sizes) - 1, layout.names
+    wanted = [part for s in carried[1:][::-1] for part in layout.layer(s, top)]  # lag 1 first: carried[-1] is t-1's
     grads = torch.autograd.grad(loss, wanted, allow_unused=True)
     result: dict[str, list[float]] = {name: [] for name in names}
-    for i, grad in enumerate(grads):  # lag 1 first: carried[-1] holds h_{t-1}
-        name = names[i % len(names)]
-        result[name].append(0.0 if grad is None else float(grad.norm(dim=1).mean()))
+    for i, grad in enumerate(grads):  # per lag, the top layer's parts in the order of `names`
+        result[names[i % len(names)]].append(0.0 if grad is None else float(grad.norm(dim=1).mean()))
     return result
