@@ -68,6 +68,22 @@ def test_relu_rnn_with_half_the_identity_halves_the_gradient_at_each_lag(layers:
     assert vanishing_lag(flow.lags, flow.norms) == 11  # 0.5^10 = 9.8e-4 is the first below 1e-3
 
 
+def test_an_lstm_with_constant_gates_keeps_its_memory_by_the_forget_gate_alone() -> None:
+    """W = U = 0: every gate is its bias's sigmoid, c_t = f c_{t-1} + i c~, so dJ_t/dc_{t-k} = f^k dJ_t/dc_t and
+    h_{t-k} reaches nothing (its gradient is 0)."""
+    model = make_model("lstm")
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_hh"):
+            model.get_parameter(f"rnn.{name}_l0").zero_()
+        model.get_parameter("rnn.bias_ih_l0").copy_(torch.linspace(-1, 1, 32, dtype=torch.float64))
+        model.get_parameter("rnn.bias_ih_l0")[8:16] = 2.0  # gate order i, f, g, o: f = sigmoid(2)
+    flow = gradient_flow(model, random_ids(40), max_lag=20, positions=3, warmup=5)
+    forget = torch.sigmoid(torch.tensor(2.0, dtype=torch.float64))
+    assert flow.cell_norms is not None and flow.norms == [0.0] * 20
+    expected = flow.cell_norms[0] * forget ** torch.arange(20, dtype=torch.float64)
+    torch.testing.assert_close(torch.tensor(flow.cell_norms, dtype=torch.float64), expected, rtol=1e-10, atol=0)
+
+
 def test_positions_spread_over_the_whole_text() -> None:
     """Each t has max_lag + warmup tokens before it and its target after it: from 7 to 18 in 20 tokens."""
     assert window_ends(20, max_lag=5, warmup=2, positions=3) == [7, 12, 18]
