@@ -5,11 +5,12 @@ The notes (seed/fancy-recurrent-neural-networks.txt) give backpropagation for a 
     δ^(l) = ((W^(l))^T δ^(l+1)) ∘ f'(z^(l))          (B1: the delta recursion)
     ∂E/∂W^(l) = δ^(l+1) (a^(l))^T                     (B2: a weight's gradient, its delta times its input)
 
-and the RNN as h_t = f(W(hh) h_{t-1} + W(hx) x_t) (plus a bias here, as `ElmanCell`), ŷ_t = softmax(U h_t + b_U),
-J^(t) = -Σ_j y_{t,j} log ŷ_{t,j}. Unrolled in time the RNN is a deep net whose layers share W(hh): B1 and B2
-apply step by step, time playing the part of depth. `elman_backprop` writes that out without autograd;
-tests/test_backprop.py holds it to torch's autograd. Its per-step delta norms are the teaching version of
-the gradient-flow curve (rnnlm/gradflow.py measures it on any model).
+and the RNN as h_t = f(W(hh) h_{t-1} + W(hx) x_t) (plus a bias here, as `ElmanCell`), ŷ_t = softmax(U h_t + b_U)
+(their W(S), with a bias), J^(t) = -Σ_j y_{t,j} log ŷ_{t,j}; z_t is the pre-activation, h_t = f(z_t). Unrolled
+in time the RNN is a deep net whose layers share W(hh): B1 and B2 apply step by step, time playing the part of
+depth. `elman_backprop` writes that out without autograd; tests/test_backprop.py holds it to torch's autograd.
+Its per-step delta norms are the teaching version of the gradient-flow curve (rnnlm/gradflow.py measures it on
+any model).
 
 Shapes: batches of row vectors, so the notes' W^T δ is `delta @ W` here. x (T, B, I), h (B, H), U (V, H).
 """
@@ -126,9 +127,10 @@ def elman_backprop(
         dx[t] = delta @ W_hx  # ∂J/∂x_t = W(hx)^T δ_t: the word vectors' gradient
         delta_norms[t] = delta.norm(dim=1).mean()
         delta_next = delta
+    initial = delta_next @ W_hh  # ∂J/∂h_0 = W(hh)^T δ_1
     layer = LayerWeights(dW_hx, dW_hh, db, db.clone())
     return ElmanGradients(
-        fwd.loss, layer, dU, db_U, dx, delta_next @ W_hh, delta_norms, last_step_norms(fwd, targets, W_hh, U, f_prime)
+        fwd.loss, layer, dU, db_U, dx, initial, delta_norms, last_step_norms(fwd, targets, W_hh, U, f_prime)
     )
 
 
