@@ -357,7 +357,8 @@ class Trainer:
         self.scaler.update()
         self.averager.update()
         # autocast hands an LSTM's state back in bf16 / fp16: carry (and checkpoint) it at the weights' precision
-        self.state = tuple(s.to(self.model.dtype) for s in out.state)
+        dtype = self.model.dtype
+        self.state = tuple(s.to(dtype) for s in out.state)
         return stats
 
     def _warn_if_fp16(self, state: tuple[torch.Tensor, ...]) -> None:
