@@ -1,8 +1,9 @@
 """Where a training step's time goes: cProfile around `Trainer.fit` on one of bench.py's presets.
 
 Prints tokens/s, the functions with the most time of their own, and the Python calls per training step
-(measured at two step counts after a short warm-up run, so set-up and the final validation cancel out). Run it in two checkouts to
-compare them; on a launch-bound GPU model the calls per step are what a change in Python costs.
+(measured at two step counts after a short warm-up run, so set-up and the final validation cancel out).
+Run it in two checkouts to compare them; on a launch-bound GPU model the calls per step are what a change
+in Python costs.
 
     RNNLM_DATA=../shared/corpora python scripts/profile_step.py --preset word --steps 600 --device cuda
 """
