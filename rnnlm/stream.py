@@ -125,18 +125,19 @@ def entropy_bits(log_distribution: torch.Tensor) -> torch.Tensor:
 def score_stream(model: RNNLM, chunks: Iterable[np.ndarray], *, boundary_id: int, start: str = "warm",
                  cache: CacheSettings | None = None, dynamic: DynamicSettings | None = None,
                  statistics: dict[str, torch.Tensor] | None = None, device: torch.device | str = "cpu",
-                 distributions: bool = False) -> Iterator[Scored]:
+                 distributions: bool = False, window: int = WINDOW) -> Iterator[Scored]:
     """Score every id of `chunks` (token ids in arrays of any sizes, read as they come: bounded memory) once,
     with its whole left context; yields window after window. With `dynamic`, a window is a segment and the
     weights (a copy's) take a step on it after it is scored; `statistics` is what its RMS method needs.
-    With `distributions`, also the entropy of each prediction. The model itself is left as it was."""
+    With `distributions`, also the entropy of each prediction; without `dynamic`, `window` tokens are read at
+    once (where the windows fall changes no score). The model itself is left as it was."""
     adapter = Adapter(model, dynamic, statistics) if dynamic is not None else None
     scorer = adapter.model if adapter is not None else model
     was_training = scorer.training
     scorer.eval()
     try:
         reader = StreamReader(scorer, boundary_id, start=start, cache=cache, device=device)
-        most = dynamic.segment if dynamic is not None else WINDOW
+        most = dynamic.segment if dynamic is not None else window
         for ids in windows(chunks, lambda: reader.window(most)):
             targets = torch.from_numpy(ids).to(device)
             if adapter is None:
@@ -156,14 +157,14 @@ def score_stream(model: RNNLM, chunks: Iterable[np.ndarray], *, boundary_id: int
 def evaluate_stream(model: RNNLM, split: Split, *, boundary_id: int, start: str = "warm",
                     cache: CacheSettings | None = None, dynamic: DynamicSettings | None = None,
                     statistics: dict[str, torch.Tensor] | None = None, device: torch.device | str = "cpu",
-                    block: int = 1 << 20) -> EvalResult:
+                    block: int = 1 << 20, window: int = WINDOW) -> EvalResult:
     """`evaluate`'s numbers (batch size 1) for a split scored with the cache and / or dynamic evaluation;
     with neither, the same totals as `evaluate`. The split's ids are read `block` at a time."""
     ids = split.ids
     chunks = (ids[i: i + block] for i in range(0, len(ids), block))
     nll, tokens = 0.0, 0
     for scored in score_stream(model, chunks, boundary_id=boundary_id, start=start, cache=cache, dynamic=dynamic,
-                               statistics=statistics, device=device):
+                               statistics=statistics, device=device, window=window):
         nll -= float(scored.log_probs.sum())
         tokens += len(scored.ids)
     return EvalResult(nll, tokens, split.chars, split.bytes)
