@@ -215,12 +215,12 @@ def score_methods(loaded: Loaded, scored: Split, methods: Methods, *, statistics
 def _split(loaded: Loaded, name: str, why: str, log: Log | None) -> Split:
     from rnnlm.data import corpus
 
-    data = loaded.config.data
+    data, called = loaded.config.data, {"train": "training", "valid": "validation"}[name]
     try:
         found = corpus.load_corpus(data, loaded.config.tokenizer, loaded.tokenizer, splits=(name,),
                                    log=log).splits.get(name)
     except DataError as exc:
-        raise DataError(f"{why} the {name} split of {data.corpus!r}, which cannot be read: {exc}") from None
+        raise DataError(f"{why} the {called} split of {data.corpus!r}, which cannot be read: {exc}") from None
     if found is None or len(found.ids) == 0:
-        raise DataError(f"{why} the {name} split of {data.corpus!r}, which has none")
+        raise DataError(f"{why} the {called} split of {data.corpus!r}, which has none")
     return found
