@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -188,7 +189,7 @@ def score_adapted(loaded: Loaded, scored: Split, source: str, methods: Methods, 
     from rnnlm.evaluate import score_checkpoint
 
     if methods.dynamic is not None:  # refuse weights it cannot step before any time is spent
-        check_weights(loaded.model)  # type: ignore[arg-type]
+        check_weights(loaded.model)
     rms = methods.dynamic is not None and methods.dynamic.method == "rms"
     statistics = training_statistics(loaded, methods.dynamic.segment, log=log) if methods.dynamic and rms else None
     tuned = None

@@ -55,7 +55,7 @@ class NeuralCache:
         (T, K, V); then stores the T pairs (hidden, targets)."""
         T, K, _ = hidden.shape
         keys, words = hidden.transpose(0, 1), targets  # (K, T, H), (T,)
-        if self.keys is not None:
+        if self.keys is not None and self.words is not None:
             keys, words = torch.cat([self.keys, keys], dim=1), torch.cat([self.words, targets])
         M = keys.size(1) - T  # pairs stored before this window
         scores = self.settings.theta * torch.einsum("tkh,kmh->ktm", hidden.double(), keys.double())  # (K, T, M+T)
@@ -89,4 +89,5 @@ class NeuralCache:
 
 def _interpolate(model_log_probs: torch.Tensor, cache_probs: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
     """log((1 - share) p_model + share p_cache), as a logsumexp of the two parts' logs."""
-    return torch.logaddexp(torch.log1p(-share) + model_log_probs, torch.log(share) + torch.log(cache_probs.clamp(min=TINY)))
+    cache_part = torch.log(share) + torch.log(cache_probs.clamp(min=TINY))
+    return torch.logaddexp(torch.log1p(-share) + model_log_probs, cache_part)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from rnnlm.errors import UsageError
-from rnnlm.models.lm import RNNLM
+from rnnlm.models import LanguageModel
 
 METHODS = ("sgd", "rms")
 
@@ -56,7 +56,7 @@ class DynamicSettings:
             raise UsageError(f"the dynamic evaluation epsilon must be a finite number > 0, not {self.epsilon}")
 
 
-def check_weights(model: RNNLM) -> None:
+def check_weights(model: LanguageModel) -> None:
     """Refuse weights below float32, in one line."""
     low = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.dtype not in
                   (torch.float32, torch.float64)})
@@ -65,13 +65,13 @@ def check_weights(model: RNNLM) -> None:
                                f"its small gradient steps would round away (load it in fp32)")
 
 
-def gradient_statistics(model: RNNLM, ids: np.ndarray, *, segment: int, tokens: int = 50_000, pieces: int = 64
+def gradient_statistics(model: LanguageModel, ids: np.ndarray, *, segment: int, tokens: int = 50_000, pieces: int = 64
                         ) -> dict[str, torch.Tensor]:
     """MS per parameter name: the mean over segments of `segment` tokens of the squared gradient of their mean
     loss, read with the carried state (as scoring reads them) from `pieces` stretches spread evenly over
     `ids` (a training split), `tokens` in all. The model is not changed."""
     check_weights(model)
-    device = model.embedding.weight.device
+    device = model.device
     named = [(name, p) for name, p in model.named_parameters()]
     sums = {name: torch.zeros_like(p) for name, p in named}
     count = 0
@@ -88,7 +88,7 @@ def gradient_statistics(model: RNNLM, ids: np.ndarray, *, segment: int, tokens: 
                 inputs, targets = stretch[i: i + segment].unsqueeze(1), stretch[i + 1: i + segment + 1].unsqueeze(1)
                 out = model(inputs, targets, state)
                 grads = torch.autograd.grad(out.nll / out.tokens, [p for _, p in named], allow_unused=True)
-                for (name, _), grad in zip(named, grads):
+                for (name, _), grad in zip(named, grads, strict=True):
                     if grad is not None:
                         sums[name] += grad.detach() ** 2
                 state, count = tuple(s.detach() for s in out.state), count + 1
@@ -104,7 +104,7 @@ class Adapter:
 
     The given model, and so its checkpoint, stay as they are."""
 
-    def __init__(self, model: RNNLM, settings: DynamicSettings,
+    def __init__(self, model: LanguageModel, settings: DynamicSettings,
                  statistics: dict[str, torch.Tensor] | None = None) -> None:
         check_weights(model)
         if settings.method == "rms" and statistics is None:
@@ -129,7 +129,8 @@ class Adapter:
         grads = torch.autograd.grad(loss, [p for _, p in self.named], allow_unused=True)
         lr = self.settings.lr
         with torch.no_grad():  # in place, one pass per term: the step costs about what the backward pass does
-            for (_, p), grad, trained, scale, pull in zip(self.named, grads, self.trained, self.scale, self.pull):
+            for (_, p), grad, trained, scale, pull in zip(self.named, grads, self.trained, self.scale, self.pull,
+                                                                 strict=True):
                 if not isinstance(pull, float) or pull > 0:
                     p.lerp_(trained, pull)  # p + pull (trained - p)
                 if grad is not None and scale is not None:

@@ -11,8 +11,8 @@ columns: a cache or an adapted weight that had read another column would have re
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from rnnlm.cache import CacheSettings, NeuralCache
 from rnnlm.data.corpus import Split
 from rnnlm.dynamic import Adapter, DynamicSettings
 from rnnlm.evaluate import EvalResult
-from rnnlm.models.lm import RNNLM
+from rnnlm.models import LanguageModel
 from rnnlm.warmstart import SPAN
 
 LOGITS = 1 << 22  # log-probabilities held at once (T x K x V): 32 MB in float64
@@ -32,10 +32,10 @@ LN2 = float(np.log(2.0))
 class StreamReader:
     """Reads one stream; `read` scores its next tokens given everything read before."""
 
-    def __init__(self, model: RNNLM, boundary_id: int, *, start: str = "warm", cache: CacheSettings | None = None,
+    def __init__(self, model: LanguageModel, boundary_id: int, *, start: str = "warm", cache: CacheSettings | None = None,
                  device: torch.device | str = "cpu") -> None:
         self.model = model
-        dtype = model.embedding.weight.dtype
+        dtype = model.dtype
         states = model.start_states if start == "warm" else None
         if states is not None:  # one hypothesis per start state until the span is read
             self.state = tuple(s.to(device, dtype) for s in states)  # (K, H) each
@@ -122,7 +122,7 @@ def entropy_bits(log_distribution: torch.Tensor) -> torch.Tensor:
     return -torch.where(p > 0, p * log_distribution, 0.0).sum(-1) / LN2
 
 
-def score_stream(model: RNNLM, chunks: Iterable[np.ndarray], *, boundary_id: int, start: str = "warm",
+def score_stream(model: LanguageModel, chunks: Iterable[np.ndarray], *, boundary_id: int, start: str = "warm",
                  cache: CacheSettings | None = None, dynamic: DynamicSettings | None = None,
                  statistics: dict[str, torch.Tensor] | None = None, device: torch.device | str = "cpu",
                  distributions: bool = False, window: int = WINDOW) -> Iterator[Scored]:
@@ -154,7 +154,7 @@ def score_stream(model: RNNLM, chunks: Iterable[np.ndarray], *, boundary_id: int
         scorer.train(was_training)
 
 
-def evaluate_stream(model: RNNLM, split: Split, *, boundary_id: int, start: str = "warm",
+def evaluate_stream(model: LanguageModel, split: Split, *, boundary_id: int, start: str = "warm",
                     cache: CacheSettings | None = None, dynamic: DynamicSettings | None = None,
                     statistics: dict[str, torch.Tensor] | None = None, device: torch.device | str = "cpu",
                     block: int = 1 << 20, window: int = WINDOW) -> EvalResult:
@@ -172,4 +172,5 @@ def evaluate_stream(model: RNNLM, split: Split, *, boundary_id: int, start: str 
 
 def _no_cudnn(device: torch.device | str) -> contextlib.AbstractContextManager:
     """cuDNN's recurrent kernels differentiate only in training mode, and scoring runs in eval mode."""
-    return torch.backends.cudnn.flags(enabled=False) if torch.device(device).type == "cuda" else contextlib.nullcontext()
+    on_cuda = torch.device(device).type == "cuda"
+    return torch.backends.cudnn.flags(enabled=False) if on_cuda else contextlib.nullcontext()

@@ -57,6 +57,7 @@ def test_bits_arithmetic_on_a_hand_checked_example():
 
 def test_scoring_a_checkpoint_names_its_source_and_marks_unknown_text_lossy(tiny_corpus, tmp_path):
     from helpers import invoke
+
     from rnnlm.checkpoint import load_model
     from rnnlm.errors import DataError
     from rnnlm.evaluate import eval_source, score_checkpoint
@@ -231,5 +232,5 @@ def test_rms_without_the_training_split_is_one_line(checkpoints, tmp_path):
         finally:
             (tmp_path / "gone.txt").rename(checkpoints["corpus"])
     assert result.exit_code == 1, result.output
-    assert result.output.startswith("Error: RMS dynamic evaluation reads its gradient statistics from the training split")
+    assert result.output.startswith("Error: RMS dynamic evaluation reads its gradient statistics from the training")
     assert result.output.count("\n") == 1
