@@ -90,6 +90,22 @@ def plan_methods(*, cache: bool, dynamic: bool, given: set[str], values: dict[st
                  reported_split: str | None, batch_size: int, precision: str) -> Methods:
     """The settings of `rnnlm eval`'s options, checked together; `given` names the options the user set,
     `values` holds every option's value (the defaults too). UsageError (one line) for what does not fit."""
+    _refuse_what_does_not_fit(cache=cache, dynamic=dynamic, given=given, tune=tune, tune_tokens=values["tune_tokens"],
+                              reported_split=reported_split, batch_size=batch_size, precision=precision)
+    settings = Methods()
+    if cache:
+        settings = replace(settings, cache=CacheSettings(values["cache_size"], values["cache_theta"],
+                                                         values["cache_lambda"]))
+    if dynamic:
+        method = values["dynamic_method"]
+        lr = values["dynamic_lr"] if values["dynamic_lr"] is not None else LEARNING_RATES[method][1]
+        settings = replace(settings, dynamic=DynamicSettings(method, lr, values["dynamic_decay"],
+                                                             values["dynamic_segment"]))
+    return settings
+
+
+def _refuse_what_does_not_fit(*, cache: bool, dynamic: bool, given: set[str], tune: bool, tune_tokens: int,
+                              reported_split: str | None, batch_size: int, precision: str) -> None:
     for prefix, used in (("cache", cache), ("dynamic", dynamic), ("tune", tune)):
         stray = sorted(name for name in given if name.startswith(f"{prefix}_"))
         if stray and not used:
@@ -97,7 +113,7 @@ def plan_methods(*, cache: bool, dynamic: bool, given: set[str], values: dict[st
     if not (cache or dynamic):
         if tune:
             raise UsageError("--tune chooses the settings of --cache and --dynamic: give one of them")
-        return Methods()
+        return
     if batch_size != 1:
         raise UsageError("--cache and --dynamic read the text as one stream: --batch-size must be 1")
     if precision != "fp32":
@@ -111,18 +127,8 @@ def plan_methods(*, cache: bool, dynamic: bool, given: set[str], values: dict[st
     if tune and reported_split == "valid":
         raise UsageError("--tune tunes on the validation split, and never on the split being reported: "
                          "report --split test (or train, or --text FILE)")
-    if tune and values["tune_tokens"] < 1:
-        raise UsageError(f"--tune-tokens must be at least 1, not {values['tune_tokens']}")
-    settings = Methods()
-    if cache:
-        settings = replace(settings, cache=CacheSettings(values["cache_size"], values["cache_theta"],
-                                                         values["cache_lambda"]))
-    if dynamic:
-        method = values["dynamic_method"]
-        lr = values["dynamic_lr"] if values["dynamic_lr"] is not None else LEARNING_RATES[method][1]
-        settings = replace(settings, dynamic=DynamicSettings(method, lr, values["dynamic_decay"],
-                                                             values["dynamic_segment"]))
-    return settings
+    if tune and tune_tokens < 1:
+        raise UsageError(f"--tune-tokens must be at least 1, not {tune_tokens}")
 
 
 def training_statistics(loaded: Loaded, segment: int, *, log: Log | None = None) -> dict[str, torch.Tensor]:
