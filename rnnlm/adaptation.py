@@ -27,9 +27,10 @@ if TYPE_CHECKING:
     from rnnlm.data.corpus import Split
     from rnnlm.evaluate import CheckpointScore
 
-THETAS = (0.1, 0.3, 0.6)  # the cache grid of `tune`: 9 points
-LAMBDAS = (0.05, 0.1, 0.2)
-LEARNING_RATES = {"sgd": (0.03, 0.1, 0.3), "rms": (3e-5, 1e-4, 3e-4)}  # dynamic evaluation's: the middle is the default
+# `tune`'s grids, wide enough that ptb-small's best settings (theta 0.6-1, lambda 0.2, sgd lr 1-3) lie inside
+THETAS = (0.1, 0.3, 0.6, 1.0)  # the cache's: 16 points
+LAMBDAS = (0.05, 0.1, 0.2, 0.3)
+LEARNING_RATES = {"sgd": (0.3, 1.0, 3.0), "rms": (3e-5, 1e-4, 3e-4)}  # dynamic evaluation's: the middle is the default
 TUNE_TOKENS = 20_000  # validation tokens `tune` scores per grid point
 STATISTICS_TOKENS = 50_000  # training tokens RMS's mean squared gradients are read from
 Log = Callable[[str], None]

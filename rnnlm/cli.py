@@ -270,7 +270,7 @@ def sample(checkpoint: str, prompt: str, length: int, temperature: float, top_k:
               help="Dynamic evaluation (Krause et al. 2018): a gradient step on each segment once it is scored.")
 @click.option("--dynamic-method", type=click.Choice(["sgd", "rms"]), default="sgd", show_default=True,
               help="Plain SGD, or steps scaled by the training split's RMS gradients.")
-@click.option("--dynamic-lr", type=float, help="Learning rate [default: 0.1 with sgd, 1e-4 with rms].")
+@click.option("--dynamic-lr", type=float, help="Learning rate [default: 1 with sgd, 1e-4 with rms].")
 @click.option("--dynamic-decay", default=0.02, show_default=True, type=float,
               help="Pull back to the trained weights per step.")
 @click.option("--dynamic-segment", default=20, show_default=True, type=int, help="Tokens between two steps.")
