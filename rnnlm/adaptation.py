@@ -27,10 +27,13 @@ if TYPE_CHECKING:
     from rnnlm.data.corpus import Split
     from rnnlm.evaluate import CheckpointScore
 
-# `tune`'s grids, wide enough that ptb-small's best settings (theta 0.6-1, lambda 0.2, sgd lr 1-3) lie inside
-THETAS = (0.1, 0.3, 0.6, 1.0)  # the cache's: 16 points
+# `tune`'s grids: the cache's, all 16 points (ptb-small's best, theta 0.6-1 and lambda 0.2, lies inside); the
+# learning rates', walked from the default (DEFAULT_LR) towards lower loss, as the best rate depends on how the
+# model was trained: sgd 1-3 for ptb-small (trained by SGD at lr 1), below 0.3 for a character model trained by Adam
+THETAS = (0.1, 0.3, 0.6, 1.0)
 LAMBDAS = (0.05, 0.1, 0.2, 0.3)
-LEARNING_RATES = {"sgd": (0.3, 1.0, 3.0), "rms": (3e-5, 1e-4, 3e-4)}  # dynamic evaluation's: the middle is the default
+LEARNING_RATES = {"sgd": (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0), "rms": (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)}
+DEFAULT_LR = {"sgd": 1.0, "rms": 1e-4}
 TUNE_TOKENS = 20_000  # validation tokens `tune` scores per grid point
 STATISTICS_TOKENS = 50_000  # training tokens RMS's mean squared gradients are read from
 Log = Callable[[str], None]
@@ -99,7 +102,7 @@ def plan_methods(*, cache: bool, dynamic: bool, given: set[str], values: dict[st
                                                          values["cache_lambda"]))
     if dynamic:
         method = values["dynamic_method"]
-        lr = values["dynamic_lr"] if values["dynamic_lr"] is not None else LEARNING_RATES[method][1]
+        lr = values["dynamic_lr"] if values["dynamic_lr"] is not None else DEFAULT_LR[method]
         settings = replace(settings, dynamic=DynamicSettings(method, lr, values["dynamic_decay"],
                                                              values["dynamic_segment"]))
     return settings
@@ -153,8 +156,9 @@ def validation_start(loaded: Loaded, tokens: int, *, log: Log | None = None) -> 
 def tune(loaded: Loaded, methods: Methods, valid: Split, *, source: str, statistics: dict[str, torch.Tensor] | None,
          device: torch.device | str, start: str, log: Log | None = None) -> Tuned:
     """The settings of `methods` with the lowest loss on `valid`: the cache's theta and lambda over THETAS x
-    LAMBDAS with the trained model, then dynamic evaluation's learning rate over LEARNING_RATES with the
-    cache chosen (a point that diverges loses). Keeps the cache size, the method, decay and segment."""
+    LAMBDAS with the trained model, then, with the cache chosen, dynamic evaluation's learning rate: from
+    DEFAULT_LR along LEARNING_RATES, one neighbour at a time, while the loss goes down (a point that diverges
+    loses). Keeps the cache size, the method, decay and segment."""
     began = time.perf_counter()
     losses: list[tuple[Methods, float]] = []
 
@@ -174,9 +178,31 @@ def tune(loaded: Loaded, methods: Methods, valid: Split, *, source: str, statist
         grid = [Methods(replace(cache, theta=theta, interpolation=share)) for theta in THETAS for share in LAMBDAS]
         best = replace(methods, cache=min(grid, key=loss).cache)
     if methods.dynamic is not None:
-        dynamic = methods.dynamic
-        best = min([replace(best, dynamic=replace(dynamic, lr=lr)) for lr in LEARNING_RATES[dynamic.method]], key=loss)
+        dynamic, rates = methods.dynamic, LEARNING_RATES[methods.dynamic.method]
+        with_cache = best
+        lr = downhill(rates, rates.index(DEFAULT_LR[dynamic.method]),
+                      lambda lr: loss(replace(with_cache, dynamic=replace(dynamic, lr=lr))))
+        best = replace(best, dynamic=replace(dynamic, lr=lr))
     return Tuned(best, source, len(valid.ids), time.perf_counter() - began, tuple(losses))
+
+
+def downhill(grid: tuple[float, ...], start: int, loss: Callable[[float], float]) -> float:
+    """The point of `grid` where a walk from `grid[start]` to the lower of its neighbours, while that is lower
+    than where it stands, stops: a local minimum of `loss`, each point evaluated once."""
+    seen: dict[int, float] = {}
+
+    def at(i: int) -> float:
+        if i not in seen:
+            seen[i] = loss(grid[i])
+        return seen[i]
+
+    here = start
+    while True:
+        at(here)
+        step = min((i for i in (here - 1, here + 1) if 0 <= i < len(grid)), key=at)
+        if at(step) >= at(here):
+            return grid[here]
+        here = step
 
 
 @dataclass(frozen=True)

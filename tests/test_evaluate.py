@@ -146,7 +146,7 @@ def test_a_bidirectional_model_is_read_by_its_forward_stack(checkpoints):
 
 
 def test_tune_picks_the_grid_point_with_the_lowest_validation_loss(checkpoints):
-    from rnnlm.adaptation import LAMBDAS, LEARNING_RATES, THETAS, Methods, tune, validation_start
+    from rnnlm.adaptation import DEFAULT_LR, LAMBDAS, LEARNING_RATES, THETAS, Methods, tune, validation_start
     from rnnlm.cache import CacheSettings
     from rnnlm.checkpoint import load_model
     from rnnlm.dynamic import DynamicSettings
@@ -164,11 +164,29 @@ def test_tune_picks_the_grid_point_with_the_lowest_validation_loss(checkpoints):
     caches = {CacheSettings(30, theta, share): loss(CacheSettings(30, theta, share)) for theta in THETAS
               for share in LAMBDAS}
     cache = min(caches, key=caches.__getitem__)
-    rates = {lr: loss(cache, DynamicSettings("sgd", lr, segment=10)) for lr in LEARNING_RATES["sgd"]}
-    assert len(set(caches.values())) > 1 and len(set(rates.values())) > 1  # the choice is a real one
-    assert tuned.methods == Methods(cache, DynamicSettings("sgd", min(rates, key=rates.__getitem__), segment=10))
-    assert [value for _, value in tuned.losses] == pytest.approx([*caches.values(), *rates.values()], rel=1e-9)
+    assert len(set(caches.values())) > 1  # the choice is a real one
+    assert [value for _, value in tuned.losses[:len(caches)]] == pytest.approx(list(caches.values()), rel=1e-9)
+    tried = {point.dynamic.lr: value for point, value in tuned.losses[len(caches):] if point.dynamic is not None}
+    for lr, value in tried.items():  # every rate tried with the chosen cache, as evaluated on its own
+        assert value == pytest.approx(loss(cache, DynamicSettings("sgd", lr, segment=10)), rel=1e-9)
+    lr, rates = min(tried, key=tried.__getitem__), LEARNING_RATES["sgd"]
+    assert tuned.methods == Methods(cache, DynamicSettings("sgd", lr, segment=10))
+    assert DEFAULT_LR["sgd"] in tried and set(rates[max(rates.index(lr) - 1, 0): rates.index(lr) + 2]) <= set(tried)
     assert tuned.tokens == 120
+
+
+def test_the_learning_rate_walk_stops_at_a_local_minimum_and_reads_each_point_once():
+    from rnnlm.adaptation import downhill
+
+    calls = []
+
+    def loss(x):
+        calls.append(x)
+        return (x - 2) ** 2 if x != 6 else -1.0  # a lower point beyond a higher one is not reached
+
+    assert downhill((0, 1, 2, 3, 4, 5, 6), 4, loss) == 2
+    assert sorted(calls) == [1, 2, 3, 4, 5]
+    assert downhill((0, 1, 2, 3, 4, 5, 6), 5, loss) == 6  # to a neighbour that is lower, and the grid's end
 
 
 def test_tune_on_the_command_line_reports_what_it_chose_and_scores_with_it(checkpoints, tmp_path):
