@@ -271,7 +271,7 @@ def sample(checkpoint: str, prompt: str, length: int, temperature: float, top_k:
 @click.option("--dynamic-method", type=click.Choice(["sgd", "rms"]), default="sgd", show_default=True,
               help="Plain SGD, or steps scaled by the training split's RMS gradients.")
 @click.option("--dynamic-lr", type=float, help="Learning rate [default: 1 with sgd, 1e-4 with rms].")
-@click.option("--dynamic-decay", default=0.02, show_default=True, type=float,
+@click.option("--dynamic-decay", default=0.005, show_default=True, type=float,
               help="Pull back to the trained weights per step.")
 @click.option("--dynamic-segment", default=20, show_default=True, type=int, help="Tokens between two steps.")
 @click.option("--tune", is_flag=True,

@@ -39,7 +39,7 @@ class PrecisionRefused(UsageError):
 class DynamicSettings:
     method: str = "rms"
     lr: float = 1e-4  # eta: the best of 1e-4 and 3e-4 for ptb-small (1 epoch) on 20k PTB test tokens
-    decay: float = 0.02  # lambda: pull back to the trained weights
+    decay: float = 0.005  # lambda: pull back to the trained weights (beat 0.02 and 0 with sgd on ptb-small, epoch 4)
     segment: int = 20  # tokens scored between two updates (the paper: 5 on PTB; longer is faster on a CPU)
     epsilon: float = 1e-5  # keeps the RMS-normalised step finite where MS is ~0
 

@@ -243,7 +243,7 @@ def test_rms_without_the_training_split_is_one_line(checkpoints, tmp_path):
         patch.setattr("rnnlm.adaptation.STATISTICS_TOKENS", 100)
         works = invoke("eval", moved, *ZERO, "--text", text, "--dynamic", "--dynamic-method", "rms")
         assert works.exit_code == 0, works.output
-        assert "dynamic evaluation (rms, lr 0.0001, decay 0.02, segment 20)" in works.output
+        assert "dynamic evaluation (rms, lr 0.0001, decay 0.005, segment 20)" in works.output
         checkpoints["corpus"].rename(tmp_path / "gone.txt")
         try:
             result = invoke("eval", moved, *ZERO, "--text", text, "--dynamic", "--dynamic-method", "rms")
