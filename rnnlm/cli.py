@@ -263,9 +263,9 @@ def sample(checkpoint: str, prompt: str, length: int, temperature: float, top_k:
 @click.option("--cache", is_flag=True,
               help="Mix in the neural cache (Grave et al. 2017): the words that followed similar hidden states.")
 @click.option("--cache-size", default=2000, show_default=True, type=int, help="Positions the cache holds.")
-@click.option("--cache-theta", default=0.3, show_default=True, type=float,
+@click.option("--cache-theta", default=0.6, show_default=True, type=float,
               help="How sharply the cache prefers the most similar states.")
-@click.option("--cache-lambda", default=0.1, show_default=True, type=float, help="The cache's share of the mixture.")
+@click.option("--cache-lambda", default=0.2, show_default=True, type=float, help="The cache's share of the mixture.")
 @click.option("--dynamic", is_flag=True,
               help="Dynamic evaluation (Krause et al. 2018): a gradient step on each segment once it is scored.")
 @click.option("--dynamic-method", type=click.Choice(["sgd", "rms"]), default="sgd", show_default=True,
