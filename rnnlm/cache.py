@@ -48,8 +48,9 @@ class NeuralCache:
         self.keys: torch.Tensor | None = None  # (K, M, H) h_i
         self.words: torch.Tensor | None = None  # (M,) x_{i+1}, the same for every hypothesis
 
-    def mix(self, hidden: torch.Tensor, log_probs: torch.Tensor, targets: torch.Tensor, distributions: bool = False
-            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def mix(
+        self, hidden: torch.Tensor, log_probs: torch.Tensor, targets: torch.Tensor, distributions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The mixture's log p (T, K) float64 of each target (T,), and with `distributions` its whole log
         distribution (T, K, V), from the top layer's outputs hidden (T, K, H) and the model's log_probs
         (T, K, V); then stores the T pairs (hidden, targets)."""
@@ -73,13 +74,13 @@ class NeuralCache:
             cache = torch.zeros(K, T, log_probs.size(-1), dtype=torch.float64, device=hidden.device)
             cache.scatter_add_(2, words.view(1, 1, -1).expand(K, T, -1), weights)
             mixed = _interpolate(log_probs.double(), cache.transpose(0, 1), share.unsqueeze(-1))
-        self.keys, self.words = keys[:, -self.settings.size:], words[-self.settings.size:]
+        self.keys, self.words = keys[:, -self.settings.size :], words[-self.settings.size :]
         return token, mixed
 
     def keep(self, hypothesis: int) -> None:
         """Keep only one hypothesis's hidden states (when the warm start's span is over)."""
         if self.keys is not None:
-            self.keys = self.keys[hypothesis: hypothesis + 1]
+            self.keys = self.keys[hypothesis : hypothesis + 1]
 
     def detach(self) -> None:
         """Cut the graph to the stored hidden states (dynamic evaluation, after each segment's update)."""

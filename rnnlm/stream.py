@@ -32,8 +32,15 @@ LN2 = float(np.log(2.0))
 class StreamReader:
     """Reads one stream; `read` scores its next tokens given everything read before."""
 
-    def __init__(self, model: LanguageModel, boundary_id: int, *, start: str = "warm", cache: CacheSettings | None = None,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        model: LanguageModel,
+        boundary_id: int,
+        *,
+        start: str = "warm",
+        cache: CacheSettings | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.model = model
         dtype = model.dtype
         states = model.start_states if start == "warm" else None
@@ -82,7 +89,7 @@ class StreamReader:
 
     def _keep(self, hypothesis: int) -> None:
         """Go on from the start likeliest over the span, as `evaluate` does."""
-        self.state = tuple(s[hypothesis: hypothesis + 1] for s in self.state)
+        self.state = tuple(s[hypothesis : hypothesis + 1] for s in self.state)
         self.seen = self.seen.new_zeros(1)
         if self.cache is not None:
             self.cache.keep(hypothesis)
@@ -122,10 +129,19 @@ def entropy_bits(log_distribution: torch.Tensor) -> torch.Tensor:
     return -torch.where(p > 0, p * log_distribution, 0.0).sum(-1) / LN2
 
 
-def score_stream(model: LanguageModel, chunks: Iterable[np.ndarray], *, boundary_id: int, start: str = "warm",
-                 cache: CacheSettings | None = None, dynamic: DynamicSettings | None = None,
-                 statistics: dict[str, torch.Tensor] | None = None, device: torch.device | str = "cpu",
-                 distributions: bool = False, window: int = WINDOW) -> Iterator[Scored]:
+def score_stream(
+    model: LanguageModel,
+    chunks: Iterable[np.ndarray],
+    *,
+    boundary_id: int,
+    start: str = "warm",
+    cache: CacheSettings | None = None,
+    dynamic: DynamicSettings | None = None,
+    statistics: dict[str, torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+    distributions: bool = False,
+    window: int = WINDOW,
+) -> Iterator[Scored]:
     """Score every id of `chunks` (token ids in arrays of any sizes, read as they come: bounded memory) once,
     with its whole left context; yields window after window. With `dynamic`, a window is a segment and the
     weights (a copy's) take a step on it after it is scored; `statistics` is what its RMS method needs.
@@ -154,17 +170,35 @@ def score_stream(model: LanguageModel, chunks: Iterable[np.ndarray], *, boundary
         scorer.train(was_training)
 
 
-def evaluate_stream(model: LanguageModel, split: Split, *, boundary_id: int, start: str = "warm",
-                    cache: CacheSettings | None = None, dynamic: DynamicSettings | None = None,
-                    statistics: dict[str, torch.Tensor] | None = None, device: torch.device | str = "cpu",
-                    block: int = 1 << 20, window: int = WINDOW) -> EvalResult:
+def evaluate_stream(
+    model: LanguageModel,
+    split: Split,
+    *,
+    boundary_id: int,
+    start: str = "warm",
+    cache: CacheSettings | None = None,
+    dynamic: DynamicSettings | None = None,
+    statistics: dict[str, torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+    block: int = 1 << 20,
+    window: int = WINDOW,
+) -> EvalResult:
     """`evaluate`'s numbers (batch size 1) for a split scored with the cache and / or dynamic evaluation;
     with neither, the same totals as `evaluate`. The split's ids are read `block` at a time."""
     ids = split.ids
-    chunks = (ids[i: i + block] for i in range(0, len(ids), block))
+    chunks = (ids[i : i + block] for i in range(0, len(ids), block))
     nll, tokens = 0.0, 0
-    for scored in score_stream(model, chunks, boundary_id=boundary_id, start=start, cache=cache, dynamic=dynamic,
-                               statistics=statistics, device=device, window=window):
+    for scored in score_stream(
+        model,
+        chunks,
+        boundary_id=boundary_id,
+        start=start,
+        cache=cache,
+        dynamic=dynamic,
+        statistics=statistics,
+        device=device,
+        window=window,
+    ):
         nll -= float(scored.log_probs.sum())
         tokens += len(scored.ids)
     return EvalResult(nll, tokens, split.chars, split.bytes)
