@@ -260,28 +260,62 @@ def sample(checkpoint: str, prompt: str, length: int, temperature: float, top_k:
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="Forward pass under autocast: bf16 / fp16 are faster on some hardware, fp32 is exact.")
 @start_option
+@click.option("--cache", is_flag=True,
+              help="Mix in the neural cache (Grave et al. 2017): the words that followed similar hidden states.")
+@click.option("--cache-size", default=2000, show_default=True, type=int, help="Positions the cache holds.")
+@click.option("--cache-theta", default=0.6, show_default=True, type=float,
+              help="How sharply the cache prefers the most similar states.")
+@click.option("--cache-lambda", default=0.2, show_default=True, type=float, help="The cache's share of the mixture.")
+@click.option("--dynamic", is_flag=True,
+              help="Dynamic evaluation (Krause et al. 2018): a gradient step on each segment once it is scored.")
+@click.option("--dynamic-method", type=click.Choice(["sgd", "rms"]), default="sgd", show_default=True,
+              help="Plain SGD, or steps scaled by the training split's RMS gradients.")
+@click.option("--dynamic-lr", type=float, help="Learning rate [default: 1 with sgd, 1e-4 with rms].")
+@click.option("--dynamic-decay", default=0.005, show_default=True, type=float,
+              help="Pull back to the trained weights per step.")
+@click.option("--dynamic-segment", default=20, show_default=True, type=int, help="Tokens between two steps.")
+@click.option("--tune", is_flag=True,
+              help="Choose the cache's theta and lambda and the dynamic learning rate on the validation split.")
+@click.option("--tune-tokens", default=20_000, show_default=True, type=int,
+              help="With --tune: how many of the validation split's first tokens to tune on.")
 @reports_errors
 def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: int, bptt: int, as_json: bool,
-                     impl: str | None, device: str, precision: str, start: str) -> None:
+                     impl: str | None, device: str, precision: str, start: str, cache: bool, dynamic: bool,
+                     tune: bool, **settings: Any) -> None:
     """Perplexity and bits per token, character and byte of a checkpoint on a split or a text."""
     from rnnlm import runtime
+    from rnnlm.adaptation import plan_methods, score_adapted
     from rnnlm.checkpoint import load_model
-    from rnnlm.evaluate import eval_source, score_checkpoint
+    from rnnlm.evaluate import eval_source
 
+    methods = plan_methods(cache=cache, dynamic=dynamic, tune=tune, given=_given(), values=settings,
+                           reported_split=None if text else split, batch_size=batch_size, precision=precision)
     torch_device = runtime.resolve_device(device)
     loaded = load_model(checkpoint, torch_device, impl)
     runtime.check_precision(precision, torch_device, loaded.config.model.impl, loaded.config.model.cell)
-    scored, source = eval_source(loaded, split=split, text=text, log=functools.partial(click.echo, err=True))
+    log = functools.partial(click.echo, err=True)
+    scored, source = eval_source(loaded, split=split, text=text, log=log)
     start = _start(loaded.model, start)
-    score = score_checkpoint(loaded, scored, source, batch_size=batch_size, bptt=bptt, device=torch_device,
-                             precision=precision, start=start)
+    adapted = score_adapted(loaded, scored, source, methods, tune_tokens=settings["tune_tokens"] if tune else None,
+                            batch_size=batch_size, bptt=bptt, device=torch_device, precision=precision, start=start,
+                            log=log)
+    score = adapted.score
     if as_json:
         click.echo(json.dumps(_finite_or_null({**score.result.to_dict(), "source": source, "batch_size": batch_size,
                                                "unk_tokens": score.unk_tokens, "lossless": not score.lossy,
-                                               "precision": precision, "start": start}),
+                                               "precision": precision, "start": start, **adapted.methods.to_dict(),
+                                               "tune": adapted.tuned.to_dict() if adapted.tuned else None}),
                               allow_nan=False))
         return
     _print_score(score, batch_size, bptt, start, loaded.tokenizer.kind)
+    click.echo(f"method: {adapted.methods.describe()}" + (f"; {adapted.tuned.describe()}" if adapted.tuned else ""))
+
+
+def _given() -> set[str]:
+    """The names of the options the command line set (not left at their defaults)."""
+    context = click.get_current_context()
+    return {name for name in context.params
+            if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
 
 
 def _print_score(score: CheckpointScore, batch_size: int, bptt: int, start: str, kind: str) -> None:

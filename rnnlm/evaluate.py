@@ -162,6 +162,7 @@ def _other_heads(out: LMOutput) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 # (the data rooms are imported where used: only `rnnlm eval` needs them, not validation during training)
 
 if TYPE_CHECKING:
+    from rnnlm.adaptation import Methods
     from rnnlm.checkpoint import Loaded
 
 
@@ -200,14 +201,21 @@ def eval_source(loaded: Loaded, *, split: str, text: str | Path | None,
 
 
 def score_checkpoint(loaded: Loaded, scored: Split, source: str, *, batch_size: int, bptt: int,
-                     device: torch.device | str, precision: str, start: str) -> CheckpointScore:
-    """Score `scored` with a loaded checkpoint's model (see `evaluate`). A non-finite loss of any head is a
-    diverged or damaged model: CheckpointError, not a number to report."""
+                     device: torch.device | str, precision: str, start: str, methods: Methods | None = None,
+                     statistics: dict[str, torch.Tensor] | None = None) -> CheckpointScore:
+    """Score `scored` with a loaded checkpoint's model (see `evaluate`), or as one stream with the cache and / or
+    dynamic evaluation of `methods` (rnnlm/adaptation.py; `statistics` for RMS). A non-finite loss of any head
+    is a diverged or damaged model: CheckpointError, not a number to report."""
+    from rnnlm.adaptation import score_methods
     from rnnlm.data.analysis import count_token
     from rnnlm.errors import CheckpointError
 
-    result = evaluate(loaded.model, scored, boundary_id=loaded.tokenizer.boundary_id, batch_size=batch_size,
-                      bptt=bptt, device=device, precision=precision, start=start)
+    if methods is not None and methods.name != "static":
+        result = score_methods(loaded, scored, methods, statistics=statistics, device=device, start=start,
+                               window=bptt)
+    else:
+        result = evaluate(loaded.model, scored, boundary_id=loaded.tokenizer.boundary_id, batch_size=batch_size,
+                          bptt=bptt, device=device, precision=precision, start=start)
     broken = [name or "forward" for name, numbers in [("", result), *result.heads.items()]
               if not math.isfinite(numbers.loss)]
     if broken:

@@ -11,8 +11,8 @@ columns: a cache or an adapted weight that had read another column would have re
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from rnnlm.cache import CacheSettings, NeuralCache
 from rnnlm.data.corpus import Split
 from rnnlm.dynamic import Adapter, DynamicSettings
 from rnnlm.evaluate import EvalResult
-from rnnlm.models.lm import RNNLM
+from rnnlm.models import LanguageModel
 from rnnlm.warmstart import SPAN
 
 LOGITS = 1 << 22  # log-probabilities held at once (T x K x V): 32 MB in float64
@@ -32,10 +32,17 @@ LN2 = float(np.log(2.0))
 class StreamReader:
     """Reads one stream; `read` scores its next tokens given everything read before."""
 
-    def __init__(self, model: RNNLM, boundary_id: int, *, start: str = "warm", cache: CacheSettings | None = None,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        model: LanguageModel,
+        boundary_id: int,
+        *,
+        start: str = "warm",
+        cache: CacheSettings | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.model = model
-        dtype = model.embedding.weight.dtype
+        dtype = model.dtype
         states = model.start_states if start == "warm" else None
         if states is not None:  # one hypothesis per start state until the span is read
             self.state = tuple(s.to(device, dtype) for s in states)  # (K, H) each
@@ -82,7 +89,7 @@ class StreamReader:
 
     def _keep(self, hypothesis: int) -> None:
         """Go on from the start likeliest over the span, as `evaluate` does."""
-        self.state = tuple(s[hypothesis: hypothesis + 1] for s in self.state)
+        self.state = tuple(s[hypothesis : hypothesis + 1] for s in self.state)
         self.seen = self.seen.new_zeros(1)
         if self.cache is not None:
             self.cache.keep(hypothesis)
@@ -122,21 +129,31 @@ def entropy_bits(log_distribution: torch.Tensor) -> torch.Tensor:
     return -torch.where(p > 0, p * log_distribution, 0.0).sum(-1) / LN2
 
 
-def score_stream(model: RNNLM, chunks: Iterable[np.ndarray], *, boundary_id: int, start: str = "warm",
-                 cache: CacheSettings | None = None, dynamic: DynamicSettings | None = None,
-                 statistics: dict[str, torch.Tensor] | None = None, device: torch.device | str = "cpu",
-                 distributions: bool = False) -> Iterator[Scored]:
+def score_stream(
+    model: LanguageModel,
+    chunks: Iterable[np.ndarray],
+    *,
+    boundary_id: int,
+    start: str = "warm",
+    cache: CacheSettings | None = None,
+    dynamic: DynamicSettings | None = None,
+    statistics: dict[str, torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+    distributions: bool = False,
+    window: int = WINDOW,
+) -> Iterator[Scored]:
     """Score every id of `chunks` (token ids in arrays of any sizes, read as they come: bounded memory) once,
     with its whole left context; yields window after window. With `dynamic`, a window is a segment and the
     weights (a copy's) take a step on it after it is scored; `statistics` is what its RMS method needs.
-    With `distributions`, also the entropy of each prediction. The model itself is left as it was."""
+    With `distributions`, also the entropy of each prediction; without `dynamic`, `window` tokens are read at
+    once (where the windows fall changes no score). The model itself is left as it was."""
     adapter = Adapter(model, dynamic, statistics) if dynamic is not None else None
     scorer = adapter.model if adapter is not None else model
     was_training = scorer.training
     scorer.eval()
     try:
         reader = StreamReader(scorer, boundary_id, start=start, cache=cache, device=device)
-        most = dynamic.segment if dynamic is not None else WINDOW
+        most = dynamic.segment if dynamic is not None else window
         for ids in windows(chunks, lambda: reader.window(most)):
             targets = torch.from_numpy(ids).to(device)
             if adapter is None:
@@ -153,17 +170,35 @@ def score_stream(model: RNNLM, chunks: Iterable[np.ndarray], *, boundary_id: int
         scorer.train(was_training)
 
 
-def evaluate_stream(model: RNNLM, split: Split, *, boundary_id: int, start: str = "warm",
-                    cache: CacheSettings | None = None, dynamic: DynamicSettings | None = None,
-                    statistics: dict[str, torch.Tensor] | None = None, device: torch.device | str = "cpu",
-                    block: int = 1 << 20) -> EvalResult:
+def evaluate_stream(
+    model: LanguageModel,
+    split: Split,
+    *,
+    boundary_id: int,
+    start: str = "warm",
+    cache: CacheSettings | None = None,
+    dynamic: DynamicSettings | None = None,
+    statistics: dict[str, torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+    block: int = 1 << 20,
+    window: int = WINDOW,
+) -> EvalResult:
     """`evaluate`'s numbers (batch size 1) for a split scored with the cache and / or dynamic evaluation;
     with neither, the same totals as `evaluate`. The split's ids are read `block` at a time."""
     ids = split.ids
-    chunks = (ids[i: i + block] for i in range(0, len(ids), block))
+    chunks = (ids[i : i + block] for i in range(0, len(ids), block))
     nll, tokens = 0.0, 0
-    for scored in score_stream(model, chunks, boundary_id=boundary_id, start=start, cache=cache, dynamic=dynamic,
-                               statistics=statistics, device=device):
+    for scored in score_stream(
+        model,
+        chunks,
+        boundary_id=boundary_id,
+        start=start,
+        cache=cache,
+        dynamic=dynamic,
+        statistics=statistics,
+        device=device,
+        window=window,
+    ):
         nll -= float(scored.log_probs.sum())
         tokens += len(scored.ids)
     return EvalResult(nll, tokens, split.chars, split.bytes)
@@ -171,4 +206,5 @@ def evaluate_stream(model: RNNLM, split: Split, *, boundary_id: int, start: str 
 
 def _no_cudnn(device: torch.device | str) -> contextlib.AbstractContextManager:
     """cuDNN's recurrent kernels differentiate only in training mode, and scoring runs in eval mode."""
-    return torch.backends.cudnn.flags(enabled=False) if torch.device(device).type == "cuda" else contextlib.nullcontext()
+    on_cuda = torch.device(device).type == "cuda"
+    return torch.backends.cudnn.flags(enabled=False) if on_cuda else contextlib.nullcontext()

@@ -15,9 +15,9 @@ scored under: how uncertain the model was where the word began.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ import torch
 from rnnlm.data.corpus import BLOCK, Segment, iter_text
 from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.errors import DataError
-from rnnlm.models.lm import RNNLM
+from rnnlm.models import LanguageModel
 from rnnlm.stream import LN2, score_stream
 
 LINE_END = "\n"
@@ -61,22 +61,39 @@ def text_ids(path: Path, tokenizer: Tokenizer, block_size: int = BLOCK) -> Itera
         yield tokenizer.encode(previous, partial=False)
 
 
-def token_scores(model: RNNLM, tokenizer: Tokenizer, path: Path, *, words: bool = False, start: str = "warm",
-                 device: torch.device | str = "cpu", block_size: int = BLOCK) -> Iterator[TokenScore]:
+def token_scores(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    path: Path,
+    *,
+    words: bool = False,
+    start: str = "warm",
+    device: torch.device | str = "cpu",
+    block_size: int = BLOCK,
+) -> Iterator[TokenScore]:
     """One TokenScore per token of the text at `path`, in order; with `words`, per word and line end."""
     scored = _scored_tokens(model, tokenizer, path, start, device, block_size)
     return group_words(scored) if words else (score for _, score in scored)
 
 
-def _scored_tokens(model: RNNLM, tokenizer: Tokenizer, path: Path, start: str, device: torch.device | str,
-                   block_size: int) -> Iterator[tuple[str, TokenScore]]:
+def _scored_tokens(
+    model: LanguageModel, tokenizer: Tokenizer, path: Path, start: str, device: torch.device | str, block_size: int
+) -> Iterator[tuple[str, TokenScore]]:
     """Each token's decoded text ("" while a character's UTF-8 bytes are unfinished) and its score."""
     decode = tokenizer.stream_decoder()
     line = 1
-    for scored in score_stream(model, text_ids(path, tokenizer, block_size), boundary_id=tokenizer.boundary_id,
-                               start=start, device=device, distributions=True):
+    for scored in score_stream(
+        model,
+        text_ids(path, tokenizer, block_size),
+        boundary_id=tokenizer.boundary_id,
+        start=start,
+        device=device,
+        distributions=True,
+    ):
         assert scored.entropy is not None
-        for i, log_prob, entropy in zip(scored.ids.tolist(), scored.log_probs.tolist(), scored.entropy.tolist()):
+        for i, log_prob, entropy in zip(
+            scored.ids.tolist(), scored.log_probs.tolist(), scored.entropy.tolist(), strict=True
+        ):
             text = decode(i)
             yield text, TokenScore(tokenizer.piece(i), log_prob, entropy, line)
             line += LINE_END in text

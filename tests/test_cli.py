@@ -16,7 +16,7 @@ def train(corpus, run_dir, *extra):
     return invoke("train", "--run-dir", run_dir, f"data.corpus={corpus}", *TINY, *extra)
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["eval"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["eval"], ["score"]])
 def test_help(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0 and "Usage:" in result.output
