@@ -6,6 +6,7 @@ configuration error, 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -14,8 +15,9 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -26,6 +28,7 @@ from rnnlm.errors import Interrupted, RnnlmError, storage_error
 if TYPE_CHECKING:
     from rnnlm.data.analysis import Report
     from rnnlm.evaluate import CheckpointScore
+    from rnnlm.models import BidirectionalLM
 
 SPLITS = ("train", "valid", "test")
 # the operating system refusing a file is the user's to fix, never a bug in rnnlm: one line, not a traceback
@@ -46,10 +49,15 @@ class FiniteFloatRange(click.FloatRange):
             self.fail(f"{number} is not a finite number.", param, ctx)
         return number
 
+
 start_option = click.option(
-    "--start", type=click.Choice(["warm", "zero"]), default="warm", show_default=True,
+    "--start",
+    type=click.Choice(["warm", "zero"]),
+    default="warm",
+    show_default=True,
     help="What a fresh start reads the first line end from: the checkpoint's warm start states (where the "
-         "model usually is at a line end), or the zero state (as before rnnlm kept them; for comparison).")
+    "model usually is at a line end), or the zero state (as before rnnlm kept them; for comparison).",
+)
 
 
 class CommandError(click.ClickException):
@@ -115,10 +123,8 @@ def _exit_at_once_on_signals(code: int) -> None:
 
 def _flush_and_exit(code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             stream.flush()
-        except (OSError, ValueError):
-            pass
     os._exit(code)
 
 
@@ -129,31 +135,57 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              help="YAML recipe, e.g. configs/shakespeare-char.yaml.")
-@click.option("--run-dir", type=click.Path(file_okay=False),
-              help="Folder for best.pt, last.pt, config.yaml and TensorBoard events [default: runs/<config name>].")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="YAML recipe, e.g. configs/shakespeare-char.yaml.",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    help="Folder for best.pt, last.pt, config.yaml and TensorBoard events [default: runs/<config name>].",
+)
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps (same as train.device=...).")
 @click.option("--seed", type=SEED, help="Random seed (same as train.seed=...).")
-@click.option("--resume", metavar="RUN_DIR|auto",
-              help="Continue the run in RUN_DIR exactly where it stopped; 'auto' resumes --run-dir if it holds a run.")
-@click.option("--overwrite", is_flag=True,
-              help="Replace the run already in --run-dir (kept until the new run saves its first last.pt).")
-@click.option("--allow-data-change", is_flag=True,
-              help="With --resume: go on although the corpus's token ids differ from those the run trained on.")
+@click.option(
+    "--resume",
+    metavar="RUN_DIR|auto",
+    help="Continue the run in RUN_DIR exactly where it stopped; 'auto' resumes --run-dir if it holds a run.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the run already in --run-dir (kept until the new run saves its first last.pt).",
+)
+@click.option(
+    "--allow-data-change",
+    is_flag=True,
+    help="With --resume: go on although the corpus's token ids differ from those the run trained on.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: only on a terminal].")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @reports_errors
-def train(config_path: str | None, run_dir: str | None, device: str | None, seed: int | None, resume: str | None,
-          overwrite: bool, allow_data_change: bool, progress: bool | None, overrides: tuple[str, ...]) -> None:
+def train(
+    config_path: str | None,
+    run_dir: str | None,
+    device: str | None,
+    seed: int | None,
+    resume: str | None,
+    overwrite: bool,
+    allow_data_change: bool,
+    progress: bool | None,
+    overrides: tuple[str, ...],
+) -> None:
     """Train a model; KEY=VALUE pairs such as model.hidden_size=256 override the config."""
     from rnnlm.runs import plan_run
     from rnnlm.train import Trainer
 
     flags = [f"train.device={device}"] * bool(device) + [f"train.seed={seed}"] * (seed is not None)
     config, folder, saved = plan_run(config_path, [*overrides, *flags], run_dir, resume, overwrite)
-    trainer = Trainer(config, folder, resume_from=saved, overwrite=overwrite, allow_data_change=allow_data_change,
-                      progress=progress)  # takes nothing yet: setup takes the run folder, inside the try
+    trainer = Trainer(
+        config, folder, resume_from=saved, overwrite=overwrite, allow_data_change=allow_data_change, progress=progress
+    )  # takes nothing yet: setup takes the run folder, inside the try
     try:
         trainer.setup()
         summary = trainer.fit()
@@ -163,10 +195,15 @@ def train(config_path: str | None, run_dir: str | None, device: str | None, seed
         return
     from rnnlm.evaluate import perplexity
 
-    best = f"best validation perplexity {perplexity(summary.best_val_loss):.2f}" \
-        if summary.best_val_loss is not None else ""
-    click.echo(f"Done: {summary.steps:,} steps ({summary.tokens_per_sec:,.0f} tokens/s), {best}. Checkpoints in "
-               f"{folder}/", err=True)
+    best = (
+        f"best validation perplexity {perplexity(summary.best_val_loss):.2f}"
+        if summary.best_val_loss is not None
+        else ""
+    )
+    click.echo(
+        f"Done: {summary.steps:,} steps ({summary.tokens_per_sec:,.0f} tokens/s), {best}. Checkpoints in {folder}/",
+        err=True,
+    )
     click.echo(f"Next: rnnlm sample {folder}/best.pt   |   rnnlm eval {folder}/best.pt --split test", err=True)
 
 
@@ -187,24 +224,60 @@ def show_config(config_path: str | None, overrides: tuple[str, ...]) -> None:
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("--prompt", default="", help="Text to continue [default: start at a line start].")
 @click.option("--length", default=500, show_default=True, type=click.IntRange(min=0), help="Tokens to generate.")
-@click.option("--temperature", default=1.0, show_default=True, type=FiniteFloatRange(min=0.0),
-              help="Sharpness of the distribution; 0 always takes the most likely token.")
-@click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Sample among the k most likely tokens only (0: all).")
-@click.option("--top-p", default=1.0, show_default=True, type=FiniteFloatRange(min=0.0, max=1.0, min_open=True),
-              help="Sample among the most likely tokens holding this probability mass (1: all).")
+@click.option(
+    "--temperature",
+    default=1.0,
+    show_default=True,
+    type=FiniteFloatRange(min=0.0),
+    help="Sharpness of the distribution; 0 always takes the most likely token.",
+)
+@click.option(
+    "--top-k",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Sample among the k most likely tokens only (0: all).",
+)
+@click.option(
+    "--top-p",
+    default=1.0,
+    show_default=True,
+    type=FiniteFloatRange(min=0.0, max=1.0, min_open=True),
+    help="Sample among the most likely tokens holding this probability mass (1: all).",
+)
 @click.option("--seed", type=SEED, help="Same seed, same text [default: a random seed, printed].")
-@click.option("--num-samples", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Independent samples, generated together.")
-@click.option("--reverse", is_flag=True,
-              help="Bidirectional models: generate right to left, ending with --prompt.")
+@click.option(
+    "--num-samples",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Independent samples, generated together.",
+)
+@click.option("--reverse", is_flag=True, help="Bidirectional models: generate right to left, ending with --prompt.")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="bf16: generate from a bf16 copy of the weights, half the bytes read per token.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="bf16: generate from a bf16 copy of the weights, half the bytes read per token.",
+)
 @start_option
 @reports_errors
-def sample(checkpoint: str, prompt: str, length: int, temperature: float, top_k: int, top_p: float,
-           seed: int | None, num_samples: int, reverse: bool, device: str, precision: str, start: str) -> None:
+def sample(
+    checkpoint: str,
+    prompt: str,
+    length: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None,
+    num_samples: int,
+    reverse: bool,
+    device: str,
+    precision: str,
+    start: str,
+) -> None:
     """Generate text from a checkpoint."""
     import torch
 
@@ -220,24 +293,43 @@ def sample(checkpoint: str, prompt: str, length: int, temperature: float, top_k:
         raise click.UsageError("--precision bf16 applies to left-to-right generation, not --reverse")
     given = click.get_current_context().get_parameter_source("start") == click.core.ParameterSource.COMMANDLINE
     if reverse and given and start == "warm":  # not to be ignored in silence
-        raise click.UsageError("--start warm applies to left-to-right generation: --reverse starts the backward "
-                               "stack at zero, as training does")
+        raise click.UsageError(
+            "--start warm applies to left-to-right generation: --reverse starts the backward "
+            "stack at zero, as training does"
+        )
     unknown = loaded.tokenizer.unknown(prompt)
     if unknown:
-        click.echo(f"Warning: the vocabulary lacks {', '.join(map(repr, unknown[:10]))}"
-                   f"{' ...' if len(unknown) > 10 else ''}; read as <unk>", err=True)
+        click.echo(
+            f"Warning: the vocabulary lacks {', '.join(map(repr, unknown[:10]))}"
+            f"{' ...' if len(unknown) > 10 else ''}; read as <unk>",
+            err=True,
+        )
     if seed is None:
         seed = secrets.randbelow(2**31)
         click.echo(f"(seed {seed})", err=True)
-    settings = dict(length=length, temperature=temperature, top_k=top_k, top_p=top_p, num_samples=num_samples,
-                    seed=seed, device=torch_device)
+    settings: dict[str, Any] = dict(
+        length=length,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        num_samples=num_samples,
+        seed=seed,
+        device=torch_device,
+    )
     if reverse:
-        texts = generate_reverse(loaded.model, loaded.tokenizer, suffix=prompt, **settings)
+        texts = generate_reverse(cast("BidirectionalLM", loaded.model), loaded.tokenizer, suffix=prompt, **settings)
     else:
         stream = functools.partial(click.echo, nl=False) if num_samples == 1 else None
         weights = torch.bfloat16 if precision == "bf16" else None
-        texts = generate(loaded.model, loaded.tokenizer, prompt=prompt, on_text=stream, weights=weights,
-                         start=_start(loaded.model, start), **settings)
+        texts = generate(
+            loaded.model,
+            loaded.tokenizer,
+            prompt=prompt,
+            on_text=stream,
+            weights=weights,
+            start=_start(loaded.model, start),
+            **settings,
+        )
     if reverse and num_samples == 1:
         click.echo(texts[0], nl=False)
     for i, text in enumerate(texts if num_samples > 1 else []):
@@ -247,65 +339,152 @@ def sample(checkpoint: str, prompt: str, length: int, temperature: float, top_k:
 
 @cli.command(name="eval")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
-              help="Split of the corpus the model was trained on.")
+@click.option(
+    "--split",
+    type=click.Choice(SPLITS),
+    default="test",
+    show_default=True,
+    help="Split of the corpus the model was trained on.",
+)
 @click.option("--text", type=click.Path(exists=True, dir_okay=False), help="Score this text file instead.")
-@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Parallel streams; 1 gives every token its full left context.")
+@click.option(
+    "--batch-size",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Parallel streams; 1 gives every token its full left context.",
+)
 @click.option("--bptt", default=256, show_default=True, type=click.IntRange(min=1), help="Tokens per window.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--impl", type=click.Choice(["fused", "reference"]),
-              help="Run the weights through torch's fused kernels or the reference cells [default: as trained].")
+@click.option(
+    "--impl",
+    type=click.Choice(["fused", "reference"]),
+    help="Run the weights through torch's fused kernels or the reference cells [default: as trained].",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="Forward pass under autocast: bf16 / fp16 are faster on some hardware, fp32 is exact.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Forward pass under autocast: bf16 / fp16 are faster on some hardware, fp32 is exact.",
+)
 @start_option
-@click.option("--cache", is_flag=True,
-              help="Mix in the neural cache (Grave et al. 2017): the words that followed similar hidden states.")
+@click.option(
+    "--cache",
+    is_flag=True,
+    help="Mix in the neural cache (Grave et al. 2017): the words that followed similar hidden states.",
+)
 @click.option("--cache-size", default=2000, show_default=True, type=int, help="Positions the cache holds.")
-@click.option("--cache-theta", default=0.6, show_default=True, type=float,
-              help="How sharply the cache prefers the most similar states.")
+@click.option(
+    "--cache-theta",
+    default=0.6,
+    show_default=True,
+    type=float,
+    help="How sharply the cache prefers the most similar states.",
+)
 @click.option("--cache-lambda", default=0.2, show_default=True, type=float, help="The cache's share of the mixture.")
-@click.option("--dynamic", is_flag=True,
-              help="Dynamic evaluation (Krause et al. 2018): a gradient step on each segment once it is scored.")
-@click.option("--dynamic-method", type=click.Choice(["sgd", "rms"]), default="sgd", show_default=True,
-              help="Plain SGD, or steps scaled by the training split's RMS gradients.")
+@click.option(
+    "--dynamic",
+    is_flag=True,
+    help="Dynamic evaluation (Krause et al. 2018): a gradient step on each segment once it is scored.",
+)
+@click.option(
+    "--dynamic-method",
+    type=click.Choice(["sgd", "rms"]),
+    default="sgd",
+    show_default=True,
+    help="Plain SGD, or steps scaled by the training split's RMS gradients.",
+)
 @click.option("--dynamic-lr", type=float, help="Learning rate [default: 1 with sgd, 1e-4 with rms].")
-@click.option("--dynamic-decay", default=0.005, show_default=True, type=float,
-              help="Pull back to the trained weights per step.")
+@click.option(
+    "--dynamic-decay", default=0.005, show_default=True, type=float, help="Pull back to the trained weights per step."
+)
 @click.option("--dynamic-segment", default=20, show_default=True, type=int, help="Tokens between two steps.")
-@click.option("--tune", is_flag=True,
-              help="Choose the cache's theta and lambda and the dynamic learning rate on the validation split.")
-@click.option("--tune-tokens", default=20_000, show_default=True, type=int,
-              help="With --tune: how many of the validation split's first tokens to tune on.")
+@click.option(
+    "--tune",
+    is_flag=True,
+    help="Choose the cache's theta and lambda and the dynamic learning rate on the validation split.",
+)
+@click.option(
+    "--tune-tokens",
+    default=20_000,
+    show_default=True,
+    type=int,
+    help="With --tune: how many of the validation split's first tokens to tune on.",
+)
 @reports_errors
-def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: int, bptt: int, as_json: bool,
-                     impl: str | None, device: str, precision: str, start: str, cache: bool, dynamic: bool,
-                     tune: bool, **settings: Any) -> None:
+def evaluate_command(
+    checkpoint: str,
+    split: str,
+    text: str | None,
+    batch_size: int,
+    bptt: int,
+    as_json: bool,
+    impl: str | None,
+    device: str,
+    precision: str,
+    start: str,
+    cache: bool,
+    dynamic: bool,
+    tune: bool,
+    **settings: Any,
+) -> None:
     """Perplexity and bits per token, character and byte of a checkpoint on a split or a text."""
     from rnnlm import runtime
     from rnnlm.adaptation import plan_methods, score_adapted
     from rnnlm.checkpoint import load_model
     from rnnlm.evaluate import eval_source
 
-    methods = plan_methods(cache=cache, dynamic=dynamic, tune=tune, given=_given(), values=settings,
-                           reported_split=None if text else split, batch_size=batch_size, precision=precision)
+    methods = plan_methods(
+        cache=cache,
+        dynamic=dynamic,
+        tune=tune,
+        given=_given(),
+        values=settings,
+        reported_split=None if text else split,
+        batch_size=batch_size,
+        precision=precision,
+    )
     torch_device = runtime.resolve_device(device)
     loaded = load_model(checkpoint, torch_device, impl)
     runtime.check_precision(precision, torch_device, loaded.config.model.impl, loaded.config.model.cell)
     log = functools.partial(click.echo, err=True)
     scored, source = eval_source(loaded, split=split, text=text, log=log)
     start = _start(loaded.model, start)
-    adapted = score_adapted(loaded, scored, source, methods, tune_tokens=settings["tune_tokens"] if tune else None,
-                            batch_size=batch_size, bptt=bptt, device=torch_device, precision=precision, start=start,
-                            log=log)
+    adapted = score_adapted(
+        loaded,
+        scored,
+        source,
+        methods,
+        tune_tokens=settings["tune_tokens"] if tune else None,
+        batch_size=batch_size,
+        bptt=bptt,
+        device=torch_device,
+        precision=precision,
+        start=start,
+        log=log,
+    )
     score = adapted.score
     if as_json:
-        click.echo(json.dumps(_finite_or_null({**score.result.to_dict(), "source": source, "batch_size": batch_size,
-                                               "unk_tokens": score.unk_tokens, "lossless": not score.lossy,
-                                               "precision": precision, "start": start, **adapted.methods.to_dict(),
-                                               "tune": adapted.tuned.to_dict() if adapted.tuned else None}),
-                              allow_nan=False))
+        click.echo(
+            json.dumps(
+                _finite_or_null(
+                    {
+                        **score.result.to_dict(),
+                        "source": source,
+                        "batch_size": batch_size,
+                        "unk_tokens": score.unk_tokens,
+                        "lossless": not score.lossy,
+                        "precision": precision,
+                        "start": start,
+                        **adapted.methods.to_dict(),
+                        "tune": adapted.tuned.to_dict() if adapted.tuned else None,
+                    }
+                ),
+                allow_nan=False,
+            )
+        )
         return
     _print_score(score, batch_size, bptt, start, loaded.tokenizer.kind)
     click.echo(f"method: {adapted.methods.describe()}" + (f"; {adapted.tuned.describe()}" if adapted.tuned else ""))
@@ -314,25 +493,33 @@ def evaluate_command(checkpoint: str, split: str, text: str | None, batch_size: 
 def _given() -> set[str]:
     """The names of the options the command line set (not left at their defaults)."""
     context = click.get_current_context()
-    return {name for name in context.params
-            if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    return {
+        name for name in context.params if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+    }
 
 
 def _print_score(score: CheckpointScore, batch_size: int, bptt: int, start: str, kind: str) -> None:
     result, lossy = score.result, score.lossy
     context = "full left context" if batch_size == 1 else f"{batch_size} parallel streams"
-    click.echo(f"{score.source}: {result.tokens:,} tokens, {result.chars:,} characters, batch size {batch_size} "
-               f"({context}), {start} start")
-    labels = {"backward": f"backward (right context within {bptt}-token windows)",
-              "infill": "infill pseudo-perplexity (both neighbours' contexts)"}
+    click.echo(
+        f"{score.source}: {result.tokens:,} tokens, {result.chars:,} characters, batch size {batch_size} "
+        f"({context}), {start} start"
+    )
+    labels = {
+        "backward": f"backward (right context within {bptt}-token windows)",
+        "infill": "infill pseudo-perplexity (both neighbours' contexts)",
+    }
     if result.heads:
         click.echo("forward (the language-model number, comparable with unidirectional models):")
     for name, numbers in [("", result), *result.heads.items()]:
         if name:
             click.echo(f"{labels.get(name, name)}: {numbers.tokens:,} tokens")
-        click.echo(f"loss {numbers.loss:.4f} nats/token | perplexity {numbers.ppl:.2f} | {numbers.bits_per_token:.4f} "
-                   f"bits/token | {numbers.bits_per_char:.4f} bits/char | {numbers.bits_per_byte:.4f} bits/byte"
-                   + " (lossy*)" * lossy)
+        click.echo(
+            f"loss {numbers.loss:.4f} nats/token | perplexity {numbers.ppl:.2f} | {numbers.bits_per_token:.4f} "
+            f"bits/token | {numbers.bits_per_char:.4f} bits/char | {numbers.bits_per_byte:.4f} bits/byte"
+            + " (lossy*)"
+            * lossy
+        )
     if lossy:
         click.echo(_lossy_note(kind, score.unk_tokens))
 
@@ -347,26 +534,52 @@ def _finite_or_null(value: Any) -> Any:
 
 
 def _lossy_note(kind: str, unk: int) -> str:
-    what = (f"word tokens fold whitespace and <unk> stands for every rare word ({unk:,} <unk> tokens here)"
-            if kind == "word" else f"{unk:,} characters of this text are not in the vocabulary and scored as <unk>")
-    return (f"* lossy: {what}, so bits per character and byte are lower than a lossless model of the raw text "
-            f"would get; compare them with care")
+    what = (
+        f"word tokens fold whitespace and <unk> stands for every rare word ({unk:,} <unk> tokens here)"
+        if kind == "word"
+        else f"{unk:,} characters of this text are not in the vocabulary and scored as <unk>"
+    )
+    return (
+        f"* lossy: {what}, so bits per character and byte are lower than a lossless model of the raw text "
+        f"would get; compare them with care"
+    )
 
 
 @cli.command()
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              help="YAML recipe whose tokenizer to build on its corpus's training split.")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
-              help="Use this checkpoint's tokenizer instead (and its corpus, unless --text).")
-@click.option("--text", type=click.Path(exists=True, dir_okay=False),
-              help="Measure this text file [default: the corpus's validation split].")
-@click.option("--show", default=300, show_default=True, type=click.IntRange(min=0),
-              help="Characters of the text to print split into tokens (0: none).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="YAML recipe whose tokenizer to build on its corpus's training split.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Use this checkpoint's tokenizer instead (and its corpus, unless --text).",
+)
+@click.option(
+    "--text",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Measure this text file [default: the corpus's validation split].",
+)
+@click.option(
+    "--show",
+    default=300,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Characters of the text to print split into tokens (0: none).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as one JSON object.")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @reports_errors
-def tokenize(config_path: str | None, checkpoint: str | None, text: str | None, show: int, as_json: bool,
-             overrides: tuple[str, ...]) -> None:
+def tokenize(
+    config_path: str | None,
+    checkpoint: str | None,
+    text: str | None,
+    show: int,
+    as_json: bool,
+    overrides: tuple[str, ...],
+) -> None:
     """Show how a tokenizer splits text, with tokens per character and coverage, to choose a vocabulary size."""
     from rnnlm.checkpoint import load_tokenizer
     from rnnlm.config import load_config
@@ -387,12 +600,18 @@ def _print_report(result: Report) -> None:
     fallback = "byte-fallback or <unk>" if result.kind in ("bpe", "unigram") else "<unk>"
     if result.shown:
         click.echo(result.shown.rstrip("\n") + "\n")
-    click.echo(f"{result.kind} tokenizer, vocabulary {s.vocab_size:,}, on {result.source}: {s.chars:,} characters, "
-               f"{s.bytes:,} bytes, {s.tokens:,} tokens")
-    click.echo(f"tokens per character {s.tokens_per_char:.4f} ({1 / max(s.tokens_per_char, 1e-12):.2f} characters "
-               f"per token) | tokens per byte {s.tokens_per_byte:.4f}")
-    click.echo(f"vocabulary used {s.used:,} of {s.vocab_size:,} ({s.used / s.vocab_size:.1%}) | {fallback} tokens "
-               f"{s.fallback:,} ({s.fallback_share:.2%} of tokens)")
+    click.echo(
+        f"{result.kind} tokenizer, vocabulary {s.vocab_size:,}, on {result.source}: {s.chars:,} characters, "
+        f"{s.bytes:,} bytes, {s.tokens:,} tokens"
+    )
+    click.echo(
+        f"tokens per character {s.tokens_per_char:.4f} ({1 / max(s.tokens_per_char, 1e-12):.2f} characters "
+        f"per token) | tokens per byte {s.tokens_per_byte:.4f}"
+    )
+    click.echo(
+        f"vocabulary used {s.used:,} of {s.vocab_size:,} ({s.used / s.vocab_size:.1%}) | {fallback} tokens "
+        f"{s.fallback:,} ({s.fallback_share:.2%} of tokens)"
+    )
 
 
 @cli.command()
@@ -415,8 +634,15 @@ def fill(checkpoint: str, text: str, top_k: int, blank: str, device: str, start:
         raise click.UsageError("fill needs a bidirectional model (train one with model.bidirectional=true)")
     if blank not in text:
         raise click.UsageError(f"TEXT has no blank: mark each one with {blank}")
-    rankings = fill_blanks(loaded.model, loaded.tokenizer, text, blank=blank, top_k=top_k, device=torch_device,
-                           start=_start(loaded.model, start))
+    rankings = fill_blanks(
+        cast("BidirectionalLM", loaded.model),  # bidirectional: checked above
+        loaded.tokenizer,
+        text,
+        blank=blank,
+        top_k=top_k,
+        device=torch_device,
+        start=_start(loaded.model, start),
+    )
     for number, ranking in enumerate(rankings, start=1):
         if len(rankings) > 1:
             click.echo(f"blank {number}:")
@@ -427,8 +653,11 @@ def fill(checkpoint: str, text: str, top_k: int, blank: str, device: str, start:
 def _start(model: Any, start: str) -> str:
     """`--start`, with a note when a checkpoint from before warm start states can only start at zero."""
     if start == "warm" and model.start_states is None:
-        click.echo("Note: this checkpoint holds no warm start states (saved before rnnlm kept them): starting "
-                   "from the zero state, whose first tokens read worse", err=True)
+        click.echo(
+            "Note: this checkpoint holds no warm start states (saved before rnnlm kept them): starting "
+            "from the zero state, whose first tokens read worse",
+            err=True,
+        )
         return "zero"
     return start
 
@@ -436,10 +665,17 @@ def _start(model: Any, start: str) -> str:
 @cli.command()
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("--text", required=True, type=click.Path(exists=True, dir_okay=False), help="The text file to score.")
-@click.option("--format", "form", type=click.Choice(["tsv", "jsonl"]), default="tsv", show_default=True,
-              help="A tab-separated table with a header row, or one JSON object a line.")
-@click.option("--words", is_flag=True,
-              help="Sum the tokens to whitespace-separated words (line ends are rows of their own).")
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(["tsv", "jsonl"]),
+    default="tsv",
+    show_default=True,
+    help="A tab-separated table with a header row, or one JSON object a line.",
+)
+@click.option(
+    "--words", is_flag=True, help="Sum the tokens to whitespace-separated words (line ends are rows of their own)."
+)
 @click.option("--out", type=click.Path(dir_okay=False), help="Write to this file [default: standard output].")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @start_option
@@ -454,8 +690,9 @@ def score(checkpoint: str, text: str, form: str, words: bool, out: str | None, d
 
     torch_device = runtime.resolve_device(device)
     loaded = load_model(checkpoint, torch_device)
-    rows = token_scores(loaded.model, loaded.tokenizer, Path(text), words=words, start=_start(loaded.model, start),
-                        device=torch_device)
+    rows = token_scores(
+        loaded.model, loaded.tokenizer, Path(text), words=words, start=_start(loaded.model, start), device=torch_device
+    )
     first = next(rows, None)  # an empty or unreadable text fails here, before the header is written
     rows = itertools.chain([first] if first is not None else [], rows)
     unit = "word" if words else "token"
@@ -480,9 +717,20 @@ def _write_scores(rows: Any, form: str, unit: str, write: Callable[[str], Any]) 
             shown = row.text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
             write(f"{row.line}\t{shown}\t{row.log_prob:.6f}\t{row.surprisal:.6f}\t{row.entropy:.6f}\t{row.tokens}\n")
         else:
-            write(json.dumps({"line": row.line, unit: row.text, "log_prob": row.log_prob,
-                              "surprisal_bits": row.surprisal, "entropy_bits": row.entropy, "tokens": row.tokens},
-                             ensure_ascii=False) + "\n")
+            write(
+                json.dumps(
+                    {
+                        "line": row.line,
+                        unit: row.text,
+                        "log_prob": row.log_prob,
+                        "surprisal_bits": row.surprisal,
+                        "entropy_bits": row.entropy,
+                        "tokens": row.tokens,
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
 
 
 def main() -> None:

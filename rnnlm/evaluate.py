@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,7 +18,6 @@ from rnnlm.ids import PAD
 from rnnlm.models import LanguageModel, LMOutput, State
 from rnnlm.runtime import autocast
 from rnnlm.warmstart import MixtureReader
-
 
 MAX_EXP = math.log(float.fromhex("0x1.fffffffffffffp+1023"))  # 709.78: exp of more overflows a float
 
@@ -57,15 +57,31 @@ class EvalResult:
         return self.nll / math.log(2) / self.bytes
 
     def to_dict(self) -> dict[str, Any]:
-        numbers: dict[str, Any] = {"loss": self.loss, "ppl": self.ppl, "bits_per_token": self.bits_per_token,
-                                   "bits_per_char": self.bits_per_char, "bits_per_byte": self.bits_per_byte,
-                                   "tokens": self.tokens, "chars": self.chars, "bytes": self.bytes}
+        numbers: dict[str, Any] = {
+            "loss": self.loss,
+            "ppl": self.ppl,
+            "bits_per_token": self.bits_per_token,
+            "bits_per_char": self.bits_per_char,
+            "bits_per_byte": self.bits_per_byte,
+            "tokens": self.tokens,
+            "chars": self.chars,
+            "bytes": self.bytes,
+        }
         return {**numbers, **{name: head.to_dict() for name, head in self.heads.items()}}
 
 
-def evaluate(model: LanguageModel, split: Split, *, boundary_id: int, batch_size: int = 1, bptt: int = 256,
-             device: torch.device | str = "cpu", group: Group | None = None, precision: str = "fp32",
-             start: str = "warm") -> EvalResult:
+def evaluate(
+    model: LanguageModel,
+    split: Split,
+    *,
+    boundary_id: int,
+    batch_size: int = 1,
+    bptt: int = 256,
+    device: torch.device | str = "cpu",
+    group: Group | None = None,
+    precision: str = "fp32",
+    start: str = "warm",
+) -> EvalResult:
     """Score every token of `split` once, carrying the hidden state across windows.
 
     Each column starts fresh: with `start` "warm" from the mixture of the model's start states
@@ -82,8 +98,16 @@ def evaluate(model: LanguageModel, split: Split, *, boundary_id: int, batch_size
         first, end = len(ids) * group.rank // group.world_size, len(ids) * (group.rank + 1) // group.world_size
         boundary_id = int(ids[first - 1]) if first > 0 else boundary_id
         ids = ids[first:end]
-    totals = score_ids(model, ids, boundary_id=boundary_id, batch_size=batch_size, bptt=bptt, device=device,
-                       precision=precision, start=start)
+    totals = score_ids(
+        model,
+        ids,
+        boundary_id=boundary_id,
+        batch_size=batch_size,
+        bptt=bptt,
+        device=device,
+        precision=precision,
+        start=start,
+    )
     if group is not None and group.enabled:
         names = sorted(totals)
         summed = group.sum([float(v) for name in names for v in totals[name]], torch.device(device))
@@ -96,9 +120,17 @@ def evaluate(model: LanguageModel, split: Split, *, boundary_id: int, batch_size
     return EvalResult(nll, tokens, split.chars, split.bytes, heads)
 
 
-def score_ids(model: LanguageModel, ids: np.ndarray, *, boundary_id: int, batch_size: int, bptt: int,
-              device: torch.device | str, precision: str = "fp32", start: str = "warm"
-              ) -> dict[str, tuple[float, int]]:
+def score_ids(
+    model: LanguageModel,
+    ids: np.ndarray,
+    *,
+    boundary_id: int,
+    batch_size: int,
+    bptt: int,
+    device: torch.device | str,
+    precision: str = "fp32",
+    start: str = "warm",
+) -> dict[str, tuple[float, int]]:
     """Summed nll and token count per head: "" for the model's own, plus its other heads by name
     (`LMOutput.heads`: a bidirectional model's "backward" and "infill").
 
@@ -114,8 +146,8 @@ def score_ids(model: LanguageModel, ids: np.ndarray, *, boundary_id: int, batch_
         with torch.inference_mode(), autocast(torch.device(device), precision):
             columns = min(batch_size, max(len(ids), 1))
             state = model.init_state(columns, device)
-            warm = start == "warm" and model.start_states is not None
-            reader = MixtureReader(model, model.start_states, columns, device) if warm else None
+            starts = model.start_states if start == "warm" else None
+            reader = MixtureReader(model, starts, columns, device) if starts is not None else None
             for inputs, targets in eval_windows(ids, batch_size, bptt, boundary_id):
                 inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
                 if reader is not None and reader.left > 0:
@@ -124,8 +156,13 @@ def score_ids(model: LanguageModel, ids: np.ndarray, *, boundary_id: int, batch_
                     out = model(inputs, targets, state)
                     heads, state = {"": (out.nll, out.tokens), **_other_heads(out)}, out.state
                 for name, (nll, count) in heads.items():
-                    total = sums.setdefault(name, [torch.zeros((), dtype=torch.float64, device=device),
-                                                   torch.zeros((), dtype=torch.int64, device=device)])
+                    total = sums.setdefault(
+                        name,
+                        [
+                            torch.zeros((), dtype=torch.float64, device=device),
+                            torch.zeros((), dtype=torch.int64, device=device),
+                        ],
+                    )
                     total[0] += nll.double()
                     total[1] += count
                 state = tuple(s.to(dtype) for s in state)  # autocast may hand it back in bf16 / fp16
@@ -134,8 +171,9 @@ def score_ids(model: LanguageModel, ids: np.ndarray, *, boundary_id: int, batch_
     return {name: (float(nll), int(count)) for name, (nll, count) in sums.items()} or {"": (0.0, 0)}
 
 
-def _mixed_window(model: LanguageModel, reader: MixtureReader, inputs: torch.Tensor, targets: torch.Tensor
-                  ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], State]:
+def _mixed_window(
+    model: LanguageModel, reader: MixtureReader, inputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], State]:
     """Score a window that holds some of the columns' first SPAN tokens: those under the mixture, any after
     them from the start likeliest over the span; the state to go on from.
 
@@ -176,8 +214,9 @@ class CheckpointScore:
     lossy: bool  # word tokens fold whitespace, or <unk> stood in for text: not the raw text's bits per byte
 
 
-def eval_source(loaded: Loaded, *, split: str, text: str | Path | None,
-                log: Callable[[str], None] | None = None) -> tuple[Split, str]:
+def eval_source(
+    loaded: Loaded, *, split: str, text: str | Path | None, log: Callable[[str], None] | None = None
+) -> tuple[Split, str]:
     """The tokens `rnnlm eval` scores, and their name: the text file, or `split` of the corpus the checkpoint
     trained on (only that split is read; a download is announced through `log`). Raises DataError when there
     is nothing to score."""
@@ -189,8 +228,9 @@ def eval_source(loaded: Loaded, *, split: str, text: str | Path | None,
         scored = corpus.encode_text_file(Path(text), loaded.tokenizer, registry.default_cache_dir(data.cache_dir))
         source = str(text)
     else:
-        found = corpus.load_corpus(data, loaded.config.tokenizer, loaded.tokenizer, splits=(split,),
-                                  log=log).splits.get(split)
+        found = corpus.load_corpus(
+            data, loaded.config.tokenizer, loaded.tokenizer, splits=(split,), log=log
+        ).splits.get(split)
         source = f"{data.corpus} ({split} split)"
         if found is None:
             raise DataError(f"corpus {data.corpus!r} has no {split} split")
@@ -200,9 +240,19 @@ def eval_source(loaded: Loaded, *, split: str, text: str | Path | None,
     return scored, source
 
 
-def score_checkpoint(loaded: Loaded, scored: Split, source: str, *, batch_size: int, bptt: int,
-                     device: torch.device | str, precision: str, start: str, methods: Methods | None = None,
-                     statistics: dict[str, torch.Tensor] | None = None) -> CheckpointScore:
+def score_checkpoint(
+    loaded: Loaded,
+    scored: Split,
+    source: str,
+    *,
+    batch_size: int,
+    bptt: int,
+    device: torch.device | str,
+    precision: str,
+    start: str,
+    methods: Methods | None = None,
+    statistics: dict[str, torch.Tensor] | None = None,
+) -> CheckpointScore:
     """Score `scored` with a loaded checkpoint's model (see `evaluate`), or as one stream with the cache and / or
     dynamic evaluation of `methods` (rnnlm/adaptation.py; `statistics` for RMS). A non-finite loss of any head
     is a diverged or damaged model: CheckpointError, not a number to report."""
@@ -211,15 +261,24 @@ def score_checkpoint(loaded: Loaded, scored: Split, source: str, *, batch_size: 
     from rnnlm.errors import CheckpointError
 
     if methods is not None and methods.name != "static":
-        result = score_methods(loaded, scored, methods, statistics=statistics, device=device, start=start,
-                               window=bptt)
+        result = score_methods(loaded, scored, methods, statistics=statistics, device=device, start=start, window=bptt)
     else:
-        result = evaluate(loaded.model, scored, boundary_id=loaded.tokenizer.boundary_id, batch_size=batch_size,
-                          bptt=bptt, device=device, precision=precision, start=start)
-    broken = [name or "forward" for name, numbers in [("", result), *result.heads.items()]
-              if not math.isfinite(numbers.loss)]
+        result = evaluate(
+            loaded.model,
+            scored,
+            boundary_id=loaded.tokenizer.boundary_id,
+            batch_size=batch_size,
+            bptt=bptt,
+            device=device,
+            precision=precision,
+            start=start,
+        )
+    broken = [
+        name or "forward" for name, numbers in [("", result), *result.heads.items()] if not math.isfinite(numbers.loss)
+    ]
     if broken:
-        raise CheckpointError(f"the {', '.join(broken)} loss on {source} is not finite: the checkpoint's weights "
-                              f"are diverged or damaged")
+        raise CheckpointError(
+            f"the {', '.join(broken)} loss on {source} is not finite: the checkpoint's weights are diverged or damaged"
+        )
     unk = count_token(scored.ids, loaded.tokenizer.unk_id)
     return CheckpointScore(result, source, unk, lossy=loaded.tokenizer.kind == "word" or unk > 0)
