@@ -20,7 +20,7 @@ from rnnlm.cache import CacheSettings
 from rnnlm.dynamic import DynamicSettings, check_weights, gradient_statistics
 from rnnlm.errors import DataError, UsageError
 from rnnlm.evaluate import EvalResult
-from rnnlm.stream import evaluate_stream
+from rnnlm.stream import WINDOW, evaluate_stream
 
 if TYPE_CHECKING:
     from rnnlm.checkpoint import Loaded
@@ -220,15 +220,8 @@ def tune(
     losses: list[tuple[Methods, float]] = []
 
     def loss(candidate: Methods) -> float:
-        result = evaluate_stream(
-            loaded.model,
-            valid,
-            boundary_id=loaded.tokenizer.boundary_id,
-            start=start,
-            cache=candidate.cache,
-            dynamic=candidate.dynamic,
-            statistics=statistics,
-            device=device,
+        result = score_methods(
+            loaded, valid, candidate, statistics=statistics, device=device, start=start, window=WINDOW
         )
         value = result.loss if math.isfinite(result.loss) else math.inf
         losses.append((candidate, value))
