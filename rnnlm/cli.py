@@ -733,6 +733,11 @@ def _write_scores(rows: Any, form: str, unit: str, write: Callable[[str], Any]) 
             )
 
 
+from rnnlm.cli_embeddings import export_embeddings  # noqa: E402  (it needs reports_errors, above)
+
+cli.add_command(export_embeddings)
+
+
 def main() -> None:
     global _standalone
     _standalone = True

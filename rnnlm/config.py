@@ -68,6 +68,8 @@ class ModelConfig:
     forget_bias: float = 1.0  # lstm only (Jozefowicz et al. 2015)
     init: Literal["default", "uniform"] = "default"  # uniform: every weight ~ U(-init_range, init_range)
     init_range: float = 0.1  # embedding and decoder always; recurrent weights too with init=uniform
+    # a GloVe or word2vec text file: a fresh word model's embedding rows start from its vectors ("": none)
+    init_embeddings: str = ""
     # full: one softmax over the vocabulary. adaptive: a frequent-word head plus smaller clusters for rarer
     # words (Grave et al. 2017), for word vocabularies of tens of thousands; needs tokenizer.kind word
     softmax: Literal["full", "adaptive"] = "full"
@@ -384,6 +386,10 @@ def _check_ranges(c: Config) -> list[str]:
         not m.tie_weights or m.embed_size == top,
         f"model.tie_weights needs model.embed_size == model.{'output_size' if m.output_size else 'hidden_size'} "
         f"(got {m.embed_size} and {top})",
+    )
+    need(
+        not m.init_embeddings or t.kind == "word",
+        f"model.init_embeddings needs tokenizer.kind word (got {t.kind}): word vectors are whole words",
     )
     need(m.output_size is None or m.output_size >= 1, f"model.output_size must be at least 1 (got {m.output_size})")
     need(

@@ -63,6 +63,9 @@ RESUMABLE: dict[str, Resumable] = {
     "train.tensorboard": Resumable("nothing", "whether TensorBoard events are written"),
     "train.dist_timeout": Resumable("nothing", "how long a distributed collective may wait"),
     "data.cache_dir": Resumable("nothing", "where token ids are cached (they are verified on every read)"),
+    "model.init_embeddings": Resumable(
+        "nothing", "only where a fresh run's embedding starts: a resumed run's weights are the checkpoint's"
+    ),
 }
 RESUMABLE_KEYS = frozenset(RESUMABLE)
 

@@ -31,6 +31,7 @@ from rnnlm.config import Config, dump_yaml
 from rnnlm.data.batching import TrainBatches
 from rnnlm.data.corpus import load_corpus
 from rnnlm.data.tokenizers import from_state
+from rnnlm.embeddings import init_embeddings
 from rnnlm.errors import CheckpointError, DataError, Interrupted, TrainingError, UsageError
 from rnnlm.evaluate import evaluate, perplexity
 from rnnlm.metrics import open_writer
@@ -179,7 +180,10 @@ class Trainer:
         """Model, its distributed wrapper, optimizer, schedule, averager, loss scaler and the hidden state."""
         c, g = self.config, self.group
         runtime.check_precision(c.train.precision, self.device, c.model.impl, c.model.cell)
-        self.model = build_model(self.tokenizer.vocab_size, c.model).to(self.device)
+        self.model = build_model(self.tokenizer.vocab_size, c.model)
+        if c.model.init_embeddings and not self.resume:  # a resumed run's weights come from its checkpoint
+            self.log(init_embeddings(self.model, self.tokenizer, c.model.init_embeddings).describe())
+        self.model.to(self.device)
         # what training calls: the model, or its DistributedDataParallel wrapper
         self.network: LanguageModel | DistributedDataParallel = self.model
         if g.enabled:
