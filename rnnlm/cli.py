@@ -733,9 +733,9 @@ def _write_scores(rows: Any, form: str, unit: str, write: Callable[[str], Any]) 
             )
 
 
-from rnnlm.cli_embeddings import export_embeddings  # noqa: E402  (it needs reports_errors, above)
+from rnnlm import cli_embeddings  # noqa: E402
 
-cli.add_command(export_embeddings)
+cli.add_command(cli_embeddings.export_embeddings)
 
 
 def main() -> None:

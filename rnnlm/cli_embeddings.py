@@ -1,14 +1,12 @@
 """`rnnlm export-embeddings`: a word model's learned input embedding as GloVe or word2vec text.
 
-Registered on the `rnnlm` group by rnnlm/cli.py, which this module's import of `reports_errors` needs to
-have defined first: import the command through `rnnlm.cli`.
+Registered on the `rnnlm` group by rnnlm/cli.py; it takes cli.py's `reports_errors` when it runs, so that
+neither module imports the other while it loads.
 """
 
 from __future__ import annotations
 
 import click
-
-from rnnlm.cli import reports_errors
 
 
 @click.command(name="export-embeddings")
@@ -23,10 +21,10 @@ from rnnlm.cli import reports_errors
     help="GloVe text (a word and its numbers a line) or word2vec text (the same after a `COUNT DIM` line).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-@reports_errors
 def export_embeddings(checkpoint: str, out: str, form: str, overwrite: bool) -> None:
     """Write a word model's input embedding, one vocabulary word a line (readable by model.init_embeddings)."""
+    from rnnlm.cli import reports_errors
     from rnnlm.embeddings import export_embeddings as export
 
-    words, size = export(checkpoint, out, form, overwrite)
+    words, size = reports_errors(export)(checkpoint, out, form, overwrite)
     click.echo(f"wrote {words:,} vectors of {size} numbers to {out} ({form} text)", err=True)
