@@ -61,6 +61,7 @@ CASES = {
     "train.tensorboard": Case(True),
     "train.dist_timeout": Case(60),
     "data.cache_dir": Case("{tmp}/elsewhere"),
+    "model.init_embeddings": Case("{tmp}/no-such-vectors.txt", base=("tokenizer.kind=word",)),  # never read
 }
 
 
