@@ -39,7 +39,7 @@ from rnnlm.data import registry
 from rnnlm.errors import RnnlmError
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-SYNOPSIS = re.compile(r"^\*\*(\w+)\*\* — `([^`]+)`", re.MULTILINE)
+SYNOPSIS = re.compile(r"^\*\*([\w-]+)\*\* — `([^`]+)`", re.MULTILINE)
 FILE_SUFFIXES = {"py", "txt", "yaml", "pt", "md", "json"}
 
 
@@ -59,7 +59,7 @@ def command_parts(text: str) -> dict[str, tuple[str, str]]:
     """NAME -> (its synopsis, its part of the README: from its synopsis to the next one or heading)."""
     parts = {}
     for match in SYNOPSIS.finditer(text):
-        end = re.compile(r"^\*\*\w+\*\* — |^## ", re.MULTILINE).search(text, match.end())
+        end = re.compile(r"^\*\*[\w-]+\*\* — |^## ", re.MULTILINE).search(text, match.end())
         parts[match.group(1)] = (match.group(2), text[match.start():end.start() if end else len(text)])
     return parts
 
