@@ -225,3 +225,4 @@ def test_a_resumed_run_keeps_its_weights_when_the_vectors_are_gone(tiny_corpus, 
         assert torch.equal(embedding(trainer.model), saved["model"]["embedding.weight"])
     finally:
         trainer.close()
+    assert invoke("sample", tmp_path / "run" / "last.pt", "--length", 5, "--seed", 1).exit_code == 0  # nor by sample
