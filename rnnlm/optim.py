@@ -31,8 +31,9 @@ class Schedule:
     (the classic word-level recipe divides by 4). step: epochs 1..decay_start run at the initial
     rate, each later epoch multiplies it by lr_decay (Zaremba et al. 2014). cosine: linear warmup
     over warmup_steps, then a half cosine down to min_lr at the last step. constant: never changes.
-    With a time budget (train.max_time, in seconds) the cosine runs over the budget instead of the steps:
-    its progress is the share of the budget spent, warmup included, so a short run is a whole cosine.
+    With a time budget (train.max_time, in seconds) the cosine runs over the time instead of the steps:
+    its progress is the share of the training time spent, warmup included, which the trainer measures, so
+    a short run is a whole cosine.
     """
 
     def __init__(
@@ -52,8 +53,9 @@ class Schedule:
         if self.config.schedule == "step":
             self._set(self.config.lr * self.config.lr_decay ** max(0, epoch - self.config.decay_start))
 
-    def step_start(self, step: int, spent: float = 0.0) -> None:
-        """Called before optimizer step `step` + 1 (`step` steps are done, `spent` seconds of the budget)."""
+    def step_start(self, step: int, time_progress: float = 0.0) -> None:
+        """Called before optimizer step `step` + 1: `step` steps are done, and with a time budget, this share
+        (0 to 1) of the training time is spent."""
         c = self.config
         if c.schedule != "cosine":
             return
@@ -61,7 +63,7 @@ class Schedule:
             self._set(c.lr * (step + 1) / c.warmup_steps)
             return
         if self.budget:
-            progress = min(spent / self.budget, 1.0)
+            progress = min(time_progress, 1.0)
         else:
             progress = min((step - c.warmup_steps) / max(self.total_steps - c.warmup_steps, 1), 1.0)
         self._set(c.min_lr + (c.lr - c.min_lr) * 0.5 * (1 + math.cos(math.pi * progress)))

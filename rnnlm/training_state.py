@@ -66,10 +66,12 @@ class TrainState:
     meter: Meter = field(default_factory=Meter)  # this fit's throughput
     start_states: tuple[int, State | None] | None = None  # (step, the warm start states computed at that step)
     # train.max_time: seconds of the budget spent by earlier fits of this run (from the checkpoint), and in all
-    # as of the last reading of the clock (under torchrun rank 0's, shared); whether the budget is spent
+    # as of the last reading of the clock (under torchrun rank 0's, shared); whether the budget is spent, and
+    # the share of the training time (the budget less the final validation's) spent, which the cosine follows
     time_before: float = 0.0
     time_spent: float = 0.0
     time_up: bool = False
+    time_progress: float = 0.0
     validation_seconds: float | None = None  # on the trainer's clock, the last validation with its saves
 
     def saved(self) -> dict[str, Any]:
