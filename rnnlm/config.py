@@ -12,6 +12,7 @@ import difflib
 import itertools
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -102,6 +103,9 @@ class TrainConfig:
     bptt: int = 35
     epochs: int = 1
     max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs)
+    # stop after this much wall-clock time, counted as README says: 90s, 10m, 1h, 1h30m ("" or 0: no limit);
+    # with optim.schedule cosine the rate then decays over the time, not the steps
+    max_time: str = ""
     eval_every: int = 0  # validate every N steps (0: at the end of each epoch only)
     eval_batch_size: int = 10
     # mean: gradient of the mean loss per token. sum_over_time: of the batch-mean loss summed over the
@@ -352,6 +356,27 @@ def _coerce(value: Any, hint: Any) -> tuple[Any, str | None]:
     raise TypeError(f"unsupported config type {hint!r}")
 
 
+_DURATION = re.compile(r"(?:(?P<h>\d+(?:\.\d*)?)h)?(?:(?P<m>\d+(?:\.\d*)?)m)?(?:(?P<s>\d+(?:\.\d*)?)s)?")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as `90s`, `10m`, `1h`, `1.5h` or `1h30m` (hours, minutes, seconds in that
+    order); "" and "0" mean no limit (0.0). A ValueError says what is wrong."""
+    text = text.strip().lower().replace(" ", "")
+    if text in ("", "0"):
+        return 0.0
+    match = _DURATION.fullmatch(text)
+    if text.startswith("-"):
+        raise ValueError(f"must not be negative (got {text!r}; 0 or empty: no limit)")
+    if not match or not any(match.groupdict().values()):
+        raise ValueError(
+            f"must be a number with its unit, h, m or s, such as 90s, 10m, 1h or 1h30m (got {text!r}; "
+            f"0 or empty: no limit)"
+        )
+    parts = match.groupdict()
+    return sum(float(parts[unit] or 0) * scale for unit, scale in (("h", 3600), ("m", 60), ("s", 1)))
+
+
 def _check_ranges(c: Config) -> list[str]:
     problems = []
 
@@ -403,7 +428,15 @@ def _check_ranges(c: Config) -> list[str]:
         need(getattr(tr, key) >= 1, f"train.{key} must be at least 1 (got {getattr(tr, key)})")
     for key in ("epochs", "max_steps", "eval_every", "num_threads"):
         need(getattr(tr, key) >= 0, f"train.{key} must be 0 or more (got {getattr(tr, key)})")
-    need(tr.epochs > 0 or tr.max_steps > 0, "train.epochs and train.max_steps cannot both be 0")
+    try:
+        budget = parse_duration(tr.max_time)
+    except ValueError as exc:
+        problems.append(f"train.max_time {exc}")
+        budget = 0.0
+    need(
+        tr.epochs > 0 or tr.max_steps > 0 or budget > 0,
+        "train.epochs, train.max_steps and train.max_time cannot all be 0",
+    )
     need(o.lr > 0 and math.isfinite(o.lr), f"optim.lr must be positive (got {o.lr})")
     need(o.clip >= 0, f"optim.clip must be 0 (off) or positive (got {o.clip})")
     need(o.weight_decay >= 0, f"optim.weight_decay must be 0 or positive (got {o.weight_decay})")

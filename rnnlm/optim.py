@@ -31,12 +31,18 @@ class Schedule:
     (the classic word-level recipe divides by 4). step: epochs 1..decay_start run at the initial
     rate, each later epoch multiplies it by lr_decay (Zaremba et al. 2014). cosine: linear warmup
     over warmup_steps, then a half cosine down to min_lr at the last step. constant: never changes.
+    With a time budget (train.max_time, in seconds) the cosine runs over the time instead of the steps:
+    its progress is the share of the training time spent, warmup included, which the trainer measures, so
+    a short run is a whole cosine.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int = 0) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int = 0, budget: float = 0.0
+    ) -> None:
         self.optimizer = optimizer
         self.config = config
         self.total_steps = total_steps
+        self.budget = budget
         self.lr = config.lr
         self.best: float | None = None
         if config.schedule == "cosine":
@@ -47,16 +53,19 @@ class Schedule:
         if self.config.schedule == "step":
             self._set(self.config.lr * self.config.lr_decay ** max(0, epoch - self.config.decay_start))
 
-    def step_start(self, step: int) -> None:
-        """Called before optimizer step `step` + 1 (`step` steps are done)."""
+    def step_start(self, step: int, time_progress: float = 0.0) -> None:
+        """Called before optimizer step `step` + 1: `step` steps are done, and with a time budget, this share
+        (0 to 1) of the training time is spent."""
         c = self.config
         if c.schedule != "cosine":
             return
         if step < c.warmup_steps:
             self._set(c.lr * (step + 1) / c.warmup_steps)
             return
-        span = max(self.total_steps - c.warmup_steps, 1)
-        progress = min((step - c.warmup_steps) / span, 1.0)
+        if self.budget:
+            progress = min(time_progress, 1.0)
+        else:
+            progress = min((step - c.warmup_steps) / max(self.total_steps - c.warmup_steps, 1), 1.0)
         self._set(c.min_lr + (c.lr - c.min_lr) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def validated(self, loss: float) -> None:

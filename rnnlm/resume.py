@@ -36,6 +36,11 @@ RESUMABLE: dict[str, Resumable] = {
         "rate decays over, so the rate from the resumed step on is the new "
         "schedule's",
     ),
+    "train.max_time": Resumable(
+        "schedule",
+        "where the run stops (the time spent before the resume counts); with optim.schedule cosine also the "
+        "time the rate decays over, so from the resumed step on the rate is the new budget's",
+    ),
     "train.eval_every": Resumable(
         "schedule",
         "when validation runs, and so when the plateau schedule may decay, "

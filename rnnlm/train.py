@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from rnnlm import distributed, runtime
 from rnnlm.checkpoint import save_checkpoint
-from rnnlm.config import Config, dump_yaml
+from rnnlm.config import Config, dump_yaml, parse_duration
 from rnnlm.data.batching import TrainBatches
 from rnnlm.data.corpus import load_corpus
 from rnnlm.data.tokenizers import from_state
@@ -67,8 +67,10 @@ class Trainer:
         allow_data_change: bool = False,
         progress: bool | None = None,
         log: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`resume_from` is the payload of the run's last.pt, when continuing it. Nothing happens yet."""
+        """`resume_from` is the payload of the run's last.pt, when continuing it; `clock` (seconds) measures
+        train.max_time, a fake one in tests. Nothing happens yet."""
         self.config = config
         self.run_dir = Path(run_dir)
         self.saved = resume_from
@@ -81,6 +83,9 @@ class Trainer:
         self.folder = RunFolder(self.run_dir)
         self.run = TrainState()
         self.run_id: str | None = None
+        self.clock = clock
+        self.budget = parse_duration(config.train.max_time)  # seconds; 0: no limit
+        self._fit_start = 0.0
 
     # -- build ----------------------------------------------------------------------------------------
 
@@ -192,7 +197,7 @@ class Trainer:
             )  # starts every rank from rank 0's weights
             torch.manual_seed((c.train.seed + 1000 * g.rank) % 2**64)  # but each rank draws its own dropout masks
         self.optimizer = build_optimizer(self.model.parameters(), c.optim)
-        self.schedule = Schedule(self.optimizer, c.optim, self._total_steps())
+        self.schedule = Schedule(self.optimizer, c.optim, self._total_steps(), self.budget)
         self.averager = Averager(self.model, c.optim)
         # fp16 gradients underflow: scale the loss up, and skip the steps whose scaled gradients overflow
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.train.precision == "fp16")
@@ -261,12 +266,13 @@ class Trainer:
     # -- the step -------------------------------------------------------------------------------------
 
     def fit(self) -> TrainSummary:
-        """Train until the epochs or max_steps are done, validate at the end, and say how it went."""
+        """Train until the epochs, max_steps or max_time are done, validate at the end, and say how it went."""
         run, total = self.run, self._total_steps()
         run.meter = Meter()
+        self._fit_start = self.clock()
         bar = tqdm(
-            total=total,
-            initial=min(run.step, total),
+            total=total or None,  # None: a run on time alone, of unknown length
+            initial=min(run.step, total) if total else run.step,
             unit="step",
             file=sys.stderr,
             dynamic_ncols=True,
@@ -276,12 +282,17 @@ class Trainer:
             with StopSignals(self.log) as signals, bar:
                 while not self._finished():
                     self._share_stop(signals)
-                    if self._stop_requested(signals, agreed=True):
+                    if self._stop_requested(signals, agreed=True) or run.time_up:
                         break
                     self._run_epoch(signals, bar)
                 self._share_stop(signals)
                 if self._stop_requested(signals, agreed=True):
                     self._stop_on_signal(signals)
+            if run.time_up:
+                self.log(
+                    f"time budget train.max_time={self.config.train.max_time} reached at step {run.step:,} "
+                    f"({run.time_spent:.0f} s spent): validating and saving"
+                )
             if run.last_eval_step != run.step:
                 self._validate(final=True)
         except RuntimeError as exc:  # a collective failed: another rank died or hung
@@ -299,7 +310,7 @@ class Trainer:
             self.schedule.epoch_start(run.epoch)
         tick = time.perf_counter()
         for inputs, targets in self.batches:
-            self.schedule.step_start(run.step)
+            self.schedule.step_start(run.step, run.time_progress)
             stats = self._train_step(inputs, targets)
             run.step += 1
             bar.update(1)
@@ -313,7 +324,7 @@ class Trainer:
                 self._log_point(read, bar)
             if c.eval_every and run.step % c.eval_every == 0:
                 self._validate()
-            if at_log_point:
+            if at_log_point or (self.budget and not self.group.enabled):  # alone, the clock is read every step
                 self._share_stop(signals)
             if self._stop_requested(signals, agreed=at_log_point) or self._finished():
                 return
@@ -428,6 +439,7 @@ class Trainer:
         resumed follows the same learning rates as one that never stopped.
         """
         c, run = self.config.train, self.run
+        started = self.clock() if self.budget else 0.0
         self._flush()
         with self.averager.applied():  # NT-ASGD: the averaged weights are the ones that count
             result = evaluate(
@@ -460,6 +472,8 @@ class Trainer:
             run.best_val = result.loss
             self.save("best.pt")
         self.save("last.pt")
+        if self.budget:
+            run.validation_seconds = self.clock() - started
         self.log(
             f"step {run.step:,} | epoch {run.epoch - (self.batches.position == 0)} | val loss {result.loss:.4f} "
             f"| ppl {result.ppl:.2f} | bits/char {result.bits_per_char:.4f} | lr {self.schedule.lr:.4g}"
@@ -512,7 +526,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "schedule": self.schedule.state_dict(),
             "batches": self.batches.state_dict(),
-            "trainer": self.run.saved(),
+            # the time spent up to this checkpoint, from which a resume goes on (with or without max_time)
+            "trainer": {**self.run.saved(), "time_spent": self._budget_spent()},
             "metrics": self.run.last_val.to_dict() if self.run.last_val else {},
             "run_id": self.run_id,
             "data_fingerprint": self.fingerprints,
@@ -521,19 +536,49 @@ class Trainer:
     # -- stop -----------------------------------------------------------------------------------------
 
     def _total_steps(self) -> int:
+        """The steps epochs and max_steps allow (0: no limit but max_time)."""
         c = self.config.train
         by_epochs = c.epochs * len(self.batches) if c.epochs else math.inf
-        return int(min(by_epochs, c.max_steps or math.inf))
+        total = min(by_epochs, c.max_steps or math.inf)
+        return 0 if total == math.inf else int(total)
 
     def _finished(self) -> bool:
-        c = self.config.train
-        return bool((c.max_steps and self.run.step >= c.max_steps) or (c.epochs and self.run.epoch > c.epochs))
+        c, run = self.config.train, self.run
+        return bool((c.max_steps and run.step >= c.max_steps) or (c.epochs and run.epoch > c.epochs) or run.time_up)
 
     def _share_stop(self, signals: StopSignals) -> None:
-        """At agreed steps (log points, epoch ends): every rank takes the signal any rank caught (the
-        highest), so that all stop at the same step. Alone, there is nothing to share."""
+        """At agreed steps (log points, epoch ends; alone with max_time, every step): read the budget's clock,
+        and every rank takes the signal any rank caught (the highest) and rank 0's clock and verdict, so that
+        all set the same rate and stop at the same step."""
+        run = self.run
+        if self.budget:  # the time to train is the budget less the final validation's, which the cosine spans
+            run.time_spent, final = self._budget_spent(), self._final_validation_seconds()
+            run.time_up = run.time_spent + final >= self.budget
+            run.time_progress = min(run.time_spent / max(self.budget - final, 1e-9), 1.0)
         if self.group.enabled:
-            signals.caught = self.group.max(signals.caught or 0, self.device) or None
+            main = float(self.group.is_main)
+            caught, spent, up, progress = self.group.highest_each(
+                [signals.caught or 0, run.time_spent * main, run.time_up * main, run.time_progress * main], self.device
+            )
+            signals.caught, run.time_up = int(caught) or None, bool(up)
+            run.time_spent, run.time_progress = spent, progress
+
+    def _budget_spent(self) -> float:
+        """Seconds of train.max_time spent: earlier fits' (from the checkpoint), and this fit's wall clock."""
+        return self.run.time_before + (self.clock() - self._fit_start)
+
+    def _final_validation_seconds(self) -> float:
+        """What the validation at the end will take, kept free in the budget: as long as the last one took
+        (its checkpoint writes included), or before any, half as long as training on as many tokens took (a
+        forward pass only; measured 2.3x training's tokens/s for a char LSTM on a CPU), and at most half the
+        budget, since the first steps, slower than the rest, make that guess high."""
+        run = self.run
+        if run.validation_seconds is not None:
+            return run.validation_seconds
+        trained = run.time_spent - run.time_before
+        if run.meter.tokens == 0 or trained <= 0:
+            return 0.0
+        return min(len(self.corpus.splits["valid"].ids) * trained / run.meter.tokens / 2, self.budget / 2)
 
     def _stop_requested(self, signals: StopSignals, agreed: bool) -> bool:
         """Whether a signal asks to stop now. Distributed ranks act only on one shared at an agreed step."""

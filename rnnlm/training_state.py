@@ -51,7 +51,7 @@ class Meter:
 @dataclass
 class TrainState:
     """Everything about a run that changes while it trains; what is built once (model, optimizer, data)
-    stays on the Trainer. The first four fields are what a checkpoint saves under "trainer"."""
+    stays on the Trainer. `saved` says what a checkpoint keeps under "trainer"."""
 
     step: int = 0  # optimizer steps taken
     epoch: int = 1  # the epoch being trained (1-based); epochs done is epoch - 1
@@ -65,10 +65,24 @@ class TrainState:
     pending: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (step, [loss, grad norm]) unread
     meter: Meter = field(default_factory=Meter)  # this fit's throughput
     start_states: tuple[int, State | None] | None = None  # (step, the warm start states computed at that step)
+    # train.max_time: seconds of the budget spent by earlier fits of this run (from the checkpoint), and in all
+    # as of the last reading of the clock (under torchrun rank 0's, shared); whether the budget is spent, and
+    # the share of the training time (the budget less the final validation's) spent, which the cosine follows
+    time_before: float = 0.0
+    time_spent: float = 0.0
+    time_up: bool = False
+    time_progress: float = 0.0
+    validation_seconds: float | None = None  # on the trainer's clock, the last validation with its saves
 
     def saved(self) -> dict[str, Any]:
         """The part a checkpoint keeps."""
-        return {"step": self.step, "epoch": self.epoch, "best_val": self.best_val, "history": self.history}
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "best_val": self.best_val,
+            "history": self.history,
+            "time_spent": self.time_spent,  # the trainer saves its clock's reading at the save
+        }
 
     def load(self, saved: dict[str, Any]) -> None:
         """Continue from a checkpoint's "trainer" entry: validated at its step, so a finished run that resumes
@@ -76,3 +90,4 @@ class TrainState:
         self.step, self.epoch, self.best_val = saved["step"], saved["epoch"], saved["best_val"]
         self.history = list(saved["history"])
         self.last_eval_step = self.step
+        self.time_before = self.time_spent = float(saved.get("time_spent", 0.0))  # none before train.max_time

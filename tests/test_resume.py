@@ -50,6 +50,7 @@ def check_epochs(resumed, unchanged) -> None:
 CASES = {
     "train.epochs": Case(2, base=("train.max_steps=0", "train.epochs=1", "train.eval_every=0"), check=check_epochs),
     "train.max_steps": Case(20, base=("optim.schedule=cosine", "optim.name=adam", "optim.lr=0.01")),
+    "train.max_time": Case("2h", base=("train.max_time=1h",)),
     "train.eval_every": Case(2, check=check_eval_every),
     "train.eval_batch_size": Case(3, check=check_eval_batch_size),
     "train.precision": Case("bf16"),
@@ -79,7 +80,7 @@ def test_each_resumable_key(key, tiny_corpus, tmp_path, monkeypatch):
     rates: list[tuple[int, float]] = []
     step_start = Schedule.step_start
     monkeypatch.setattr(Schedule, "step_start",
-                        lambda self, step: (step_start(self, step), rates.append((step, self.lr)))[0])
+                        lambda self, step, *rest: (step_start(self, step, *rest), rates.append((step, self.lr)))[0])
     resumed, _ = train_run(config, tmp_path / "cut", resume=True)
 
     section, _, name = key.partition(".")
