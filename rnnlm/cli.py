@@ -733,6 +733,11 @@ def _write_scores(rows: Any, form: str, unit: str, write: Callable[[str], Any]) 
             )
 
 
+from rnnlm import cli_inspect  # noqa: E402
+
+cli.add_command(cli_inspect.inspect)
+
+
 def main() -> None:
     global _standalone
     _standalone = True
