@@ -19,8 +19,10 @@ from rnnlm.data.corpus import Segment, iter_text
 from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.errors import DataError, UsageError
 from rnnlm.gradflow import GradientFlow, gradient_flow, vanishing_lag
+from rnnlm.metrics import Writer
 from rnnlm.models import LanguageModel, State
 from rnnlm.models.cells import Gates
+from rnnlm.properties import Tracker, property_ranking, text_properties
 from rnnlm.sample import fresh_state
 from rnnlm.surprisal import text_ids
 
@@ -62,14 +64,6 @@ class MemoryUnit:
     unit: int
     score: float  # the mean keep gate (LSTM f, GRU z), or h's lag-1 autocorrelation (RNN)
     half_life: float  # tokens until the kept share of the state falls to 1/2 (inf: the gate never closes)
-
-
-@dataclass(frozen=True)
-class Tracker:
-    layer: int
-    quantity: str
-    unit: int
-    correlation: float  # Pearson's r between the unit's value and the property, over the tokens
 
 
 def saturation_counts(gate: np.ndarray) -> np.ndarray:
@@ -118,6 +112,13 @@ def _keep(trace: Trace, block: list[list[Gates]], start: int) -> None:
                 trace.log_keep[k] += np.log(np.clip(values, 1e-12, None)).sum(0, dtype=np.float64)
 
 
+def columns(trace: Trace) -> Iterator[tuple[int, str, np.ndarray]]:
+    """(layer, quantity, values (N, H)) for every recorded array."""
+    for k, layer in enumerate(trace.values):
+        for quantity, values in layer.items():
+            yield k, quantity, values
+
+
 def memory_ranking(trace: Trace) -> list[MemoryUnit]:
     """Every unit, the longest memory first. Gated cells: by the mean log of the keep gate (the state kept
     after k tokens is the product of k gates: half of it is left after ln(1/2) / mean ln(gate) tokens).
@@ -143,64 +144,6 @@ def lag1_autocorrelation(values: np.ndarray) -> np.ndarray:
     a, b = x[1:] - x[1:].mean(0), x[:-1] - x[:-1].mean(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0))
-
-
-# ---- properties of the text, read as the model reads it: each token's value after its last character ----
-
-PROPERTIES = ("line_position", "in_quotes", "in_brackets", "bracket_depth", "indentation")
-OPENING, CLOSING = "([{", ")]}"
-
-
-def text_properties(tokens: list[str]) -> dict[str, np.ndarray]:
-    """Per token, after reading it: its column in the line (characters before it since the last line end),
-    inside double quotes (1/0), inside brackets (1/0), the depth of ( [ { nesting, and the current line's
-    indentation so far (leading spaces and tabs)."""
-    column = depth = indent = 0
-    quoted, leading = False, True
-    out = {name: np.zeros(len(tokens), np.float32) for name in PROPERTIES}
-    for t, token in enumerate(tokens):
-        out["line_position"][t] = column
-        for char in token:
-            if char == "\n":
-                column, indent, leading = 0, 0, True
-                continue
-            column += 1
-            if leading and char in " \t":
-                indent += 1
-            else:
-                leading = False
-            quoted ^= char == '"'
-            depth += char in OPENING
-            depth = max(0, depth - (char in CLOSING))
-        out["in_quotes"][t], out["in_brackets"][t] = quoted, depth > 0
-        out["bracket_depth"][t], out["indentation"][t] = depth, indent
-    return out
-
-
-def property_ranking(trace: Trace, properties: dict[str, np.ndarray], top: int) -> dict[str, list[Tracker]]:
-    """Per property, the `top` units (any layer, any quantity) whose values correlate most with it, by |r|;
-    an empty list for a property that never changes in this text."""
-    ranked: dict[str, list[Tracker]] = {}
-    usable = {name: p for name, p in properties.items() if p.std() > 0}
-    standard = {name: (p - p.mean()) / p.std() for name, p in usable.items()}
-    found: dict[str, list[Tracker]] = {name: [] for name in usable}
-    for layer, quantity, values in _columns(trace):
-        x = values.astype(np.float32)  # (N, H)
-        spread = x.std(0)
-        for name, z in standard.items():
-            with np.errstate(invalid="ignore", divide="ignore"):
-                r = np.where(spread > 0, (z @ x) / len(z) / spread, 0.0)  # z has mean 0: x's mean drops out
-            for unit in np.argsort(-np.abs(r))[:top].tolist():
-                found[name].append(Tracker(layer, quantity, unit, float(r[unit])))
-    for name in properties:
-        ranked[name] = sorted(found.get(name, []), key=lambda u: -abs(u.correlation))[:top]
-    return ranked
-
-
-def _columns(trace: Trace) -> Iterator[tuple[int, str, np.ndarray]]:
-    for k, layer in enumerate(trace.values):
-        for quantity, values in layer.items():
-            yield k, quantity, values
 
 
 # ---- the whole inspection ----
@@ -329,7 +272,33 @@ def inspect_text(
         trace,
         saturation(trace),
         memory_ranking(trace),
-        property_ranking(trace, text_properties(tokens), top),
+        property_ranking(columns(trace), text_properties(tokens), top),
         flow,
         max_lag,
     )
+
+
+# ---- at every validation, when TensorBoard is on ----
+
+LOGGED_LAGS = (1, 10, 50, 100)
+LOGGED_TOKENS = 400  # the slice of validation data looked into: the start of the split
+
+
+def log_inside(writer: Writer, model: LanguageModel, ids: np.ndarray, step: int) -> None:
+    """TensorBoard scalars for what the model does inside, on the first LOGGED_TOKENS tokens of `ids`: the
+    gradient flow at a few lags (`gradflow/lag_K`, clipped to the slice) and each layer's gate saturation
+    (`saturation/layerK_GATE_low`, `..._high`). Training goes on as if it had not run: nothing is drawn at
+    random, the model is put back in its mode, no parameter's `.grad` changes (gradient_flow and the
+    stepper read the weights only)."""
+    ids = np.asarray(ids[:LOGGED_TOKENS], dtype=np.int64)
+    lags = [lag for lag in LOGGED_LAGS if lag <= len(ids) - 2]
+    if not lags:
+        return
+    flow = gradient_flow(model, torch.from_numpy(ids), max_lag=lags[-1], positions=8, warmup=20)
+    for lag in lags:
+        writer.add_scalar(f"gradflow/lag_{lag}", flow.norms[lag - 1], step)
+    trace = record(model, ids[: LOGGED_TOKENS // 2], model.init_state(1), model.config.cell)
+    for k, layer in enumerate(saturation(trace)):
+        for gate, shares in layer.items():
+            writer.add_scalar(f"saturation/layer{k}_{gate}_low", shares["low"], step)
+            writer.add_scalar(f"saturation/layer{k}_{gate}_high", shares["high"], step)
