@@ -32,6 +32,12 @@ import click
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 def inspect(checkpoint: str, text: str, out: str | None, as_json: bool, max_lag: int, top: int, device: str) -> None:
     """Colour a text by any unit's gates and state, rank the units, and draw the gradient flow."""
+    from rnnlm.cli import reports_errors  # here: rnnlm.cli imports this module
+
+    reports_errors(_inspect)(checkpoint, text, out, as_json, max_lag, top, device)
+
+
+def _inspect(checkpoint: str, text: str, out: str | None, as_json: bool, max_lag: int, top: int, device: str) -> None:
     from rnnlm import runtime
     from rnnlm.checkpoint import load_model
     from rnnlm.inspect import inspect_text
