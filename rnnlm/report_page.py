@@ -167,8 +167,11 @@ all tokens; click a unit to colour the text by it.</p></section>
     }
   }
 
-  function watch() {
-    if (!("IntersectionObserver" in window)) { chunks.forEach(function (c) { visible.add(c); paint(c); }); return; }
+  function watch() {  // the chunks in view now are painted by the first apply; the others when they come into view
+    chunks.forEach(function (c) {
+      if (!("IntersectionObserver" in window) || c.offsetTop - text.offsetTop < text.clientHeight + 600) visible.add(c);
+    });
+    if (!("IntersectionObserver" in window)) return;
     var observer = new IntersectionObserver(function (entries) {
       entries.forEach(function (entry) {
         if (entry.isIntersecting) { visible.add(entry.target); paint(entry.target); } else visible.delete(entry.target);

@@ -110,7 +110,8 @@ def test_looking_inside_changes_no_weight_and_runs_only_with_tensorboard(tiny_co
     calls = []
     inside = train_module.log_inside
     monkeypatch.setattr(train_module, "log_inside", lambda *args: calls.append(args[-1]) or inside(*args))
-    quiet, _ = run(on(tiny_corpus, "train.max_steps=7", "train.tensorboard=false", "model.dropout=0.3"), tmp_path / "off")
+    off = on(tiny_corpus, "train.max_steps=7", "train.tensorboard=false", "model.dropout=0.3")
+    quiet, _ = run(off, tmp_path / "off")
     assert calls == []
     logging, _ = run(on(tiny_corpus, "train.max_steps=7", "model.dropout=0.3"), tmp_path / "on")
     assert calls == [3, 6, 7]
