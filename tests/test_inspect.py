@@ -202,4 +202,3 @@ def test_a_damaged_or_missing_checkpoint_is_one_line(tmp_path: Path, text: Path)
     missing = invoke("inspect", tmp_path / "none.pt", "--text", text)
     assert missing.exit_code == 2 and "does not exist" in missing.output
     assert not list(tmp_path.glob("*.html"))  # nothing written
-

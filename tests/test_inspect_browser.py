@@ -67,10 +67,23 @@ def chromium() -> str:
 def load(page: Path, hash_: str, profile: Path) -> tuple[Page, str]:
     """The DOM after the page's script ran, and the browser's log (console messages included)."""
     done = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}", "--dump-dom",
-         "--enable-logging=stderr", "--v=0", "--window-size=1400,1000", "--virtual-time-budget=5000",
-         page.as_uri() + hash_],
-        capture_output=True, text=True, timeout=180, check=True,
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={profile}",
+            "--dump-dom",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--window-size=1400,1000",
+            "--virtual-time-budget=5000",
+            page.as_uri() + hash_,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
     )
     return Page(done.stdout), done.stderr
 
@@ -84,8 +97,9 @@ def console_errors(log: str) -> list[str]:
 def page(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
     folder = tmp_path_factory.mktemp("page")
     (folder / "speech.txt").write_text(TINY_TEXT[:600], encoding="utf-8")
-    result = invoke("inspect", checkpoint, "--text", folder / "speech.txt", "--out", folder / "page.html",
-                    "--max-lag", 40)
+    result = invoke(
+        "inspect", checkpoint, "--text", folder / "speech.txt", "--out", folder / "page.html", "--max-lag", 40
+    )
     assert result.exit_code == 0, result.output
     return folder / "page.html"
 
