@@ -202,3 +202,31 @@ def test_a_damaged_or_missing_checkpoint_is_one_line(tmp_path: Path, text: Path)
     missing = invoke("inspect", tmp_path / "none.pt", "--text", text)
     assert missing.exit_code == 2 and "does not exist" in missing.output
     assert not list(tmp_path.glob("*.html"))  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("cell", "gates", "measure"),
+    [("gru", {"z", "r"}, "update gate z"), ("rnn", set(), "lag-1 autocorrelation of h")],
+)
+def test_every_cell_is_looked_into(tiny_corpus: Path, tmp_path: Path, text: Path, cell, gates, measure) -> None:
+    train_run(tiny_config(tiny_corpus, f"model.cell={cell}", "model.impl=reference", "train.max_steps=2"), tmp_path)
+    result = invoke(
+        "inspect", tmp_path / "best.pt", "--text", text, "--max-lag", 10, "--json", "--out", tmp_path / "p.html"
+    )
+    numbers = json.loads(result.stdout)
+    assert [set(layer) for layer in numbers["saturation"]] == [gates]
+    assert numbers["memory"]["measure"] == measure and len(numbers["memory"]["units"]) == 5
+    assert "cell_norms" not in numbers["gradient_flow"] and len(numbers["gradient_flow"]["norms"]) == 10
+    page = (tmp_path / "p.html").read_text(encoding="utf-8")
+    assert ("The RNN has no gates." in page) == (cell == "rnn")
+
+
+def test_a_word_model_reads_rare_words_as_unk(tiny_corpus: Path, tmp_path: Path) -> None:
+    train_run(tiny_config(tiny_corpus, "tokenizer.kind=word", "train.max_steps=2"), tmp_path)
+    odd = tmp_path / "odd.txt"
+    odd.write_text("Speak, zebra speak.\nAll: resolved ( again )\n", encoding="utf-8")
+    result = invoke("inspect", tmp_path / "best.pt", "--text", odd, "--json", "--max-lag", 3)
+    assert result.exit_code == 0, result.output
+    numbers = json.loads(result.stdout)
+    assert numbers["tokens"] == 10 and numbers["gradient_flow"]["lags"] == [1, 2, 3]  # 8 words, 2 line ends
+    assert numbers["properties"]["in_brackets"] and numbers["properties"]["line_position"]  # the words' text
