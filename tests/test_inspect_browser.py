@@ -157,3 +157,18 @@ def test_a_long_text_becomes_spans_only_where_it_is_seen(checkpoint: Path, tmp_p
     assert console_errors(log) == [] and dom.errors == ""
     assert 1000 < len(dom.spans) < len(TINY_TEXT * 3)  # the chunks in view (and near it), not the rest
     assert dom.text.replace("\u21b5", "") == TINY_TEXT * 3  # yet the whole text is on the page
+
+
+def test_the_picker_goes_through_the_hash(page: Path, tmp_path: Path) -> None:
+    picked = tmp_path / "picked.html"
+    choose = (  # what a reader does: pick the layer-1 forget gate of unit 5 in the controls
+        "<script>setTimeout(function () { var c = document.getElementById('layer'); c.value = '1';"
+        " c.dispatchEvent(new Event('change')); var q = document.getElementById('quantity'); q.value = 'f';"
+        " q.dispatchEvent(new Event('change')); var u = document.getElementById('unit'); u.value = '5';"
+        " u.dispatchEvent(new Event('change')); }, 50);</script></body>"
+    )
+    picked.write_text(page.read_text(encoding="utf-8").replace("</body>", choose), encoding="utf-8")
+    dom, log = load(picked, "", tmp_path / "a")
+    by_hash, _ = load(page, "#layer=1&q=f&unit=5", tmp_path / "b")
+    assert console_errors(log) == [] and dom.errors == ""
+    assert dom.selection == "1:f:5" and dom.spans == by_hash.spans  # the same colouring as the link's
