@@ -179,13 +179,18 @@ def saturation_chart(shares: list[dict[str, dict[str, float]]], cell: str) -> st
             f'<rect class="high" x="{left + span * (1 - high):.1f}" y="{y}" width="{span * high:.1f}" '
             f'height="16"><title>{high:.1%} above 0.9</title></rect>'
         )
-        out.append(f'<text class="in" x="{left + 4}" y="{y + 12}">{low:.0%}</text>')
-        out.append(f'<text class="in" x="{width - 14}" y="{y + 12}" text-anchor="end">{high:.0%}</text>')
+        out.append(f'<text class="{_on(low)}" x="{left + 4}" y="{y + 12}">{low:.0%}</text>')
+        out.append(f'<text class="{_on(high)}" x="{width - 14}" y="{y + 12}" text-anchor="end">{high:.0%}</text>')
     y = 6 + len(bars) * row + 14
     out.append(f'<text x="{left}" y="{y}" class="low-t">■ below 0.1</text>')
     out.append(f'<text x="{width - 10}" y="{y}" text-anchor="end" class="high-t">above 0.9 ■</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def _on(share: float) -> str:
+    """White on a bar wide enough to hold the label, grey on the bare track."""
+    return "in" if share >= 0.08 else "out"
 
 
 def flow_chart(inspection: Inspection) -> str:

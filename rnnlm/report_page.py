@@ -66,6 +66,7 @@ svg rect.mid { fill: #eceef2; }
 svg rect.low, svg .low-t { fill: rgb(var(--red)); }
 svg rect.high, svg .high-t { fill: rgb(var(--blue)); }
 svg text.in { fill: #fff; font-weight: 600; }
+svg text.out { fill: var(--muted); }
 .note { color: var(--muted); font-size: 12px; margin: 6px 0 0; }
 </style></head>
 <body>
@@ -212,7 +213,7 @@ all tokens; click a unit to colour the text by it.</p></section>
     document.getElementById("notice").textContent = wrong ? "Not shown: " + wrong + "." : "";
     if (wrong) return;
     var col = column(sel.layer, sel.q, sel.unit), signed = D.gates.indexOf(sel.q) < 0;
-    var scale = sel.q === "h" ? 1 : Math.max(Math.abs(col.low), Math.abs(col.high)) || 1;
+    var scale = Math.max(Math.abs(col.low), Math.abs(col.high)) || 1;  // h and c: this unit's largest |value|
     current = { sel: sel, column: col, signed: signed, scale: scale };
     version++;
     controls.layer.value = String(sel.layer);
