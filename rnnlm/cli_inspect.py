@@ -54,7 +54,9 @@ def _inspect(checkpoint: str, text: str, out: str | None, as_json: bool, max_lag
         )
     page = None if as_json and out is None else Path(out or f"{Path(text).name}.inspect.html")
     if page is not None:
-        size = write_page(render(found, top, f"{Path(checkpoint).name} on {Path(text).name}"), page)
+        where = Path(checkpoint).resolve()
+        title = f"{where.parent.name}/{where.name} on {Path(text).name}"  # the run folder names the model
+        size = write_page(render(found, top, title), page)
     if as_json:
         click.echo(json.dumps(found.to_json(top)))
     elif page is not None:
