@@ -733,9 +733,10 @@ def _write_scores(rows: Any, form: str, unit: str, write: Callable[[str], Any]) 
             )
 
 
-from rnnlm import cli_embeddings  # noqa: E402
+from rnnlm import cli_embeddings, cli_inspect  # noqa: E402
 
 cli.add_command(cli_embeddings.export_embeddings)
+cli.add_command(cli_inspect.inspect)
 
 
 def main() -> None:

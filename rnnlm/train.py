@@ -34,6 +34,7 @@ from rnnlm.data.tokenizers import from_state
 from rnnlm.embeddings import init_embeddings
 from rnnlm.errors import CheckpointError, DataError, Interrupted, TrainingError, UsageError
 from rnnlm.evaluate import evaluate, perplexity
+from rnnlm.inspect import log_inside
 from rnnlm.metrics import open_writer
 from rnnlm.models import LanguageModel, build_model
 from rnnlm.models.lm import detach_state
@@ -452,6 +453,8 @@ class Trainer:
                 group=self.group,
                 precision=c.precision,
             )
+            if c.tensorboard and self.group.is_main:  # gradient flow and gate saturation, on a slice of it
+                log_inside(self.writer, self.model, self.corpus.splits["valid"].ids, run.step)
         if not math.isfinite(result.loss):
             raise TrainingError(
                 f"non-finite validation loss ({result.loss}) at step {run.step:,} "
