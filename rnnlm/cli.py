@@ -733,6 +733,11 @@ def _write_scores(rows: Any, form: str, unit: str, write: Callable[[str], Any]) 
             )
 
 
+from rnnlm.cli_synth import synth  # noqa: E402  (it uses reports_errors, defined above)
+
+cli.add_command(synth)
+
+
 def main() -> None:
     global _standalone
     _standalone = True
