@@ -1,6 +1,6 @@
 """Which cell keeps memory over which lag: RNN, GRU and LSTM on the delayed-copy task, against its exact floor.
 
-    PYTHONPATH=$PWD python3 scripts/long_range.py [--lags 5 10 20 50 100 200] [--tokens 1200000] [--out table.md]
+    PYTHONPATH=$PWD python3 scripts/long_range.py [--lags 5 10 20 50 100 200] [--tokens 800000] [--out table.md]
 
 For each lag N, `rnnlm synth copy --lag N` data (one letter of 8, recalled N characters later; floor.json holds
 the exact entropy rate) is written to a temporary folder, and each cell is trained on it by rnnlm's own Trainer
@@ -40,10 +40,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lags", type=int, nargs="+", default=[5, 10, 20, 50, 100, 200])
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=CELLS)
     parser.add_argument("--hidden-size", type=int, default=64, help="the LSTM's; the others are sized to match")
-    parser.add_argument("--tokens", type=int, default=1_200_000, help="training tokens of every run")
+    parser.add_argument("--tokens", type=int, default=800_000, help="training tokens of every run")
     parser.add_argument("--data-tokens", type=int, default=200_000, help="characters of train.txt")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=0.003, help="Adam's learning rate, every cell")
+    parser.add_argument("--lr", type=float, default=0.01, help="Adam's learning rate, every cell")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
     parser.add_argument("--json", type=Path, default=None, help="also write every row's numbers here")
