@@ -257,16 +257,15 @@ def write_task(task: Task, out: Path, *, seed: int, tokens: int, overwrite: bool
 
 def find_floor(folder: Path, tokenizer_kind: str) -> float | None:
     """The `bits_per_token` of the floor.json `rnnlm synth` wrote in `folder`, for a model with tokens of
-    `tokenizer_kind`; None when there is none or its tokens are not the model's. A damaged one: DataError."""
+    `tokenizer_kind`; None when there is none, it is not rnnlm's (not even JSON: eval never fails on some other
+    program's file) or its tokens are not the model's. rnnlm's with a damaged number: DataError."""
     path = folder / FLOOR_FILE
-    if not path.is_file():
-        return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path} is not readable JSON ({exc}): write it again with rnnlm synth") from None
+        record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
     if not isinstance(record, dict) or record.get("generator") != GENERATOR:
-        return None  # some other program's floor.json
+        return None
     bits = record.get("bits_per_token")
     if not isinstance(bits, (int, float)) or isinstance(bits, bool) or not math.isfinite(bits) or bits < 0:
         raise DataError(f"{path} has no valid bits_per_token: write it again with rnnlm synth")

@@ -218,3 +218,27 @@ def test_write_task_returns_what_floor_json_holds(tmp_path: Path) -> None:
     assert record["task"] == "agreement" and record["lag"] == 2 and record["seed"] == 1
     assert record["tokenizer"] == "char" and record["description"]
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["floor.json", "test.txt", "train.txt", "valid.txt"]
+
+
+def test_a_floor_json_that_is_not_rnnlms_is_ignored_and_a_damaged_one_is_one_line(tmp_path: Path) -> None:
+    from rnnlm.errors import DataError
+    from rnnlm.synth import find_floor
+
+    folder = tmp_path / "data"
+    write_task(make_task("copy", 2), folder, seed=0, tokens=100)
+    assert find_floor(folder, "char") == pytest.approx(3 / 4)
+    assert find_floor(folder, "word") is None  # per character: not a word model's floor
+    for other in ("{not json", '{"bits_per_token": 1.5}'):
+        (folder / "floor.json").write_text(other, encoding="utf-8")
+        assert find_floor(folder, "char") is None
+    (folder / "floor.json").write_text('{"generator": "rnnlm synth", "bits_per_token": "NaN"}', encoding="utf-8")
+    with pytest.raises(DataError, match="has no valid bits_per_token"):
+        find_floor(folder, "char")
+
+
+def test_an_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    out.write_text("mine\n", encoding="utf-8")
+    result = invoke("synth", "copy", "--out", out)
+    assert result.exit_code == 2 and "Error: " in result.output
+    assert out.read_text(encoding="utf-8") == "mine\n"
