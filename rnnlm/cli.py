@@ -434,7 +434,7 @@ def evaluate_command(
     from rnnlm import runtime
     from rnnlm.adaptation import plan_methods, score_adapted
     from rnnlm.checkpoint import load_model
-    from rnnlm.evaluate import eval_source
+    from rnnlm.evaluate import eval_source, floor_numbers
 
     methods = plan_methods(
         cache=cache,
@@ -466,6 +466,7 @@ def evaluate_command(
         log=log,
     )
     score = adapted.score
+    floor = floor_numbers(loaded, text, score.result)
     if as_json:
         click.echo(
             json.dumps(
@@ -480,6 +481,7 @@ def evaluate_command(
                         "start": start,
                         **adapted.methods.to_dict(),
                         "tune": adapted.tuned.to_dict() if adapted.tuned else None,
+                        **floor,
                     }
                 ),
                 allow_nan=False,
@@ -487,6 +489,9 @@ def evaluate_command(
         )
         return
     _print_score(score, batch_size, bptt, start, loaded.tokenizer.kind)
+    if floor["floor_bits_per_token"] is not None:
+        bits, gap = floor["floor_bits_per_token"], floor["gap_bits_per_token"]
+        click.echo(f"floor {bits:.4f} bits/token (the generating process's entropy) | gap {gap:.4f} bits/token")
     click.echo(f"method: {adapted.methods.describe()}" + (f"; {adapted.tuned.describe()}" if adapted.tuned else ""))
 
 
@@ -733,10 +738,11 @@ def _write_scores(rows: Any, form: str, unit: str, write: Callable[[str], Any]) 
             )
 
 
-from rnnlm import cli_embeddings, cli_inspect  # noqa: E402
+from rnnlm import cli_embeddings, cli_inspect, cli_synth  # noqa: E402  (the commands in their own modules)
 
 cli.add_command(cli_embeddings.export_embeddings)
 cli.add_command(cli_inspect.inspect)
+cli.add_command(cli_synth.synth)
 
 
 def main() -> None:

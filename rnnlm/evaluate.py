@@ -282,3 +282,17 @@ def score_checkpoint(
         )
     unk = count_token(scored.ids, loaded.tokenizer.unk_id)
     return CheckpointScore(result, source, unk, lossy=loaded.tokenizer.kind == "word" or unk > 0)
+
+
+def floor_numbers(loaded: Loaded, text: str | Path | None, result: EvalResult) -> dict[str, float | None]:
+    """`floor_bits_per_token` and `gap_bits_per_token` (bits per token minus the floor) when the text scored is
+    an `rnnlm synth` task: its floor.json beside the text, or beside the checkpoint corpus's split files; else
+    both None."""
+    from rnnlm.synth import find_floor
+
+    folder = Path(text).parent if text else Path(loaded.config.data.corpus)
+    floor = find_floor(folder, loaded.tokenizer.kind) if folder.is_dir() else None
+    return {
+        "floor_bits_per_token": floor,
+        "gap_bits_per_token": None if floor is None else result.bits_per_token - floor,
+    }
