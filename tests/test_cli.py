@@ -162,6 +162,11 @@ def test_resume_through_the_cli(tiny_corpus, tmp_path):
     assert refused.exit_code == 2 and "run has 16, asked for 64" in refused.output
 
 
+# How long a spawned rnnlm may take to finish after a signal, or a short resume: generous, since a loaded
+# 2-core machine (other jobs, torch's import) took over 60 s; a hang still fails, only later.
+WAIT = 240
+
+
 def start_long_training(tiny_corpus, run_dir, until_step, start=("-m", "rnnlm")):
     """`rnnlm train` in a subprocess (`python START train ...`), returned once it has validated at step
     `until_step`."""
@@ -183,7 +188,7 @@ def test_a_real_signal_saves_and_the_run_resumes(tiny_corpus, tmp_path, sig, cod
     run_dir = tmp_path / "run"
     process = start_long_training(tiny_corpus, run_dir, until_step=5)
     process.send_signal(sig)
-    _, rest = process.communicate(timeout=60)
+    _, rest = process.communicate(timeout=WAIT)
     assert process.returncode == code, rest
     assert "Traceback" not in rest
     assert f"rnnlm train --resume {run_dir}" in rest
@@ -191,7 +196,7 @@ def test_a_real_signal_saves_and_the_run_resumes(tiny_corpus, tmp_path, sig, cod
     stopped_at = load_checkpoint(run_dir / "last.pt")["trainer"]["step"]
     assert stopped_at >= 5
     resumed = subprocess.run([sys.executable, "-m", "rnnlm", "train", "--resume", str(run_dir),
-                              f"train.max_steps={stopped_at + 5}"], capture_output=True, text=True, timeout=60)
+                              f"train.max_steps={stopped_at + 5}"], capture_output=True, text=True, timeout=WAIT)
     assert resumed.returncode == 0, resumed.stderr
     assert f"Done: {stopped_at + 5:,} steps" in resumed.stderr
 
@@ -202,7 +207,7 @@ def test_a_second_ctrl_c_stops_at_once_and_corrupts_nothing(tiny_corpus, tmp_pat
     process = start_long_training(tiny_corpus, run_dir, until_step=10)
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGINT)
-    _, rest = process.communicate(timeout=60)
+    _, rest = process.communicate(timeout=WAIT)
     assert process.returncode == 130, rest
     assert "Traceback" not in rest
     from rnnlm.checkpoint import load_checkpoint
@@ -233,13 +238,13 @@ def test_a_second_real_trainer_on_a_running_folder_is_refused(tiny_corpus, tmp_p
         for extra in (["--run-dir", str(run_dir), f"data.corpus={tiny_corpus}", *TINY, "model.cell=gru"],
                       ["--resume", str(run_dir)]):
             second = subprocess.run([sys.executable, "-m", "rnnlm", "train", *extra], capture_output=True, text=True,
-                                    timeout=60)
+                                    timeout=WAIT)
             assert second.returncode == 1, second.stderr
             assert second.stderr == (f"Error: run folder {run_dir} is in use by process {process.pid}: another rnnlm "
                                      f"train holds it; wait for it to end or stop it, or choose another --run-dir\n")
     finally:
         process.send_signal(signal.SIGINT)
-        process.communicate(timeout=60)
+        process.communicate(timeout=WAIT)
     from rnnlm.checkpoint import load_checkpoint
     assert load_checkpoint(run_dir / "last.pt")["config"]["model"]["cell"] == "lstm"
     assert "cell: lstm" in (run_dir / "config.yaml").read_text()
