@@ -1,0 +1,284 @@
+"""The parallel-scan cells minGRU and minLSTM (Feng et al. 2024, "Were RNNs All We Needed?") and their stack.
+
+Their gates read the input alone, never h_{t-1}, so every unit follows h_t = a_t ∘ h_{t-1} + b_t with
+a_t, b_t known for the whole window after one matrix product, and a prefix scan over time replaces the
+step-by-step loop:
+
+    minGRU   z_t = σ(W(z) x_t)                  update gate
+             h~_t = g(W(h) x_t)                 candidate
+             h_t = (1 - z_t) ∘ h_{t-1} + z_t ∘ h~_t          a_t = 1 - z_t, b_t = z_t ∘ h~_t
+    minLSTM  f_t = σ(W(f) x_t),  i_t = σ(W(i) x_t)           forget and input gates
+             f'_t = f_t / (f_t + i_t),  i'_t = i_t / (f_t + i_t)   normalised: the scale stays time-independent
+             h~_t = g(W(h) x_t)
+             h_t = f'_t ∘ h_{t-1} + i'_t ∘ h~_t              a_t = f'_t, b_t = i'_t ∘ h~_t
+
+(every W x also has a bias). `model.min_scan` picks the paper's two versions: `log` (its default here),
+with g(x) = x + 0.5 for x >= 0 and σ(x) below, so that h~ > 0 and the scan runs on logarithms; `linear`,
+the paper's vanilla version, with g the identity.
+
+The fused scans, per window of `SCAN_CHUNK` steps, carrying h from chunk to chunk and window to window:
+- log: h_t = A_t h_0 + exp(a*_t + logcumsumexp_{s<=t}(log b_s - a*_s)), a*_t = Σ_{s<=t} log a_s (Heinsen
+  2023, as the paper). The start h_0 enters linearly, so it may be zero or negative: the paper's positive
+  h_0 is not needed. Chunks keep |a*| small: in float32 the subtraction log b_s - a*_s loses eps |a*|
+  of precision, which over 1,024 steps of small a would cost digits.
+- linear: b may have either sign, which logarithms do not take; a doubling scan (Hillis & Steele 1986)
+  composes (a, b) pairs over spans 1, 2, 4, ...: products of gates and sums only, never a division by a
+  cumulative product that could underflow.
+
+Parameters per layer k: `weight_ih_l{k}` (G*H, I) and `bias_ih_l{k}` (G*H,), gate order z, h~ (minGRU) or
+f, i, h~ (minLSTM), as torch names a fused kernel's input weights; no recurrent matrices.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnlm.models.contract import State, StateLayout
+from rnnlm.models.regularize import dropout
+
+if TYPE_CHECKING:  # cells.py's union of every cell's gates names these ones too
+    from rnnlm.models.cells import Gates
+
+MIN_CELLS = ("mingru", "minlstm")
+SCAN_CHUNK = 64  # time steps per scan call: bounds |a*| (log) and the doubling depth (linear)
+
+
+class MinGRUGates(NamedTuple):
+    z: torch.Tensor  # update gate
+    n: torch.Tensor  # candidate h~
+    h: torch.Tensor
+
+    @property
+    def state(self) -> State:
+        return (self.h,)
+
+
+class MinLSTMGates(NamedTuple):
+    f: torch.Tensor  # normalised forget gate f' = f / (f + i)
+    i: torch.Tensor  # normalised input gate i' = i / (f + i) = 1 - f'
+    n: torch.Tensor  # candidate h~
+    h: torch.Tensor
+
+    @property
+    def state(self) -> State:
+        return (self.h,)
+
+
+def g(x: torch.Tensor) -> torch.Tensor:
+    """The paper's positive activation: x + 0.5 for x >= 0, σ(x) below (continuous at 0, slope 1 above)."""
+    return torch.where(x >= 0, x.clamp(min=0) + 0.5, torch.sigmoid(x.clamp(max=0)))
+
+
+def log_g(x: torch.Tensor) -> torch.Tensor:
+    """log g(x), without forming g(x): log σ(x) = -softplus(-x). Clamped so that neither branch is NaN."""
+    return torch.where(x >= 0, (x.clamp(min=0) + 0.5).log(), -F.softplus(-x.clamp(max=0)))
+
+
+class MinGRUCell:
+    """minGRU; `equations` and `coefficients` take `pre` = W x + b (..., 2H) in gate order z, h~."""
+
+    name = "mingru"
+    gate_count = 2
+    state_names = ("h",)
+
+    def __init__(self, scan: str = "log") -> None:
+        self.scan = scan
+
+    def candidate(self, pre: torch.Tensor) -> torch.Tensor:
+        return g(pre) if self.scan == "log" else pre
+
+    def equations(self, pre: torch.Tensor, h_prev: torch.Tensor) -> MinGRUGates:
+        z_pre, n_pre = pre.chunk(2, dim=-1)
+        z, n = torch.sigmoid(z_pre), self.candidate(n_pre)
+        return MinGRUGates(z, n, (1 - z) * h_prev + z * n)
+
+    def coefficients(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """a = 1 - z, b = z ∘ h~: h_t = a_t ∘ h_{t-1} + b_t."""
+        z_pre, n_pre = pre.chunk(2, dim=-1)
+        z = torch.sigmoid(z_pre)
+        return 1 - z, z * self.candidate(n_pre)
+
+    @staticmethod
+    def log_coefficients(pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log a = log(1 - z) = -softplus(z_pre), log b = log z + log g(n_pre) (log scan only)."""
+        z_pre, n_pre = pre.chunk(2, dim=-1)
+        return -F.softplus(z_pre), -F.softplus(-z_pre) + log_g(n_pre)
+
+
+class MinLSTMCell:
+    """minLSTM; `equations` and `coefficients` take `pre` = W x + b (..., 3H) in gate order f, i, h~."""
+
+    name = "minlstm"
+    gate_count = 3
+    state_names = ("h",)
+
+    def __init__(self, scan: str = "log") -> None:
+        self.scan = scan
+
+    def candidate(self, pre: torch.Tensor) -> torch.Tensor:
+        return g(pre) if self.scan == "log" else pre
+
+    def equations(self, pre: torch.Tensor, h_prev: torch.Tensor) -> MinLSTMGates:
+        f_pre, i_pre, n_pre = pre.chunk(3, dim=-1)
+        f, i = torch.sigmoid(f_pre), torch.sigmoid(i_pre)
+        f_norm, i_norm = f / (f + i), i / (f + i)
+        n = self.candidate(n_pre)
+        return MinLSTMGates(f_norm, i_norm, n, f_norm * h_prev + i_norm * n)
+
+    def coefficients(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """a = f', b = i' ∘ h~."""
+        f_pre, i_pre, n_pre = pre.chunk(3, dim=-1)
+        f, i = torch.sigmoid(f_pre), torch.sigmoid(i_pre)
+        return f / (f + i), i / (f + i) * self.candidate(n_pre)
+
+    @staticmethod
+    def log_coefficients(pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """With d = log i - log f = softplus(-f_pre) - softplus(-i_pre): log f' = -softplus(d),
+        log i' = -softplus(-d), each without forming f + i."""
+        f_pre, i_pre, n_pre = pre.chunk(3, dim=-1)
+        d = F.softplus(-f_pre) - F.softplus(-i_pre)
+        return -F.softplus(d), -F.softplus(-d) + log_g(n_pre)
+
+
+MinCell = MinGRUCell | MinLSTMCell
+MinGates = MinGRUGates | MinLSTMGates
+
+
+def make_min_cell(cell: str, scan: str) -> MinCell:
+    return MinGRUCell(scan) if cell == "mingru" else MinLSTMCell(scan)
+
+
+def log_scan(log_a: torch.Tensor, log_b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """h_t = a_t h_{t-1} + b_t for t = 1..T from log a, log b (T, B, H) and any h0 (B, H): (T, B, H)."""
+    a_star = log_a.cumsum(dim=0)  # log of a_1 ... a_t
+    return (a_star + (log_b - a_star).logcumsumexp(dim=0)).exp() + a_star.exp() * h0
+
+
+def doubling_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """h_t = a_t h_{t-1} + b_t for t = 1..T from a, b (T, B, H) and h0 (B, H): (T, B, H).
+
+    After the pass with span s, b_t holds h_t as if the scan started s steps back (from zero), and a_t the
+    product of the s gates since; the first pass folds h0 into b_1.
+    """
+    b = torch.cat([torch.addcmul(b[:1], a[:1], h0), b[1:]])
+    span = 1
+    while span < b.size(0):
+        b = torch.cat([b[:span], torch.addcmul(b[span:], a[span:], b[:-span])])
+        if 2 * span < b.size(0):  # the last pass needs no products of a
+            a = torch.cat([a[:span], a[span:] * a[:-span]])
+        span *= 2
+    return b
+
+
+def fused_layer(cell: MinCell, pre: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """A whole window of one layer: pre (T, B, G*H) in the state's dtype, h0 (B, H) -> h (T, B, H)."""
+    chunks = []
+    for start in range(0, pre.size(0), SCAN_CHUNK):
+        part = pre[start : start + SCAN_CHUNK]
+        if cell.scan == "log":
+            h = log_scan(*cell.log_coefficients(part), h0)
+        else:
+            h = doubling_scan(*cell.coefficients(part), h0)
+        chunks.append(h)
+        h0 = h[-1]
+    return torch.cat(chunks)
+
+
+def reference_layer(
+    cell: MinCell, inputs: torch.Tensor, h0: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """The same window one step at a time through the cell's `equations`: inputs (T, B, I) -> h (T, B, H)."""
+    outputs, h = [], h0
+    for x_t in inputs:  # (B, I)
+        h = cell.equations((x_t @ weight.T + bias).to(h.dtype), h).h
+        outputs.append(h)
+    return torch.stack(outputs)
+
+
+class MinStack(nn.Module):
+    """minGRU or minLSTM layers, each reading the one below; `fused` scans each window, else steps through it.
+
+    The state is each layer's h, `(h_0, h_1, ...)`, carried from window to window like any other stack's.
+    """
+
+    def __init__(
+        self,
+        cell: str,
+        sizes: list[int],
+        scan: str = "log",
+        fused: bool = True,
+        between: float = 0.0,
+        locked: bool = False,
+    ) -> None:
+        super().__init__()
+        self.cell_name, self.sizes, self.fused = cell, sizes, fused
+        self.cell = make_min_cell(cell, scan)
+        self.layout = StateLayout(self.cell.state_names, tuple(sizes[1:]))
+        self.num_layers = len(sizes) - 1
+        self.between, self.locked = between, locked
+        gates = self.cell.gate_count
+        for k in range(self.num_layers):
+            self.register_parameter(f"weight_ih_l{k}", nn.Parameter(torch.empty(gates * sizes[k + 1], sizes[k])))
+            self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(gates * sizes[k + 1])))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for k in range(self.num_layers):  # torch's recurrent layers' initialisation, per layer size
+            bound = 1.0 / math.sqrt(self.sizes[k + 1])
+            for w in self.layer(k):
+                nn.init.uniform_(w, -bound, bound)
+
+    def layer(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer k's (weight (G*H, I), bias (G*H,))."""
+        return getattr(self, f"weight_ih_l{k}"), getattr(self, f"bias_ih_l{k}")
+
+    def init_state(self, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> State:
+        return self.layout.zeros(batch_size, device, dtype)
+
+    def stepper(self, exact: torch.dtype, dtype: torch.dtype | None = None) -> MinStepper:
+        return MinStepper(self.cell, [self.layer(k) for k in range(self.num_layers)], exact, dtype)
+
+    def forward(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        layer_input = inputs  # (T, B, I)
+        final: list[torch.Tensor] = []
+        for k in range(self.num_layers):
+            (h0,), (weight, bias) = self.layout.layer(state, k), self.layer(k)
+            if self.fused:  # one product for the whole window, then the scan (in the state's dtype under autocast)
+                h = fused_layer(self.cell, F.linear(layer_input, weight, bias).to(h0.dtype), h0)
+            else:
+                h = reference_layer(self.cell, layer_input, h0, weight, bias)
+            final.append(h[-1])
+            layer_input = h if k == self.num_layers - 1 else dropout(h, self.between, self.training, self.locked)
+        return layer_input, tuple(final)  # (T, B, H_top)
+
+
+class MinStepper:
+    """One time step of a whole stack for generation, through the cells' `equations` on weights laid out
+    for it (W^T, detached, in `dtype`); the state stays in `exact`, the model's dtype."""
+
+    def __init__(
+        self,
+        cell: MinCell,
+        layers: list[tuple[torch.Tensor, torch.Tensor]],
+        exact: torch.dtype,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.cell, self.exact, self.dtype = cell, exact, dtype or exact
+        with torch.no_grad():
+            self.layers = [(w.detach().t().to(self.dtype).contiguous(), b.detach().to(self.dtype)) for w, b in layers]
+
+    def __call__(self, x: torch.Tensor, state: State, record: list[Gates] | None = None) -> State:
+        """x (B, I) in `dtype` -> the new state; with `record`, each layer's gates are appended to it."""
+        new: list[torch.Tensor] = []
+        for k, (weight, bias) in enumerate(self.layers):
+            gates = self.cell.equations(torch.addmm(bias, x, weight).to(self.exact), state[k])
+            if record is not None:
+                record.append(gates)
+            new.append(gates.h)
+            x = gates.h.to(self.dtype)
+        return tuple(new)
