@@ -75,8 +75,8 @@ def g(x: torch.Tensor) -> torch.Tensor:
 
 
 def log_g(x: torch.Tensor) -> torch.Tensor:
-    """log g(x), without forming g(x): log σ(x) = -softplus(-x). Clamped so that neither branch is NaN."""
-    return torch.where(x >= 0, (x.clamp(min=0) + 0.5).log(), -F.softplus(-x.clamp(max=0)))
+    """log g(x), without forming g(x) (log σ by logsigmoid). Clamped so that neither branch is NaN."""
+    return torch.where(x >= 0, (x.clamp(min=0) + 0.5).log(), F.logsigmoid(x.clamp(max=0)))
 
 
 class MinGRUCell:
@@ -105,9 +105,9 @@ class MinGRUCell:
 
     @staticmethod
     def log_coefficients(pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """log a = log(1 - z) = -softplus(z_pre), log b = log z + log g(n_pre) (log scan only)."""
+        """log a = log(1 - z) = log σ(-z_pre), log b = log σ(z_pre) + log g(n_pre) (log scan only)."""
         z_pre, n_pre = pre.chunk(2, dim=-1)
-        return -F.softplus(z_pre), -F.softplus(-z_pre) + log_g(n_pre)
+        return F.logsigmoid(-z_pre), F.logsigmoid(z_pre) + log_g(n_pre)
 
 
 class MinLSTMCell:
@@ -138,11 +138,11 @@ class MinLSTMCell:
 
     @staticmethod
     def log_coefficients(pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """With d = log i - log f = softplus(-f_pre) - softplus(-i_pre): log f' = -softplus(d),
-        log i' = -softplus(-d), each without forming f + i."""
+        """With d = log i - log f: log f' = -log(1 + e^d) = log σ(-d), log i' = log σ(d), without forming f + i.
+        logsigmoid rather than -softplus, whose linear branch past 20 would cost float64 its last digits."""
         f_pre, i_pre, n_pre = pre.chunk(3, dim=-1)
-        d = F.softplus(-f_pre) - F.softplus(-i_pre)
-        return -F.softplus(d), -F.softplus(-d) + log_g(n_pre)
+        d = F.logsigmoid(i_pre) - F.logsigmoid(f_pre)
+        return F.logsigmoid(-d), F.logsigmoid(d) + log_g(n_pre)
 
 
 MinCell = MinGRUCell | MinLSTMCell
