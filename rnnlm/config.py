@@ -50,9 +50,9 @@ class ModelConfig:
     cell: Literal["rnn", "gru", "lstm", "mingru", "minlstm"] = "lstm"  # min*: parallel-scan cells (Feng et al. 2024)
     nonlinearity: Literal["tanh", "relu", "sigmoid"] = "tanh"  # rnn only; sigmoid needs impl: reference
     impl: Literal["fused", "reference"] = "fused"  # torch's fused kernels, or the readable cells of models/cells.py
-    # mingru, minlstm: log, candidate h~ = g(W x) > 0 and a scan over logarithms; linear, the paper's
-    # vanilla version, h~ = W x and a scan in linear space (models/mincells.py)
-    min_scan: Literal["log", "linear"] = "log"
+    # mingru, minlstm: the candidate h~ = g(W x) > 0 of the paper's log-space version, or W x of its
+    # vanilla version (models/mincells.py)
+    min_activation: Literal["g", "identity"] = "g"
     bidirectional: bool = False  # forward and backward stacks plus an infill head (Peters et al. 2018)
     num_layers: int = 2
     embed_size: int = 128

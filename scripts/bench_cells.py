@@ -31,7 +31,7 @@ VOCAB = 66  # tinyshakespeare's characters plus rnnlm's specials
 
 def build(cell: str, hidden: int, args: argparse.Namespace) -> LanguageModel:
     overrides = [f"model.cell={cell}", f"model.hidden_size={hidden}", f"model.embed_size={args.embed}",
-                 f"model.num_layers={args.layers}", "model.impl=fused", f"model.min_scan={args.scan}"]
+                 f"model.num_layers={args.layers}", "model.impl=fused", f"model.min_activation={args.activation}"]
     torch.manual_seed(0)
     return build_model(VOCAB, load_config(None, overrides).model)
 
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--embed", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=256, help="the LSTM's; the others match its parameters")
     parser.add_argument("--cells", nargs="+", default=["lstm", "gru", "mingru", "minlstm"])
-    parser.add_argument("--scan", default="log", choices=["log", "linear"], help="model.min_scan")
+    parser.add_argument("--activation", default="g", choices=["g", "identity"], help="model.min_activation")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--round-tokens", type=int, default=32768, help="tokens per model per round")
     parser.add_argument("--threads", type=int, default=2)

@@ -12,18 +12,20 @@ step-by-step loop:
              h~_t = g(W(h) x_t)
              h_t = f'_t ∘ h_{t-1} + i'_t ∘ h~_t              a_t = f'_t, b_t = i'_t ∘ h~_t
 
-(every W x also has a bias). `model.min_scan` picks the paper's two versions: `log` (its default here),
-with g(x) = x + 0.5 for x >= 0 and σ(x) below, so that h~ > 0 and the scan runs on logarithms; `linear`,
-the paper's vanilla version, with g the identity.
+(every W x also has a bias). `model.min_activation` picks the paper's two versions of the candidate:
+`g` (its log-space version), g(x) = x + 0.5 for x >= 0 and σ(x) below, so that h~ > 0; `identity` (its
+vanilla version), h~ = W(h) x_t.
 
-The fused scans, per window of `SCAN_CHUNK` steps, carrying h from chunk to chunk and window to window:
-- log: h_t = A_t h_0 + exp(a*_t + logcumsumexp_{s<=t}(log b_s - a*_s)), a*_t = Σ_{s<=t} log a_s (Heinsen
-  2023, as the paper). The start h_0 enters linearly, so it may be zero or negative: the paper's positive
-  h_0 is not needed. Chunks keep |a*| small: in float32 the subtraction log b_s - a*_s loses eps |a*|
-  of precision, which over 1,024 steps of small a would cost digits.
-- linear: b may have either sign, which logarithms do not take; a doubling scan (Hillis & Steele 1986)
-  composes (a, b) pairs over spans 1, 2, 4, ...: products of gates and sums only, never a division by a
-  cumulative product that could underflow.
+The fused path scans each window in chunks of `SCAN_CHUNK` steps, carrying h from chunk to chunk and
+window to window, by doubling (Hillis & Steele 1986): after the pass with span s every position holds the
+composition of the s maps h -> a h + b that end there, so log2(64) = 6 passes of elementwise products
+and sums give every h_t. No division, logarithm or exponential: gates in (0, 1) multiply, sums of either
+sign add, nothing can overflow or underflow that the step-by-step recurrence would not. The paper's
+own scan for the g version runs in log space, h_t = exp(a*_t + logcumsumexp(log b - a*)) with a* the
+cumulative sum of log a (Heinsen 2023); on this CPU that scan, forward and backward, took twice the
+doubling scan's time (an exponential and a logarithm per element, forward and again backward), and in
+float32 it loses eps |a*| to the subtraction, so it is not used. The start h_0 enters linearly: zero, as every
+window of a fresh stream starts, is fine (the paper's log-space scan needs h_0 > 0).
 
 Parameters per layer k: `weight_ih_l{k}` (G*H, I) and `bias_ih_l{k}` (G*H,), gate order z, h~ (minGRU) or
 f, i, h~ (minLSTM), as torch names a fused kernel's input weights; no recurrent matrices.
@@ -45,7 +47,7 @@ if TYPE_CHECKING:  # cells.py's union of every cell's gates names these ones too
     from rnnlm.models.cells import Gates
 
 MIN_CELLS = ("mingru", "minlstm")
-SCAN_CHUNK = 64  # time steps per scan call: bounds |a*| (log) and the doubling depth (linear)
+SCAN_CHUNK = 64  # time steps per scan call: log2 of it passes over each chunk, a Python loop over chunks
 
 
 class MinGRUGates(NamedTuple):
@@ -74,11 +76,6 @@ def g(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, x.clamp(min=0) + 0.5, torch.sigmoid(x.clamp(max=0)))
 
 
-def log_g(x: torch.Tensor) -> torch.Tensor:
-    """log g(x), without forming g(x) (log σ by logsigmoid). Clamped so that neither branch is NaN."""
-    return torch.where(x >= 0, (x.clamp(min=0) + 0.5).log(), F.logsigmoid(x.clamp(max=0)))
-
-
 class MinGRUCell:
     """minGRU; `equations` and `coefficients` take `pre` = W x + b (..., 2H) in gate order z, h~."""
 
@@ -86,11 +83,11 @@ class MinGRUCell:
     gate_count = 2
     state_names = ("h",)
 
-    def __init__(self, scan: str = "log") -> None:
-        self.scan = scan
+    def __init__(self, activation: str = "g") -> None:
+        self.activation = activation
 
     def candidate(self, pre: torch.Tensor) -> torch.Tensor:
-        return g(pre) if self.scan == "log" else pre
+        return g(pre) if self.activation == "g" else pre
 
     def equations(self, pre: torch.Tensor, h_prev: torch.Tensor) -> MinGRUGates:
         z_pre, n_pre = pre.chunk(2, dim=-1)
@@ -103,12 +100,6 @@ class MinGRUCell:
         z = torch.sigmoid(z_pre)
         return 1 - z, z * self.candidate(n_pre)
 
-    @staticmethod
-    def log_coefficients(pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """log a = log(1 - z) = log σ(-z_pre), log b = log σ(z_pre) + log g(n_pre) (log scan only)."""
-        z_pre, n_pre = pre.chunk(2, dim=-1)
-        return F.logsigmoid(-z_pre), F.logsigmoid(z_pre) + log_g(n_pre)
-
 
 class MinLSTMCell:
     """minLSTM; `equations` and `coefficients` take `pre` = W x + b (..., 3H) in gate order f, i, h~."""
@@ -117,11 +108,11 @@ class MinLSTMCell:
     gate_count = 3
     state_names = ("h",)
 
-    def __init__(self, scan: str = "log") -> None:
-        self.scan = scan
+    def __init__(self, activation: str = "g") -> None:
+        self.activation = activation
 
     def candidate(self, pre: torch.Tensor) -> torch.Tensor:
-        return g(pre) if self.scan == "log" else pre
+        return g(pre) if self.activation == "g" else pre
 
     def equations(self, pre: torch.Tensor, h_prev: torch.Tensor) -> MinLSTMGates:
         f_pre, i_pre, n_pre = pre.chunk(3, dim=-1)
@@ -136,27 +127,13 @@ class MinLSTMCell:
         f, i = torch.sigmoid(f_pre), torch.sigmoid(i_pre)
         return f / (f + i), i / (f + i) * self.candidate(n_pre)
 
-    @staticmethod
-    def log_coefficients(pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """With d = log i - log f: log f' = -log(1 + e^d) = log σ(-d), log i' = log σ(d), without forming f + i.
-        logsigmoid rather than -softplus, whose linear branch past 20 would cost float64 its last digits."""
-        f_pre, i_pre, n_pre = pre.chunk(3, dim=-1)
-        d = F.logsigmoid(i_pre) - F.logsigmoid(f_pre)
-        return F.logsigmoid(-d), F.logsigmoid(d) + log_g(n_pre)
-
 
 MinCell = MinGRUCell | MinLSTMCell
 MinGates = MinGRUGates | MinLSTMGates
 
 
-def make_min_cell(cell: str, scan: str) -> MinCell:
-    return MinGRUCell(scan) if cell == "mingru" else MinLSTMCell(scan)
-
-
-def log_scan(log_a: torch.Tensor, log_b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """h_t = a_t h_{t-1} + b_t for t = 1..T from log a, log b (T, B, H) and any h0 (B, H): (T, B, H)."""
-    a_star = log_a.cumsum(dim=0)  # log of a_1 ... a_t
-    return (a_star + (log_b - a_star).logcumsumexp(dim=0)).exp() + a_star.exp() * h0
+def make_min_cell(cell: str, activation: str) -> MinCell:
+    return MinGRUCell(activation) if cell == "mingru" else MinLSTMCell(activation)
 
 
 def doubling_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
@@ -180,10 +157,7 @@ def fused_layer(cell: MinCell, pre: torch.Tensor, h0: torch.Tensor) -> torch.Ten
     chunks = []
     for start in range(0, pre.size(0), SCAN_CHUNK):
         part = pre[start : start + SCAN_CHUNK]
-        if cell.scan == "log":
-            h = log_scan(*cell.log_coefficients(part), h0)
-        else:
-            h = doubling_scan(*cell.coefficients(part), h0)
+        h = doubling_scan(*cell.coefficients(part), h0)
         chunks.append(h)
         h0 = h[-1]
     return torch.cat(chunks)
@@ -210,14 +184,14 @@ class MinStack(nn.Module):
         self,
         cell: str,
         sizes: list[int],
-        scan: str = "log",
+        activation: str = "g",
         fused: bool = True,
         between: float = 0.0,
         locked: bool = False,
     ) -> None:
         super().__init__()
         self.cell_name, self.sizes, self.fused = cell, sizes, fused
-        self.cell = make_min_cell(cell, scan)
+        self.cell = make_min_cell(cell, activation)
         self.layout = StateLayout(self.cell.state_names, tuple(sizes[1:]))
         self.num_layers = len(sizes) - 1
         self.between, self.locked = between, locked

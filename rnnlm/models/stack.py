@@ -230,7 +230,8 @@ def build_stack(config: ModelConfig) -> RecurrentStack:
         nonlinearity=config.nonlinearity, between=between, locked=config.locked_dropout, weight_drop=config.weight_drop
     )
     if config.cell in MIN_CELLS:  # models/mincells.py: their own scan, no recurrent weights to drop
-        return MinStack(config.cell, sizes, config.min_scan, config.impl == "fused", between, config.locked_dropout)
+        scan = config.impl == "fused"
+        return MinStack(config.cell, sizes, config.min_activation, scan, between, config.locked_dropout)
     if config.impl == "reference":
         return ReferenceStack(config.cell, sizes, **per_layer)
     if len(set(sizes[1:])) > 1 or (config.locked_dropout and between > 0):
