@@ -73,7 +73,7 @@ class MinLSTMGates(NamedTuple):
 
 def g(x: torch.Tensor) -> torch.Tensor:
     """The paper's positive activation: x + 0.5 for x >= 0, σ(x) below (continuous at 0, slope 1 above)."""
-    return torch.where(x >= 0, x.clamp(min=0) + 0.5, torch.sigmoid(x.clamp(max=0)))
+    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
 
 
 class MinGRUCell:
