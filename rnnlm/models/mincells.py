@@ -16,16 +16,19 @@ step-by-step loop:
 `g` (its log-space version), g(x) = x + 0.5 for x >= 0 and σ(x) below, so that h~ > 0; `identity` (its
 vanilla version), h~ = W(h) x_t.
 
-The fused path scans each window in chunks of `SCAN_CHUNK` steps, carrying h from chunk to chunk and
-window to window, by doubling (Hillis & Steele 1986): after the pass with span s every position holds the
-composition of the s maps h -> a h + b that end there, so log2(64) = 6 passes of elementwise products
-and sums give every h_t. No division, logarithm or exponential: gates in (0, 1) multiply, sums of either
-sign add, nothing can overflow or underflow that the step-by-step recurrence would not. The paper's
-own scan for the g version runs in log space, h_t = exp(a*_t + logcumsumexp(log b - a*)) with a* the
-cumulative sum of log a (Heinsen 2023); on this CPU that scan, forward and backward, took twice the
-doubling scan's time (an exponential and a logarithm per element, forward and again backward), and in
-float32 it loses eps |a*| to the subtraction, so it is not used. The start h_0 enters linearly: zero, as every
-window of a fresh stream starts, is fine (the paper's log-space scan needs h_0 > 0).
+The fused path scans a whole window by halving (the odd-even scan; Ladner & Fischer 1980, Blelloch
+1990): the maps h -> a h + b of steps 2k and 2k+1 compose into one, (a' a, a' b + b'), the half-length
+sequence of composed maps is scanned the same way, which gives h at every odd step, and one more
+product per even step gives the rest: O(T) work in 2 log2 T rounds of elementwise products and sums.
+No division, logarithm or exponential: gates in (0, 1) multiply, sums of either sign add, nothing can
+overflow or underflow that the step-by-step recurrence would not. The start h_0 enters linearly, folded
+into the first b, so zero, as every window of a fresh stream starts, is fine.
+
+The paper's own scan for the g version runs in log space, h_t = exp(a*_t + logcumsumexp(log b - a*))
+with a* the cumulative sum of log a (Heinsen 2023), and needs h_0 > 0. On this CPU (CPU time, forward
+and backward, T = 64 and 256) it took about twice the time of a doubling scan (Hillis & Steele 1986: log2 T
+rounds over the whole window), which took 2.5 to 3 times this one's; in float32 it also loses eps |a*|
+to the subtraction.
 
 Parameters per layer k: `weight_ih_l{k}` (G*H, I) and `bias_ih_l{k}` (G*H,), gate order z, h~ (minGRU) or
 f, i, h~ (minLSTM), as torch names a fused kernel's input weights; no recurrent matrices.
@@ -47,7 +50,6 @@ if TYPE_CHECKING:  # cells.py's union of every cell's gates names these ones too
     from rnnlm.models.cells import Gates
 
 MIN_CELLS = ("mingru", "minlstm")
-SCAN_CHUNK = 64  # time steps per scan call: log2 of it passes over each chunk, a Python loop over chunks
 
 
 class MinGRUGates(NamedTuple):
@@ -136,31 +138,23 @@ def make_min_cell(cell: str, activation: str) -> MinCell:
     return MinGRUCell(activation) if cell == "mingru" else MinLSTMCell(activation)
 
 
-def doubling_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """h_t = a_t h_{t-1} + b_t for t = 1..T from a, b (T, B, H) and h0 (B, H): (T, B, H).
-
-    After the pass with span s, b_t holds h_t as if the scan started s steps back (from zero), and a_t the
-    product of the s gates since; the first pass folds h0 into b_1.
-    """
-    b = torch.cat([torch.addcmul(b[:1], a[:1], h0), b[1:]])
-    span = 1
-    while span < b.size(0):
-        b = torch.cat([b[:span], torch.addcmul(b[span:], a[span:], b[:-span])])
-        if 2 * span < b.size(0):  # the last pass needs no products of a
-            a = torch.cat([a[:span], a[span:] * a[:-span]])
-        span *= 2
-    return b
+def pairwise_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """h_t = a_t h_{t-1} + b_t for t = 1..T from a, b (T, B, H) and h0 (B, H): (T, B, H)."""
+    return _scan_from_zero(a, torch.cat([torch.addcmul(b[:1], a[:1], h0), b[1:]]))
 
 
-def fused_layer(cell: MinCell, pre: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """A whole window of one layer: pre (T, B, G*H) in the state's dtype, h0 (B, H) -> h (T, B, H)."""
-    chunks = []
-    for start in range(0, pre.size(0), SCAN_CHUNK):
-        part = pre[start : start + SCAN_CHUNK]
-        h = doubling_scan(*cell.coefficients(part), h0)
-        chunks.append(h)
-        h0 = h[-1]
-    return torch.cat(chunks)
+def _scan_from_zero(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The same from h_0 = 0, by halving (the module docstring)."""
+    length = a.size(0)
+    if length == 1:
+        return b
+    if length % 2:  # the last step on its own, after the even-length rest
+        h = _scan_from_zero(a[:-1], b[:-1])
+        return torch.cat([h, torch.addcmul(b[-1:], a[-1:], h[-1:])])
+    a_even, a_odd, b_even, b_odd = a[0::2], a[1::2], b[0::2], b[1::2]
+    h_odd = _scan_from_zero(a_odd * a_even, torch.addcmul(b_odd, a_odd, b_even))  # each pair composed
+    h_even = torch.cat([b_even[:1], torch.addcmul(b_even[1:], a_even[1:], h_odd[:-1])])
+    return torch.stack([h_even, h_odd], dim=1).flatten(0, 1)  # interleaved back into time order
 
 
 def reference_layer(
@@ -223,7 +217,8 @@ class MinStack(nn.Module):
         for k in range(self.num_layers):
             (h0,), (weight, bias) = self.layout.layer(state, k), self.layer(k)
             if self.fused:  # one product for the whole window, then the scan (in the state's dtype under autocast)
-                h = fused_layer(self.cell, F.linear(layer_input, weight, bias).to(h0.dtype), h0)
+                pre = F.linear(layer_input, weight, bias).to(h0.dtype)  # (T, B, G*H)
+                h = pairwise_scan(*self.cell.coefficients(pre), h0)
             else:
                 h = reference_layer(self.cell, layer_input, h0, weight, bias)
             final.append(h[-1])
