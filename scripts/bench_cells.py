@@ -10,6 +10,9 @@ tokens/s divided by the LSTM's in the same round (a shared machine slows rounds 
 neighbouring turns share the slowdown).
 
     PYTHONPATH=$PWD python scripts/bench_cells.py --threads 2
+
+(On a machine whose cores other jobs already fill, use --threads 1: two OpenMP threads that wait for each
+other at every parallel region then crawl.)
 """
 
 from __future__ import annotations

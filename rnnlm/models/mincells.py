@@ -26,9 +26,9 @@ into the first b, so zero, as every window of a fresh stream starts, is fine.
 
 The paper's own scan for the g version runs in log space, h_t = exp(a*_t + logcumsumexp(log b - a*))
 with a* the cumulative sum of log a (Heinsen 2023), and needs h_0 > 0. On this CPU (CPU time, forward
-and backward, T = 64 and 256) it took about twice the time of a doubling scan (Hillis & Steele 1986: log2 T
-rounds over the whole window), which took 2.5 to 3 times this one's; in float32 it also loses eps |a*|
-to the subtraction.
+and backward, one thread) it took about twice the time of a doubling scan (Hillis & Steele 1986: log2 T
+rounds over the window; T = 64), which took 2.5 to 3 times this one's (T = 256); in float32 it also loses
+eps |a*| to the subtraction.
 
 Parameters per layer k: `weight_ih_l{k}` (G*H, I) and `bias_ih_l{k}` (G*H,), gate order z, h~ (minGRU) or
 f, i, h~ (minLSTM), as torch names a fused kernel's input weights; no recurrent matrices.
