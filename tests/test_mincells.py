@@ -170,6 +170,17 @@ def test_bf16_autocast_runs_the_scan_in_the_states_dtype():
     assert half.nll.item() == pytest.approx(exact.nll.item(), rel=0.01)
 
 
+def test_bf16_stepper_reads_bf16_weights_and_keeps_the_state_in_the_models_dtype():
+    model = make("mingru", "g").eval()
+    half = model.stepper(torch.bfloat16)
+    assert {t.dtype for layer in half.stack.layers for t in layer} == {torch.bfloat16}
+    with torch.inference_mode():
+        log_probs, state = half(torch.tensor([1, 2]), model.init_state(2))
+        expected, _ = model.step(torch.tensor([1, 2]), model.init_state(2))
+    assert log_probs.dtype == state[0].dtype == torch.float32
+    assert 0 < (log_probs - expected).abs().max() < 0.05  # rounded, not wrong
+
+
 def test_weight_drop_is_refused_for_cells_without_recurrent_weights():
     with pytest.raises(ConfigError, match="model.weight_drop drops recurrent weights, which model.cell mingru"):
         load_config(None, ["model.cell=mingru", "model.weight_drop=0.3"])
