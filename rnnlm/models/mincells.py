@@ -91,16 +91,20 @@ class MinGRUCell:
     def candidate(self, pre: torch.Tensor) -> torch.Tensor:
         return g(pre) if self.activation == "g" else pre
 
-    def equations(self, pre: torch.Tensor, h_prev: torch.Tensor) -> MinGRUGates:
+    def gates(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z and h~, the only place either is computed."""
         z_pre, n_pre = pre.chunk(2, dim=-1)
-        z, n = torch.sigmoid(z_pre), self.candidate(n_pre)
+        return torch.sigmoid(z_pre), self.candidate(n_pre)
+
+    def equations(self, pre: torch.Tensor, h_prev: torch.Tensor) -> MinGRUGates:
+        """One step: the reference stack's and the stepper's."""
+        z, n = self.gates(pre)
         return MinGRUGates(z, n, (1 - z) * h_prev + z * n)
 
     def coefficients(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """a = 1 - z, b = z ∘ h~: h_t = a_t ∘ h_{t-1} + b_t."""
-        z_pre, n_pre = pre.chunk(2, dim=-1)
-        z = torch.sigmoid(z_pre)
-        return 1 - z, z * self.candidate(n_pre)
+        """The same step as h_t = a_t ∘ h_{t-1} + b_t, for the scan: a = 1 - z, b = z ∘ h~."""
+        z, n = self.gates(pre)
+        return 1 - z, z * n
 
 
 class MinLSTMCell:
@@ -116,18 +120,21 @@ class MinLSTMCell:
     def candidate(self, pre: torch.Tensor) -> torch.Tensor:
         return g(pre) if self.activation == "g" else pre
 
-    def equations(self, pre: torch.Tensor, h_prev: torch.Tensor) -> MinLSTMGates:
+    def gates(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """f', i' (normalised) and h~, the only place any of them is computed."""
         f_pre, i_pre, n_pre = pre.chunk(3, dim=-1)
         f, i = torch.sigmoid(f_pre), torch.sigmoid(i_pre)
-        f_norm, i_norm = f / (f + i), i / (f + i)
-        n = self.candidate(n_pre)
-        return MinLSTMGates(f_norm, i_norm, n, f_norm * h_prev + i_norm * n)
+        return f / (f + i), i / (f + i), self.candidate(n_pre)
+
+    def equations(self, pre: torch.Tensor, h_prev: torch.Tensor) -> MinLSTMGates:
+        """One step: the reference stack's and the stepper's."""
+        f, i, n = self.gates(pre)
+        return MinLSTMGates(f, i, n, f * h_prev + i * n)
 
     def coefficients(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """a = f', b = i' ∘ h~."""
-        f_pre, i_pre, n_pre = pre.chunk(3, dim=-1)
-        f, i = torch.sigmoid(f_pre), torch.sigmoid(i_pre)
-        return f / (f + i), i / (f + i) * self.candidate(n_pre)
+        """The same step as h_t = a_t ∘ h_{t-1} + b_t, for the scan: a = f', b = i' ∘ h~."""
+        f, i, n = self.gates(pre)
+        return f, i * n
 
 
 MinCell = MinGRUCell | MinLSTMCell
