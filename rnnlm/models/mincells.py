@@ -158,7 +158,9 @@ def _scan_from_zero(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if length % 2:  # the last step on its own, after the even-length rest
         h = _scan_from_zero(a[:-1], b[:-1])
         return torch.cat([h, torch.addcmul(b[-1:], a[-1:], h[-1:])])
-    a_even, a_odd, b_even, b_odd = a[0::2], a[1::2], b[0::2], b[1::2]
+    # unbind, not a[0::2]: its backward stacks the two halves' gradients instead of zero-filling twice
+    a_even, a_odd = a.unflatten(0, (-1, 2)).unbind(1)
+    b_even, b_odd = b.unflatten(0, (-1, 2)).unbind(1)
     h_odd = _scan_from_zero(a_odd * a_even, torch.addcmul(b_odd, a_odd, b_even))  # each pair composed
     h_even = torch.cat([b_even[:1], torch.addcmul(b_even[1:], a_even[1:], h_odd[:-1])])
     return torch.stack([h_even, h_odd], dim=1).flatten(0, 1)  # interleaved back into time order
