@@ -48,9 +48,12 @@ class TokenizerConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    cell: Literal["rnn", "gru", "lstm"] = "lstm"
+    cell: Literal["rnn", "gru", "lstm", "mingru", "minlstm"] = "lstm"  # min*: parallel-scan cells (Feng et al. 2024)
     nonlinearity: Literal["tanh", "relu", "sigmoid"] = "tanh"  # rnn only; sigmoid needs impl: reference
     impl: Literal["fused", "reference"] = "fused"  # torch's fused kernels, or the readable cells of models/cells.py
+    # mingru, minlstm: the candidate h~ = g(W x) > 0 of the paper's log-space version, or W x of its
+    # vanilla version (models/mincells.py)
+    min_activation: Literal["g", "identity"] = "g"
     bidirectional: bool = False  # forward and backward stacks plus an infill head (Peters et al. 2018)
     num_layers: int = 2
     embed_size: int = 128
@@ -420,6 +423,10 @@ def _check_ranges(c: Config) -> list[str]:
     need(
         not (m.nonlinearity == "sigmoid" and m.impl == "fused" and m.cell == "rnn"),
         "model.nonlinearity sigmoid needs model.impl: reference (torch's fused nn.RNN offers tanh and relu only)",
+    )
+    need(
+        m.cell not in ("mingru", "minlstm") or m.weight_drop == 0,
+        f"model.weight_drop drops recurrent weights, which model.cell {m.cell} does not have: set it to 0",
     )
     need(m.init_range > 0 and math.isfinite(m.init_range), f"model.init_range must be positive (got {m.init_range})")
     need(math.isfinite(m.forget_bias), f"model.forget_bias must be finite (got {m.forget_bias})")

@@ -41,7 +41,7 @@ def test_every_problem_is_reported_at_once():
         load_config(None, ["optim.lr=-1", "model.num_layers=0", "model.cell=transformer", "train.bptt=abc"])
     message = str(info.value)
     for fragment in ("optim.lr must be positive (got -1.0)", "model.num_layers must be at least 1 (got 0)",
-                     "model.cell must be one of rnn, gru, lstm (got 'transformer')", "train.bptt must be an integer"):
+                     "model.cell must be one of rnn, gru, lstm, mingru, minlstm (got 'transformer')", "train.bptt must be an integer"):
         assert fragment in message
     assert "\n" not in message
 

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 
 from rnnlm.models.contract import State
+from rnnlm.models.mincells import MinGRUGates, MinLSTMGates
 
 NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
 
@@ -212,7 +213,7 @@ class LSTMCell:
 
 
 Cell = ElmanCell | GRUCell | LSTMCell
-Gates = ElmanGates | GRUGates | LSTMGates
+Gates = ElmanGates | GRUGates | LSTMGates | MinGRUGates | MinLSTMGates  # the last two: models/mincells.py
 
 
 def make_cell(cell: str, nonlinearity: str = "tanh") -> Cell:

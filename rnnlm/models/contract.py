@@ -15,7 +15,8 @@ A model (`RNNLM`, `BidirectionalLM`; built by `rnnlm.models.build_model`) is a `
   callable with `step`'s signature and numbers that runs faster (one matrix product per layer on packed
   weights, optionally bf16), for drawing many tokens; `model.step` is the reference it is tested against.
   Given a list as `record`, the stepper appends each layer's gates to it (models/cells.py: `LSTMGates`
-  i, f, g, o, c, h; `GRUGates` z, r, n, h; `ElmanGates` h), for looking inside the cells.
+  i, f, g, o, c, h; `GRUGates` z, r, n, h; `ElmanGates` h; models/mincells.py: `MinGRUGates` z, n, h;
+  `MinLSTMGates` f, i (normalised), n, h), for looking inside the cells.
 - `encode(inputs (T, B), state) -> (hidden (T, B, H), state)`: the top layer's output after output
   dropout, and `log_probs(hidden (N, H)) -> (N, V)`: the next-token distribution given it. Together
   they score tokens from hidden states (start-state mixtures, per-token scores) without a loss.

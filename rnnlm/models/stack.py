@@ -26,6 +26,7 @@ from torch import nn
 from rnnlm.config import ModelConfig
 from rnnlm.models.cells import Cell, LayerWeights, StackStepper, make_cell
 from rnnlm.models.contract import State, StateLayout
+from rnnlm.models.mincells import MIN_CELLS, MinStack
 from rnnlm.models.regularize import drop_connect, dropout
 
 KERNELS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -218,7 +219,7 @@ class KernelStack(LayerStack):
         return templates[shape]
 
 
-RecurrentStack = FusedLSTM | FusedGRU | FusedRNN | LayerStack
+RecurrentStack = FusedLSTM | FusedGRU | FusedRNN | LayerStack | MinStack
 
 
 def build_stack(config: ModelConfig) -> RecurrentStack:
@@ -228,6 +229,9 @@ def build_stack(config: ModelConfig) -> RecurrentStack:
     per_layer: dict[str, Any] = dict(
         nonlinearity=config.nonlinearity, between=between, locked=config.locked_dropout, weight_drop=config.weight_drop
     )
+    if config.cell in MIN_CELLS:  # models/mincells.py: their own scan, no recurrent weights to drop
+        scan = config.impl == "fused"
+        return MinStack(config.cell, sizes, config.min_activation, scan, between, config.locked_dropout)
     if config.impl == "reference":
         return ReferenceStack(config.cell, sizes, **per_layer)
     if len(set(sizes[1:])) > 1 or (config.locked_dropout and between > 0):
