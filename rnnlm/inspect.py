@@ -27,11 +27,26 @@ from rnnlm.sample import fresh_state
 from rnnlm.surprisal import text_ids
 
 # what the page offers per cell (LSTM: gates i, f, o, cell c, hidden h; GRU: gates z, r, hidden h)
-QUANTITIES = {"lstm": ("i", "f", "o", "c", "h"), "gru": ("z", "r", "h"), "rnn": ("h",)}
-GATES = {"lstm": ("i", "f", "o"), "gru": ("z", "r"), "rnn": ()}
-# the gate whose value near 1 keeps the old state: c_t = f c_{t-1} + i c~_t; h_t = z h_{t-1} + (1 - z) h~_t
-KEEP = {"lstm": "f", "gru": "z"}
-MEMORY_MEASURE = {"lstm": "forget gate f", "gru": "update gate z", "rnn": "lag-1 autocorrelation of h"}
+# minGRU: update gate z, candidate n; minLSTM: the normalised gates f' and i' = 1 - f', candidate n
+QUANTITIES = {
+    "lstm": ("i", "f", "o", "c", "h"),
+    "gru": ("z", "r", "h"),
+    "rnn": ("h",),
+    "mingru": ("z", "n", "h"),
+    "minlstm": ("f", "i", "n", "h"),
+}
+GATES = {"lstm": ("i", "f", "o"), "gru": ("z", "r"), "rnn": (), "mingru": ("z",), "minlstm": ("f", "i")}
+# the gate that keeps the old state: c_t = f c_{t-1} + i c~_t; GRU h_t = z h_{t-1} + (1 - z) h~_t;
+# minLSTM h_t = f' h_{t-1} + i' h~_t; minGRU h_t = (1 - z) h_{t-1} + z h~_t, so there 1 - z keeps
+KEEP = {"lstm": "f", "gru": "z", "minlstm": "f", "mingru": "z"}
+KEEP_IS_ONE_MINUS = {"mingru"}
+MEMORY_MEASURE = {
+    "lstm": "forget gate f",
+    "gru": "update gate z",
+    "rnn": "lag-1 autocorrelation of h",
+    "mingru": "keep gate 1 - z",
+    "minlstm": "normalised forget gate f'",
+}
 LOW, HIGH = 0.1, 0.9  # a gate value below LOW is "left-saturated", above HIGH "right-saturated"
 BLOCK = 512  # tokens recorded between two copies into the arrays
 MIN_TOKENS = 2  # the gradient flow needs a target after a lag of 1 (the line end read first counts too)
@@ -109,7 +124,8 @@ def _keep(trace: Trace, block: list[list[Gates]], start: int) -> None:
             if name in trace.counts[k]:
                 trace.counts[k][name] += saturation_counts(values)
             if name == KEEP.get(trace.cell):
-                trace.log_keep[k] += np.log(np.clip(values, 1e-12, None)).sum(0, dtype=np.float64)
+                kept = 1 - values if trace.cell in KEEP_IS_ONE_MINUS else values
+                trace.log_keep[k] += np.log(np.clip(kept, 1e-12, None)).sum(0, dtype=np.float64)
 
 
 def columns(trace: Trace) -> Iterator[tuple[int, str, np.ndarray]]:
@@ -127,6 +143,8 @@ def memory_ranking(trace: Trace) -> list[MemoryUnit]:
     for k, layer in enumerate(trace.values):
         if trace.cell in KEEP:
             keep = layer[KEEP[trace.cell]].astype(np.float32)
+            if trace.cell in KEEP_IS_ONE_MINUS:
+                keep = 1 - keep
             means, rates = keep.mean(0), trace.log_keep[k] / trace.length
         else:
             means = lag1_autocorrelation(layer["h"])

@@ -94,6 +94,17 @@ def test_the_memory_ranking_puts_the_gate_that_stays_open_first() -> None:
     assert ranked[0].score == pytest.approx(0.99, abs=1e-3)
 
 
+def test_the_mingrus_memory_is_one_minus_its_update_gate() -> None:
+    # minGRU: h_t = (1 - z) h_{t-1} + z h~_t, so a unit whose z stays near 0 keeps its state
+    z = np.full((50, 3), 0.5, dtype=np.float32)
+    z[:, 1] = 0.01
+    trace = Trace("mingru", [{"z": z.astype(np.float16), "h": np.zeros((50, 3), np.float16)}])
+    trace.log_keep = [np.log(1 - z).sum(0, dtype=np.float64)]
+    ranked = memory_ranking(trace)
+    assert ranked[0].unit == 1 and ranked[0].score == pytest.approx(0.99, abs=1e-3)
+    assert ranked[0].half_life == pytest.approx(math.log(0.5) / math.log(0.99), rel=1e-4)
+
+
 def test_the_rnns_memory_is_the_autocorrelation_of_h() -> None:
     generator = np.random.default_rng(1)
     h = generator.normal(size=(4000, 3))
@@ -206,7 +217,12 @@ def test_a_damaged_or_missing_checkpoint_is_one_line(tmp_path: Path, text: Path)
 
 @pytest.mark.parametrize(
     ("cell", "gates", "measure"),
-    [("gru", {"z", "r"}, "update gate z"), ("rnn", set(), "lag-1 autocorrelation of h")],
+    [
+        ("gru", {"z", "r"}, "update gate z"),
+        ("rnn", set(), "lag-1 autocorrelation of h"),
+        ("mingru", {"z"}, "keep gate 1 - z"),
+        ("minlstm", {"f", "i"}, "normalised forget gate f'"),
+    ],
 )
 def test_every_cell_is_looked_into(tiny_corpus: Path, tmp_path: Path, text: Path, cell, gates, measure) -> None:
     train_run(tiny_config(tiny_corpus, f"model.cell={cell}", "model.impl=reference", "train.max_steps=2"), tmp_path)
@@ -216,6 +232,10 @@ def test_every_cell_is_looked_into(tiny_corpus: Path, tmp_path: Path, text: Path
     numbers = json.loads(result.stdout)
     assert [set(layer) for layer in numbers["saturation"]] == [gates]
     assert numbers["memory"]["measure"] == measure and len(numbers["memory"]["units"]) == 5
+    if gates:  # the mean log of the keep gate is at most the log of its mean (Jensen): read from the same gate
+        for unit in numbers["memory"]["units"]:
+            assert 0 < unit["score"] < 1
+            assert unit["half_life"] <= math.log(0.5) / math.log(unit["score"]) * (1 + 1e-3)
     assert "cell_norms" not in numbers["gradient_flow"] and len(numbers["gradient_flow"]["norms"]) == 10
     page = (tmp_path / "p.html").read_text(encoding="utf-8")
     assert ("The RNN has no gates." in page) == (cell == "rnn")
