@@ -341,7 +341,7 @@ def summarize(name: str, spec: dict, vocab: int, steps: int, rounds: dict[str, l
     report["ratio"] = rn["tokens_per_sec"] / pl["tokens_per_sec"]  # the headline: ratio of medians
     report["best_ratio"] = rn["best_tokens_per_sec"] / pl["best_tokens_per_sec"]
     report["paired_ratio"] = statistics.median(a / b for a, b in zip(rn["rounds_tokens_per_sec"],
-                                                                     pl["rounds_tokens_per_sec"]))
+                                                                     pl["rounds_tokens_per_sec"], strict=True))
     return report
 
 
