@@ -2,9 +2,11 @@
 
 The plain side is the generation loop of pytorch/examples' word_language_model: under no_grad, feed
 one token, take the decoder's logits, exponentiate them divided by the temperature, draw one id with
-torch.multinomial, feed it back. rnnlm's side is `generate` (inference_mode, its one-step function
-`OneStep`, its sampler): one sample, one sample from bf16 weights, then several drawn together as one
-batch.
+torch.multinomial, feed it back. rnnlm's side is `generate` (inference_mode, the model's one-step function
+`model.stepper()`, which runs torch's one-step kernels and hands the sampler the logits, and its
+inverse-CDF sampler): one sample, one sample from bf16 weights, then several drawn together as one batch.
+Each rnnlm round is one `generate` call, set-up included (the stepper's copies of the weights, the warm
+start and the prompt), as `rnnlm sample` runs it.
 
 Reading one token costs reading every weight of the recurrent stack and of the decoder once (the
 embedding contributes one row), so a single stream cannot beat read bandwidth / those bytes. The

@@ -74,7 +74,8 @@ class LinearLogProbs:
 
     def scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """The logits (N, V): the log-probabilities up to a constant per row."""
-        return torch.addmm(self.bias, hidden.to(self.dtype), self.weight).to(self.exact)
+        logits = torch.addmm(self.bias, hidden.to(self.dtype), self.weight)
+        return logits if self.dtype == self.exact else logits.to(self.exact)
 
 
 class AdaptiveSoftmax(nn.Module):
