@@ -182,10 +182,13 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def worker(side: str, spec: dict, device_name: str) -> None:
+def worker(side: str, spec: dict, device_name: str, clock: str = "wall") -> None:
     """Serve rounds for one side: read a step count per line on stdin, answer one JSON line per round."""
     protocol, sys.stdout = sys.stdout, sys.stderr  # nothing but answers goes to the parent's pipe
     device = torch.device(device_name)
+    if clock == "cpu":  # one thread, timed by its CPU seconds: what other jobs on the machine take is not counted
+        torch.set_num_threads(1)
+        time.perf_counter = time.process_time  # both sides' timers (the Trainer's meter too) read this clock
     importlib.import_module("rnnlm.train")  # both sides hold the same modules when the baseline is taken
 
     ready_rss = peak_rss_mb()
@@ -280,8 +283,8 @@ def run_preset(name: str, spec: dict, args: argparse.Namespace, device: torch.de
         sys.exit(f"Error: {exc}{hint}")
     steps = args.steps or spec["steps"]
     workers = {side: subprocess.Popen([sys.executable, __file__, "--worker", side, "--spec", json.dumps(spec),
-                                       "--device", str(device)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      text=True)
+                                       "--device", str(device), "--clock", args.clock], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
                for side in ("rnnlm", "plain")}
     rounds: dict[str, list[dict]] = {"rnnlm": [], "plain": []}
     try:
@@ -380,12 +383,15 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an rnnlm config override for the rnnlm side only, e.g. train.precision=bf16 "
                              "(repeatable; the plain side stays the fp32 full-softmax loop)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: each side runs one thread and is timed by its CPU seconds, for a CPU shared "
+                             "with other jobs (MFU is then against the machine's peak, not one thread's)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     parser.add_argument("--worker", choices=["rnnlm", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, json.loads(args.spec), args.device)
+        return worker(args.worker, json.loads(args.spec), args.device, args.clock)
     if args.rounds < 1 or args.steps < 0:
         parser.error("--rounds must be at least 1 and --steps 0 (the preset's) or more")
     if args.vocab_size and (args.vocab_size < 3 or args.preset == "char"):
@@ -401,6 +407,8 @@ def main() -> None:
         device = resolve_device(args.device)
     except RnnlmError as exc:
         sys.exit(f"Error: {exc}")
+    if args.clock == "cpu" and device.type != "cpu":
+        parser.error("--clock cpu times CPU seconds: it needs --device cpu")
     before = peak_matmul_flops(device)
     names = list(PRESETS) if args.preset == "all" else [args.preset]
     reports = []
@@ -417,7 +425,8 @@ def main() -> None:
             reports.append(run_preset(name, spec, args, device))
     peak = max(before, peak_matmul_flops(device))  # measured on both sides of the run: noise only lowers it
     machine = {"device": str(device), "name": device_name(device), "cpu_count": os.cpu_count(),
-               "torch": torch.__version__, "threads": torch.get_num_threads(), "peak_flops": peak,
+               "torch": torch.__version__, "threads": 1 if args.clock == "cpu" else torch.get_num_threads(),
+               "clock": args.clock, "peak_flops": peak,
                "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     for report in reports:  # model FLOP utilisation of each side's median speed
         for side in ("rnnlm", "plain"):
