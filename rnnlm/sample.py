@@ -46,11 +46,13 @@ def generate(
     texts = [[prompt] for _ in range(num_samples)]
     if on_text and prompt:
         on_text(prompt)
-    pick = functools.partial(choose, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    uniforms = Uniforms(generator, num_samples)
+    pick = functools.partial(choose, temperature=temperature, top_k=top_k, top_p=top_p, generator=uniforms)
     state = fresh_state(
         model, context, num_samples, greedy=temperature == 0, generator=generator, device=device, warm=start == "warm"
     )
-    for drawn in _draw(model, model.prefill, model.stepper(weights), context, state, length, pick, device):
+    step = functools.partial(model.stepper(weights), normalized=False)  # logits: the sampler normalises them
+    for drawn in _draw(model, model.prefill, step, context, state, length, pick, device):
         for b, token in enumerate(drawn):
             texts[b].append(decoders[b](token))
         if on_text:
@@ -107,13 +109,48 @@ def _draw(
             log_probs, state = step(chosen, state)
 
 
+class Uniforms:
+    """Uniform draws in [0, 1), `rows` at a time (one per sample), taken from `generator` for `block` calls at
+    once: one call to the generator instead of one per token. On a CPU these are the very numbers, in the same
+    order, that drawing `rows` at each call gives (torch fills a tensor from its generator in order), so a
+    seed gives the same text as drawing token by token, and a shorter text is the start of a longer one."""
+
+    def __init__(self, generator: torch.Generator, rows: int, block: int = 64) -> None:
+        self.generator, self.rows, self.block = generator, rows, block
+        self.drawn: list[torch.Tensor] = []  # the block's remaining draws, (rows, 1) each, the next one last
+
+    def __call__(self, rows: int) -> torch.Tensor:
+        """The next `rows` draws, (rows, 1) float64; `rows` is always the one given at construction."""
+        if rows != self.rows:
+            raise ValueError(f"drawing {rows} rows from uniforms made for {self.rows}")
+        if not self.drawn:  # drawn only when first needed: whatever else the generator draws comes first
+            block = torch.rand(
+                self.block, rows, 1, generator=self.generator, device=self.generator.device, dtype=torch.float64
+            )
+            self.drawn = list(block.unbind(0))[::-1]
+        return self.drawn.pop()
+
+
 def choose(
-    log_probs: torch.Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator
+    log_probs: torch.Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator | Uniforms
 ) -> torch.Tensor:
-    """Pick the next token per row of log_probs (B, V): argmax at temperature 0, else sample."""
+    """Pick the next token per row of log_probs (B, V): argmax at temperature 0, else draw from `distribution`."""
     if temperature == 0:
         return log_probs.argmax(dim=-1)
-    logits = log_probs / temperature
+    probs, candidates = distribution(log_probs, temperature, top_k, top_p)
+    picked = _inverse_cdf(probs, generator)
+    return picked if candidates is None else candidates.gather(-1, picked.unsqueeze(-1)).squeeze(-1)
+
+
+def distribution(
+    log_probs: torch.Tensor, temperature: float, top_k: int, top_p: float
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What `choose` draws from at a temperature above 0: softmax(log_probs / temperature) over each row
+    (B, V), restricted to the top_k likeliest tokens and then to the top_p nucleus, as (weights, the token
+    ids they are for or None for all V); the weights are proportional to the probabilities, the restricted
+    ones not renormalised. The rows may be log-probabilities up to a constant per row (logits): the
+    distribution is the same."""
+    logits = log_probs if temperature == 1.0 else log_probs / temperature  # dividing by 1 changes nothing
     if 0 < top_k < logits.size(-1):
         logits, candidates = logits.topk(top_k, dim=-1)  # (B, k), sorted: only k are ranked
         probs = torch.softmax(logits, dim=-1)
@@ -124,19 +161,21 @@ def choose(
     if top_p < 1.0:  # nucleus (Holtzman et al. 2020): the fewest tokens holding mass top_p
         before = probs.cumsum(dim=-1) - probs
         probs = probs.masked_fill(before >= top_p, 0.0)
-    picked = _inverse_cdf(probs, generator)
-    return picked if candidates is None else candidates.gather(-1, picked.unsqueeze(-1)).squeeze(-1)
+    return probs, candidates
 
 
-def _inverse_cdf(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _inverse_cdf(probs: torch.Tensor, generator: torch.Generator | Uniforms) -> torch.Tensor:
     """One id per row of `probs` (B, V), drawn with probability proportional to its entry (the rows need
     not sum to 1): the first id whose running sum exceeds a uniform draw below the total. The same law as
     torch.multinomial, which draws V exponential variates per row (as long as the rest of a step takes
     at 10,000 words: docs/benchmarks.md). The running sum is in float64: in float32, once it passes 0.5 a word
     rarer than 3e-8 would add nothing to it and never be drawn, and the rare words come last."""
-    running = probs.double().cumsum(dim=-1)
-    point = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=torch.float64)
-    point *= running[:, -1:]
+    running = probs.cumsum(dim=-1, dtype=torch.float64)
+    if isinstance(generator, Uniforms):
+        point = generator(probs.size(0)) * running[:, -1:]
+    else:
+        point = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=torch.float64)
+        point *= running[:, -1:]
     return torch.searchsorted(running, point, right=True).clamp_(max=probs.size(-1) - 1).squeeze(-1)  # (B,)
 
 
@@ -172,7 +211,8 @@ def generate_reverse(
     generator = torch.Generator(device=device).manual_seed(seed)
     context = [*tokenizer.encode(suffix, partial=True).tolist(), tokenizer.boundary_id]  # reading order
     generated: list[list[int]] = [[] for _ in range(num_samples)]
-    pick = functools.partial(choose, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    uniforms = Uniforms(generator, num_samples)
+    pick = functools.partial(choose, temperature=temperature, top_k=top_k, top_p=top_p, generator=uniforms)
     state = model.init_state(num_samples, device)
     for drawn in _draw(model, model.prefill_backward, model.step_backward, context, state, length, pick, device):
         for b, token in enumerate(drawn):

@@ -3,9 +3,12 @@
 Each side trains in its own worker process (so each has its own peak memory), and the two take turns:
 one warm-up round each, then rnnlm, plain, rnnlm, plain, ... The rnnlm side runs the real `Trainer`
 and reports `TrainSummary.tokens / TrainSummary.train_seconds` (training steps only); the plain side is
-the loop of pytorch/examples' word_language_model (embedding, fused LSTM, linear decoder, mean
-cross-entropy, manual SGD, clipping, hidden state detached between windows), timed from its first step
-to its last (with torch.cuda.synchronize on CUDA). Printed: median tokens/s per side, the ratio of
+the loop of pytorch/examples' word_language_model as a competent user writes it (embedding, fused
+LSTM, linear decoder; dropout on the embeddings, between the layers (nn.LSTM's own) and on the LSTM's
+output; mean cross-entropy; torch.optim.SGD with foreach, clip_grad_norm_ with foreach; hidden state
+detached between windows), timed from its first step to its last (with torch.cuda.synchronize on CUDA).
+Both sides run the same recipe: SGD, dropout 0.2, clipping at 0.25, nothing one side does that the other
+does not. Printed: median tokens/s per side, the ratio of
 medians (rnnlm / plain; also the ratio of the fastest rounds and the median of per-round ratios, since
 a shared machine only ever slows a round down), model FLOP utilisation against a peak fp32 matmul rate
 measured in the same run, and peak memory (peak RSS of each worker; on CUDA, max_memory_allocated).
@@ -32,11 +35,12 @@ import numpy as np
 import torch
 from torch import nn
 
-# embed_size = hidden_size; no dropout, untied, fp32, SGD with clip 0.25 on both sides
+# embed_size = hidden_size; dropout 0.2 as word_language_model's, untied, fp32, SGD with clip 0.25 on both sides
 PRESETS = {
-    "word": dict(corpus="ptb", tokenizer="word", layers=2, hidden=200, bptt=35, batch=20, lr=20.0, steps=60),
+    "word": dict(corpus="ptb", tokenizer="word", layers=2, hidden=200, bptt=35, batch=20, lr=20.0, dropout=0.2,
+                 steps=60),
     "char": dict(corpus="tinyshakespeare", tokenizer="char", layers=2, hidden=512, bptt=128, batch=64, lr=20.0,
-                 steps=5),
+                 dropout=0.2, steps=5),
 }
 CLIP = 0.25
 LOG_INTERVAL = 20  # both sides read the loss back to Python this often (rnnlm's train.log_every)
@@ -46,7 +50,8 @@ def rnnlm_overrides(spec: dict, steps: int, device: str) -> list[str]:
     return [f"data.corpus={spec['corpus']}", f"data.cache_dir={spec.get('cache_dir', '')}",
             f"tokenizer.kind={spec['tokenizer']}", f"tokenizer.vocab_size={spec.get('vocab_cap', 0)}",
             "model.cell=lstm", f"model.num_layers={spec['layers']}",
-            f"model.embed_size={spec['hidden']}", f"model.hidden_size={spec['hidden']}", "model.dropout=0",
+            f"model.embed_size={spec['hidden']}", f"model.hidden_size={spec['hidden']}",
+            f"model.dropout={spec.get('dropout', 0.0)}", "model.locked_dropout=false", "model.dropout_embedding=0",
             "model.tie_weights=false", f"train.batch_size={spec['batch']}", f"train.bptt={spec['bptt']}",
             f"train.max_steps={steps}", "train.epochs=0",
             # rnnlm's end-of-run validation is untimed; with the training shapes its memory stays under training's
@@ -71,21 +76,24 @@ def synchronize(device: torch.device) -> None:
 
 
 class PlainLM(nn.Module):
-    """pytorch/examples' RNNModel without dropout: embedding -> nn.LSTM -> linear decoder."""
+    """pytorch/examples' RNNModel: embedding -> dropout -> nn.LSTM (dropout between layers) -> dropout -> linear
+    decoder; dropout 0 leaves it out (nothing runs in its place)."""
 
-    def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, embed_size: int | None = None) -> None:
+    def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, embed_size: int | None = None,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         embed_size = embed_size or hidden_size
         self.encoder = nn.Embedding(vocab_size, embed_size)
-        self.rnn = nn.LSTM(embed_size, hidden_size, num_layers)
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.rnn = nn.LSTM(embed_size, hidden_size, num_layers, dropout=dropout if num_layers > 1 else 0.0)
         self.decoder = nn.Linear(hidden_size, vocab_size)
         nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
         nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
 
     def forward(self, inputs, hidden):
-        output, hidden = self.rnn(self.encoder(inputs), hidden)  # (T, B, H)
-        return self.decoder(output).view(-1, self.decoder.out_features), hidden  # (T*B, V)
+        output, hidden = self.rnn(self.drop(self.encoder(inputs)), hidden)  # (T, B, H)
+        return self.decoder(self.drop(output)).view(-1, self.decoder.out_features), hidden  # (T*B, V)
 
 
 def columns(ids: torch.Tensor, batch: int) -> torch.Tensor:
@@ -93,21 +101,26 @@ def columns(ids: torch.Tensor, batch: int) -> torch.Tensor:
     return ids[: len(ids) // batch * batch].view(batch, -1).t().contiguous()
 
 
-def plain_step(model: PlainLM, criterion: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, hidden: tuple,
-               lr: float, clip: float, scale: float = 1.0) -> tuple[torch.Tensor, tuple]:
-    """One SGD step of pytorch/examples' loop on one window: (the loss, not read back; the new state).
+def plain_optimizer(model: nn.Module, lr: float) -> torch.optim.SGD:
+    """Plain SGD, theta <- theta - lr * grad, as torch.optim's multi-tensor (foreach) kernels do it."""
+    return torch.optim.SGD(model.parameters(), lr=lr, foreach=True)
+
+
+def plain_step(model: PlainLM, criterion: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+               targets: torch.Tensor, hidden: tuple, clip: float, scale: float = 1.0) -> tuple[torch.Tensor, tuple]:
+    """One optimizer step of pytorch/examples' loop on one window: (the loss, not read back; the new state).
     `scale` multiplies the mean loss, e.g. by the window's length to sum it over time."""
     # the columns are continuous text, so the state carries over; detaching stops backprop at the window
     hidden = tuple(h.detach() for h in hidden)
-    model.zero_grad()
+    optimizer.zero_grad(set_to_none=True)
     output, hidden = model(inputs, hidden)
     loss = criterion(output, targets)
     if scale != 1.0:
         loss = loss * scale
     loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), clip)  # keeps one exploding window from wrecking the weights
-    for p in model.parameters():
-        p.data.add_(p.grad, alpha=-lr)
+    # keeps one exploding window from wrecking the weights; the optimizer's own list, not a fresh generator
+    nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], clip, foreach=True)
+    optimizer.step()
     return loss, hidden
 
 
@@ -116,8 +129,8 @@ def plain_round(spec: dict, ids: torch.Tensor, vocab_size: int, steps: int, devi
     B, bptt, lr = spec["batch"], spec["bptt"], spec["lr"]
     torch.manual_seed(1234)
     data = columns(ids, B).to(device)
-    model = PlainLM(vocab_size, spec["hidden"], spec["layers"]).to(device)
-    criterion = nn.CrossEntropyLoss()
+    model = PlainLM(vocab_size, spec["hidden"], spec["layers"], dropout=spec.get("dropout", 0.0)).to(device)
+    criterion, optimizer = nn.CrossEntropyLoss(), plain_optimizer(model, lr)
     starts = range(0, data.size(0) - 1, bptt)
     synchronize(device)
     begin, tokens = time.perf_counter(), 0
@@ -128,7 +141,7 @@ def plain_round(spec: dict, ids: torch.Tensor, vocab_size: int, steps: int, devi
             hidden = (torch.zeros(shape, device=device), torch.zeros(shape, device=device))
         length = min(bptt, data.size(0) - 1 - i)
         inputs, targets = data[i: i + length], data[i + 1: i + 1 + length].reshape(-1)
-        loss, hidden = plain_step(model, criterion, inputs, targets, hidden, lr, CLIP)
+        loss, hidden = plain_step(model, criterion, optimizer, inputs, targets, hidden, CLIP)
         tokens += targets.numel()
         if (step + 1) % LOG_INTERVAL == 0:
             loss.item()
@@ -169,10 +182,13 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def worker(side: str, spec: dict, device_name: str) -> None:
+def worker(side: str, spec: dict, device_name: str, clock: str = "wall") -> None:
     """Serve rounds for one side: read a step count per line on stdin, answer one JSON line per round."""
     protocol, sys.stdout = sys.stdout, sys.stderr  # nothing but answers goes to the parent's pipe
     device = torch.device(device_name)
+    if clock == "cpu":  # one thread, timed by its CPU seconds: what other jobs on the machine take is not counted
+        torch.set_num_threads(1)
+        time.perf_counter = time.process_time  # both sides' timers (the Trainer's meter too) read this clock
     importlib.import_module("rnnlm.train")  # both sides hold the same modules when the baseline is taken
 
     ready_rss = peak_rss_mb()
@@ -267,8 +283,8 @@ def run_preset(name: str, spec: dict, args: argparse.Namespace, device: torch.de
         sys.exit(f"Error: {exc}{hint}")
     steps = args.steps or spec["steps"]
     workers = {side: subprocess.Popen([sys.executable, __file__, "--worker", side, "--spec", json.dumps(spec),
-                                       "--device", str(device)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      text=True)
+                                       "--device", str(device), "--clock", args.clock], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
                for side in ("rnnlm", "plain")}
     rounds: dict[str, list[dict]] = {"rnnlm": [], "plain": []}
     try:
@@ -313,6 +329,7 @@ def summarize(name: str, spec: dict, vocab: int, steps: int, rounds: dict[str, l
     report = {"preset": name, "rnnlm_overrides": spec.get("overrides", []), "corpus": spec["corpus"],
               "vocab_size": vocab, "layers": spec["layers"],
               "hidden_size": spec["hidden"], "bptt": spec["bptt"], "batch_size": spec["batch"], "lr": spec["lr"],
+              "dropout": spec.get("dropout", 0.0),
               "steps_per_round": steps, "rounds": len(rounds["plain"]),
               "parameters": rounds["plain"][0]["parameters"], "flops_per_token": fpt}
     for side, results in rounds.items():
@@ -327,7 +344,7 @@ def summarize(name: str, spec: dict, vocab: int, steps: int, rounds: dict[str, l
     report["ratio"] = rn["tokens_per_sec"] / pl["tokens_per_sec"]  # the headline: ratio of medians
     report["best_ratio"] = rn["best_tokens_per_sec"] / pl["best_tokens_per_sec"]
     report["paired_ratio"] = statistics.median(a / b for a, b in zip(rn["rounds_tokens_per_sec"],
-                                                                     pl["rounds_tokens_per_sec"]))
+                                                                     pl["rounds_tokens_per_sec"], strict=True))
     return report
 
 
@@ -366,12 +383,15 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an rnnlm config override for the rnnlm side only, e.g. train.precision=bf16 "
                              "(repeatable; the plain side stays the fp32 full-softmax loop)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: each side runs one thread and is timed by its CPU seconds, for a CPU shared "
+                             "with other jobs (MFU is then against the machine's peak, not one thread's)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     parser.add_argument("--worker", choices=["rnnlm", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, json.loads(args.spec), args.device)
+        return worker(args.worker, json.loads(args.spec), args.device, args.clock)
     if args.rounds < 1 or args.steps < 0:
         parser.error("--rounds must be at least 1 and --steps 0 (the preset's) or more")
     if args.vocab_size and (args.vocab_size < 3 or args.preset == "char"):
@@ -387,6 +407,8 @@ def main() -> None:
         device = resolve_device(args.device)
     except RnnlmError as exc:
         sys.exit(f"Error: {exc}")
+    if args.clock == "cpu" and device.type != "cpu":
+        parser.error("--clock cpu times CPU seconds: it needs --device cpu")
     before = peak_matmul_flops(device)
     names = list(PRESETS) if args.preset == "all" else [args.preset]
     reports = []
@@ -403,7 +425,8 @@ def main() -> None:
             reports.append(run_preset(name, spec, args, device))
     peak = max(before, peak_matmul_flops(device))  # measured on both sides of the run: noise only lowers it
     machine = {"device": str(device), "name": device_name(device), "cpu_count": os.cpu_count(),
-               "torch": torch.__version__, "threads": torch.get_num_threads(), "peak_flops": peak,
+               "torch": torch.__version__, "threads": 1 if args.clock == "cpu" else torch.get_num_threads(),
+               "clock": args.clock, "peak_flops": peak,
                "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     for report in reports:  # model FLOP utilisation of each side's median speed
         for side in ("rnnlm", "plain"):

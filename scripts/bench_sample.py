@@ -2,9 +2,11 @@
 
 The plain side is the generation loop of pytorch/examples' word_language_model: under no_grad, feed
 one token, take the decoder's logits, exponentiate them divided by the temperature, draw one id with
-torch.multinomial, feed it back. rnnlm's side is `generate` (inference_mode, its one-step function
-`OneStep`, its sampler): one sample, one sample from bf16 weights, then several drawn together as one
-batch.
+torch.multinomial, feed it back. rnnlm's side is `generate` (inference_mode, the model's one-step function
+`model.stepper()`, which runs torch's one-step kernels and hands the sampler the logits, and its
+inverse-CDF sampler): one sample, one sample from bf16 weights, then several drawn together as one batch.
+Each rnnlm round is one `generate` call, set-up included (the stepper's copies of the weights, the warm
+start and the prompt), as `rnnlm sample` runs it.
 
 Reading one token costs reading every weight of the recurrent stack and of the decoder once (the
 embedding contributes one row), so a single stream cannot beat read bandwidth / those bytes. The
@@ -41,29 +43,32 @@ def plain_from(model) -> PlainLM:
     return plain.eval()
 
 
+clock = time.perf_counter  # or time.process_time with --clock cpu (set in main)
+
+
 def plain_sample(plain: PlainLM, tokens: int, temperature: float, seed: int) -> float:
     """The example's loop; returns seconds for `tokens` draws (the model's logits: (1, V) per token)."""
     torch.manual_seed(seed)
     layers, hidden_size = plain.rnn.num_layers, plain.rnn.hidden_size
     hidden = (torch.zeros(layers, 1, hidden_size), torch.zeros(layers, 1, hidden_size))
     token = torch.zeros(1, 1, dtype=torch.long)
-    begin = time.perf_counter()
+    begin = clock()
     with torch.no_grad():
         for _ in range(tokens):
             output, hidden = plain(token, hidden)
             weights = output.squeeze().div(temperature).exp()
             token.fill_(torch.multinomial(weights, 1)[0])
-    return time.perf_counter() - begin
+    return clock() - begin
 
 
 def rnnlm_sample(model, tokenizer, tokens: int, samples: int, temperature: float, seed: int,
                  weights: torch.dtype | None = None) -> float:
     from rnnlm.sample import generate
 
-    begin = time.perf_counter()
+    begin = clock()
     generate(model, tokenizer, length=tokens, temperature=temperature, num_samples=samples, seed=seed,
              weights=weights)
-    return time.perf_counter() - begin
+    return clock() - begin
 
 
 def read_bandwidth(megabytes: float = 512, rounds: int = 5) -> float:
@@ -75,10 +80,10 @@ def read_bandwidth(megabytes: float = 512, rounds: int = 5) -> float:
     repeat = max(1, int(512 // megabytes))  # ~512 MB read per timing, however small the tensor
     best = 0.0
     for _ in range(rounds):
-        tick = time.perf_counter()
+        tick = clock()
         for _ in range(repeat):
             data.sum()
-        best = max(best, repeat * data.numel() * 4 / (time.perf_counter() - tick))
+        best = max(best, repeat * data.numel() * 4 / (clock() - tick))
     return best
 
 
@@ -114,8 +119,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="samples drawn together in the batched rnnlm rounds")
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds per side, after one warm-up")
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: time by this process's CPU seconds, for a machine shared with other jobs (with "
+                             "--threads 1, so that CPU seconds are the wall clock of a quiet machine)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        if torch.get_num_threads() != 1:
+            parser.error("--clock cpu needs --threads 1 (CPU seconds of several threads add up)")
+        global clock
+        clock = time.process_time
     if args.checkpoint and args.vocab_size:
         parser.error("--vocab-size makes a fresh model: give it or --checkpoint, not both")
     try:
@@ -146,7 +162,7 @@ def main() -> None:
     report = {"vocab_size": model.vocab_size, "parameters": model.num_parameters(), "weight_bytes_per_step": weight_bytes,
               "read_bandwidth_gb_s": bandwidth / 1e9,
               "memory_bandwidth_gb_s": memory / 1e9, "one_stream_bound_tokens_per_sec": bound,
-              "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "threads": torch.get_num_threads(), "clock": args.clock, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "tokens_per_sec": {name: statistics.median(values) for name, values in speeds.items()}}
     if args.json:
         print(json.dumps(report, indent=2))

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import PlainLM, columns, plain_step  # scripts/bench.py's plain side (this folder is on the path)
+from bench import PlainLM, columns, plain_optimizer, plain_step  # scripts/bench.py's plain side (on the path)
 from rnnlm.evaluate import perplexity as safe_perplexity  # inf, not OverflowError, for a diverged run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,17 +67,19 @@ def run_plain(epochs: int) -> dict:
     model = PlainLM(corpus.tokenizer.vocab_size, HIDDEN, LAYERS)
     for p in model.parameters():
         nn.init.uniform_(p, -0.1, 0.1)
-    criterion = nn.CrossEntropyLoss()
+    criterion, optimizer = nn.CrossEntropyLoss(), plain_optimizer(model, 1.0)
     curve, lr = [], 1.0
     begin = time.perf_counter()
     for epoch in range(1, epochs + 1):
         lr = 1.0 if epoch <= 4 else lr * 0.5
+        optimizer.param_groups[0]["lr"] = lr
         shape = (LAYERS, BATCH, HIDDEN)
         hidden = (torch.zeros(shape), torch.zeros(shape))
         for i in range(0, train.size(0) - 1, BPTT):
             length = min(BPTT, train.size(0) - 1 - i)
-            _, hidden = plain_step(model, criterion, train[i: i + length], train[i + 1: i + 1 + length].reshape(-1),
-                                   hidden, lr, clip=5.0, scale=length)  # the loss summed over time
+            _, hidden = plain_step(model, criterion, optimizer, train[i: i + length],
+                                   train[i + 1: i + 1 + length].reshape(-1), hidden, clip=5.0,
+                                   scale=length)  # the loss summed over time
         perplexity = plain_perplexity(model, valid)
         curve.append({"epoch": epoch, "seconds": time.perf_counter() - begin, "val_ppl": perplexity})
         print(json.dumps(curve[-1]), file=sys.stderr)

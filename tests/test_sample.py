@@ -7,7 +7,7 @@ from rnnlm.config import load_config
 from rnnlm.data.tokenizers import CharTokenizer, WordVocabBuilder
 from rnnlm.models import build_model
 from rnnlm.models.lm import RNNLM
-from rnnlm.sample import choose, generate
+from rnnlm.sample import Uniforms, _inverse_cdf, choose, distribution, generate
 
 TEXT = "to be or not to be, that is the question\n"
 
@@ -107,7 +107,7 @@ def test_top_p_over_a_large_vocabulary_equals_sorting_it_all():
         assert (picks == best).float().mean().item() == pytest.approx(share, abs=0.03)
 
 
-@pytest.mark.parametrize("overrides", [
+ONE_STEP_KINDS = [
     ["model.cell=lstm", "model.num_layers=2"],
     ["model.cell=gru", "model.num_layers=2"],
     ["model.cell=rnn", "model.nonlinearity=relu"],
@@ -116,7 +116,10 @@ def test_top_p_over_a_large_vocabulary_equals_sorting_it_all():
     ["model.cell=gru", "model.impl=reference"],
     ["model.softmax=adaptive", "model.cutoffs=[10,20]", "tokenizer.kind=word"],
     ["model.bidirectional=true", "model.num_layers=2"],  # its forward stack
-])
+]
+
+
+@pytest.mark.parametrize("overrides", ONE_STEP_KINDS)
 def test_the_one_step_generator_computes_what_model_step_does(overrides):
     torch.manual_seed(0)
     config = load_config(None, ["model.hidden_size=16", "model.embed_size=8", *overrides]).model
@@ -163,3 +166,88 @@ def test_draws_follow_the_distribution_and_never_take_an_impossible_token():
     frequencies = torch.bincount(drawn, minlength=6).double() / 20_000
     assert frequencies[1] == frequencies[5] == 0  # 1e-30: possible in principle, never in 20,000 draws
     torch.testing.assert_close(frequencies, probs.double(), rtol=0, atol=0.012)  # ~4 standard errors
+
+
+def reference_distribution(log_probs, temperature, top_k, top_p):
+    """softmax(log_probs / T) over each row, cut to the top k, then to the nucleus, by sorting every row."""
+    probs, order = torch.softmax(log_probs / temperature, dim=-1).sort(dim=-1, descending=True)
+    if top_k:
+        probs[:, top_k:] = 0
+    probs = probs / probs.sum(dim=-1, keepdim=True)
+    probs = probs.masked_fill(probs.cumsum(dim=-1) - probs >= top_p, 0)
+    return torch.zeros_like(probs).scatter(-1, order, probs / probs.sum(dim=-1, keepdim=True))
+
+
+@pytest.mark.parametrize("overrides", ONE_STEP_KINDS)
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 5, 1.0), (0.8, 0, 0.6),
+                                                     (1.0, 8, 0.7)])
+def test_the_sampler_draws_from_model_step_distribution(overrides, temperature, top_k, top_p):
+    """generate samples from the fast stepper's logits; normalised with temperature, top-k and top-p they
+    are the distribution model.step's log-probabilities give, to float64 rounding."""
+    torch.manual_seed(0)
+    config = load_config(None, ["model.hidden_size=16", "model.embed_size=8", *overrides]).model
+    model = build_model(30, config).double().eval()
+    fast = model.stepper()
+    tokens = torch.tensor([3, 0, 29])
+    state = fast_state = tuple(torch.randn_like(s) for s in model.init_state(3))
+    with torch.inference_mode():
+        for _ in range(3):
+            expected, state = model.step(tokens, state)
+            scores, fast_state = fast(tokens, fast_state, normalized=False)
+            probs, candidates = distribution(scores, temperature, top_k, top_p)
+            drawn = probs if candidates is None else torch.zeros_like(scores).scatter(-1, candidates, probs)
+            want = reference_distribution(expected, temperature, top_k, top_p)
+            torch.testing.assert_close(drawn / drawn.sum(dim=-1, keepdim=True), want, rtol=0, atol=1e-12)
+            assert ((want > 0).sum(dim=-1) < 30).all() if (top_k or top_p < 1) else (want > 0).all()
+            tokens = expected.argmax(dim=-1)
+
+
+def test_a_draw_is_the_first_token_whose_running_sum_passes_the_uniform():
+    weights = torch.tensor([2.0, 0.0, 3.0, 5.0]) * torch.rand(500, 1) + torch.tensor([0.0, 0.0, 0.0, 1e-3])
+    picks = _inverse_cdf(weights, torch.Generator().manual_seed(0))
+    point = torch.rand(500, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    running = weights.double().cumsum(dim=-1)
+    expected = (running <= point * running[:, -1:]).sum(dim=-1)  # how many running sums the point passes
+    assert torch.equal(picks, expected) and 1 not in picks.tolist() and set(picks.tolist()) == {0, 2, 3}
+
+
+def test_uniforms_drawn_in_blocks_are_the_numbers_drawn_call_by_call():
+    uniforms, plain = Uniforms(torch.Generator().manual_seed(4), rows=3, block=5), torch.Generator().manual_seed(4)
+    for _ in range(12):  # across two block boundaries
+        assert torch.equal(uniforms(3), torch.rand(3, 1, generator=plain, dtype=torch.float64))
+    with pytest.raises(ValueError, match="3"):
+        uniforms(2)
+
+
+def test_a_shorter_text_is_the_start_of_a_longer_one(char_model):
+    model, tokenizer = char_model
+    for samples in (1, 2):
+        short = generate(model, tokenizer, prompt="to ", length=50, seed=5, num_samples=samples)
+        long = generate(model, tokenizer, prompt="to ", length=150, seed=5, num_samples=samples)  # draws 3 blocks
+        assert all(b.startswith(a) for a, b in zip(short, long, strict=True))
+
+
+@pytest.mark.parametrize("cell,nonlinearity,impl,kernel", [
+    ("lstm", "tanh", "fused", True), ("gru", "tanh", "fused", True), ("rnn", "tanh", "fused", True),
+    ("rnn", "relu", "reference", True), ("rnn", "sigmoid", "reference", False),
+])
+def test_torch_one_step_kernels_compute_the_cells_equations(cell, nonlinearity, impl, kernel):
+    """Without a record, the stepper runs torch's one-step kernel where there is one; with a record, the
+    cell's own equations: the same state, to float64 rounding."""
+    torch.manual_seed(1)
+    overrides = [f"model.cell={cell}", f"model.nonlinearity={nonlinearity}", f"model.impl={impl}",
+                 "model.num_layers=2", "model.hidden_size=16", "model.embed_size=8"]
+    model = build_model(30, load_config(None, overrides).model).double().eval()
+    fast = model.stepper()
+    assert (fast.stack.kernel is not None) == kernel
+    assert model.stepper(torch.bfloat16).stack.kernel is None  # bf16 weights, a state in the model's dtype
+    state = tuple(torch.randn_like(s) for s in model.init_state(3))
+    tokens = torch.tensor([4, 5, 6])
+    with torch.inference_mode():
+        log_probs, new = fast(tokens, state)
+        record: list = []
+        recorded_log_probs, recorded = fast(tokens, state, record)
+    assert len(record) == 2
+    torch.testing.assert_close(log_probs, recorded_log_probs, rtol=0, atol=1e-12)
+    for a, b in zip(new, recorded, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

@@ -15,6 +15,8 @@ for it). Both return the state; `gates`/`step` return every intermediate (a Name
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -225,12 +227,17 @@ def make_cell(cell: str, nonlinearity: str = "tanh") -> Cell:
 
 
 class StackStepper:
-    """One time step of a whole stack, each layer by its cell's `step` on packed weights.
+    """One time step of a whole stack: what generation runs once per token.
 
-    What generation runs once per token. The fused recurrent kernels are built for sequences: called for
-    one time step, oneDNN sets up its primitive on every call, which costs a CPU several times the reading
-    of the weights. With `dtype` bfloat16 the weights are a bf16 copy (half the bytes read per token);
-    the state stays in `exact`, the model's dtype.
+    The fused recurrent kernels are built for sequences: called for one time step, oneDNN sets up its
+    primitive on every call, which costs a CPU several times the reading of the weights. So the stepper
+    runs one layer at a time. For the LSTM, the GRU and the tanh/ReLU Elman cell in the model's dtype it
+    calls torch's one-step kernel (`torch.lstm_cell`, `gru_cell`, `rnn_tanh_cell`, `rnn_relu_cell`): the
+    same equations as the cell's, one Python call per layer instead of a dozen, on W and U stored
+    transposed (the kernel multiplies by W^T, which then reads the matrix row after row). Otherwise
+    (a sigmoid Elman cell, bf16 weights, or a `record` of the gates asked for) each layer runs its
+    cell's `step` on weights `cell.pack` laid out for it, packed on first use. With `dtype` bfloat16 the
+    weights are a bf16 copy (half the bytes read per token); the state stays in `exact`, the model's dtype.
     """
 
     def __init__(
@@ -238,13 +245,23 @@ class StackStepper:
     ) -> None:
         self.cell, self.exact, self.dtype = cell, exact, dtype or exact
         self.per_layer = len(cell.state_names)
+        self.weights = layers  # the model's own, packed for `step` when first needed
+        self.kernel = _one_step_kernel(cell) if self.dtype == exact else None
         with torch.no_grad():
-            self.layers = [cell.pack(w, self.dtype) for w in layers]
+            self.kernel_weights = [_transposed(w, exact) for w in layers] if self.kernel is not None else []
+
+    @functools.cached_property
+    def layers(self) -> list[PackedLayer]:
+        """Each layer's weights packed for its cell's `step`."""
+        with torch.no_grad():
+            return [self.cell.pack(w, self.dtype) for w in self.weights]
 
     def __call__(self, x: torch.Tensor, state: State, record: list[Gates] | None = None) -> State:
         """x (B, I) in `dtype` -> the new state; with `record`, each layer's gates are appended to it."""
+        if self.kernel is not None and record is None:
+            return self._kernel_step(x, state)
         new: list[torch.Tensor] = []
-        n, last = self.per_layer, len(self.layers) - 1
+        n, last = self.per_layer, len(self.weights) - 1
         for k, packed in enumerate(self.layers):
             gates = self.cell.step(x, state[k * n : (k + 1) * n], packed, self.exact)
             if record is not None:
@@ -253,3 +270,49 @@ class StackStepper:
             if k < last:
                 x = gates.h.to(self.dtype)
         return tuple(new)
+
+    def _kernel_step(self, x: torch.Tensor, state: State) -> State:
+        kernel, n = self.kernel, self.per_layer
+        assert kernel is not None
+        new: list[torch.Tensor] = []
+        for k, weights in enumerate(self.kernel_weights):
+            layer = kernel(x, state[k * n : (k + 1) * n], *weights)
+            new.extend(layer)
+            x = layer[0]  # h, the next layer's input
+        return tuple(new)
+
+
+def _transposed(w: LayerWeights, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """w's four tensors for a one-step kernel, W and U as (G*H, in) views of W^T and U^T stored row-major: the
+    kernel's product x W^T then reads the stored matrix in order, which a one-row product does faster."""
+    return _cast(w.weight_ih.t(), dtype).t(), _cast(w.weight_hh.t(), dtype).t(), *(_cast(b, dtype) for b in w.all()[2:])
+
+
+OneStepKernel = Callable[..., tuple[torch.Tensor, ...]]  # (x, layer state, w_ih, w_hh, b_ih, b_hh) -> layer state
+
+
+def _lstm_kernel(x: torch.Tensor, state: State, *weights: torch.Tensor) -> State:
+    return torch.lstm_cell(x, state, *weights)  # (h, c)
+
+
+def _gru_kernel(x: torch.Tensor, state: State, *weights: torch.Tensor) -> State:
+    return (torch.gru_cell(x, state[0], *weights),)
+
+
+def _tanh_kernel(x: torch.Tensor, state: State, *weights: torch.Tensor) -> State:
+    return (torch.rnn_tanh_cell(x, state[0], *weights),)
+
+
+def _relu_kernel(x: torch.Tensor, state: State, *weights: torch.Tensor) -> State:
+    return (torch.rnn_relu_cell(x, state[0], *weights),)
+
+
+def _one_step_kernel(cell: Cell) -> OneStepKernel | None:
+    """torch's one-step function computing `cell`'s equations, or None (the sigmoid Elman cell, other cells)."""
+    if type(cell) is LSTMCell:
+        return _lstm_kernel
+    if type(cell) is GRUCell:
+        return _gru_kernel
+    if type(cell) is ElmanCell:
+        return {torch.tanh: _tanh_kernel, torch.relu: _relu_kernel}.get(cell.f)
+    return None

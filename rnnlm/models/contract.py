@@ -14,6 +14,7 @@ A model (`RNNLM`, `BidirectionalLM`; built by `rnnlm.models.build_model`) is a `
   state)` reads a prompt; `step(tokens (B,), state)` reads one more token. `stepper(dtype)` gives a
   callable with `step`'s signature and numbers that runs faster (one matrix product per layer on packed
   weights, optionally bf16), for drawing many tokens; `model.step` is the reference it is tested against.
+  Called with `normalized=False` it returns scores, log-probabilities up to a constant per row (sampling).
   Given a list as `record`, the stepper appends each layer's gates to it (models/cells.py: `LSTMGates`
   i, f, g, o, c, h; `GRUGates` z, r, n, h; `ElmanGates` h; models/mincells.py: `MinGRUGates` z, n, h;
   `MinLSTMGates` f, i (normalised), n, h), for looking inside the cells.
@@ -95,9 +96,13 @@ class LMOutput:
 
 
 class Stepper(Protocol):
-    """The fast one-step function: tokens (B,) and a state -> log-probabilities (B, V) and the new state."""
+    """The fast one-step function: tokens (B,) and a state -> log-probabilities (B, V) and the new state.
+    `normalized` False: scores instead, the log-probabilities up to a constant per row (the logits), which
+    is all a sampler needs (softmax(scores / T) is the same distribution)."""
 
-    def __call__(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]: ...
+    def __call__(
+        self, tokens: torch.Tensor, state: State, record: list | None = None, *, normalized: bool = True
+    ) -> tuple[torch.Tensor, State]: ...
 
 
 class LanguageModel(nn.Module, abc.ABC):

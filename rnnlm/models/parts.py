@@ -15,7 +15,7 @@ from rnnlm.config import ModelConfig
 from rnnlm.models.cells import Gates
 from rnnlm.models.contract import State
 from rnnlm.models.regularize import dropout, embedding_dropout
-from rnnlm.models.softmax import AdaptiveSoftmax, FullSoftmax, resolve_cutoffs
+from rnnlm.models.softmax import AdaptiveSoftmax, FullSoftmax, LinearLogProbs, resolve_cutoffs
 from rnnlm.models.stack import RecurrentStack, layer_sizes
 
 Decoder = FullSoftmax | AdaptiveSoftmax
@@ -98,12 +98,16 @@ class TokenStepper:
             self.embedding = embedding.weight.detach().to(self.dtype).contiguous()
         self.stack = stack.stepper(exact, self.dtype)
         self.decoder = decoder.stepper(self.dtype)
+        # the full softmax's logits; the adaptive softmax's log-probabilities are its scores
+        self.scores = self.decoder.scores if isinstance(self.decoder, LinearLogProbs) else self.decoder
         self.layout = stack.layout
+        self.top = -self.layout.per_layer  # the top layer's h in a state tuple
 
     def __call__(
-        self, tokens: torch.Tensor, state: State, record: list[Gates] | None = None
+        self, tokens: torch.Tensor, state: State, record: list[Gates] | None = None, *, normalized: bool = True
     ) -> tuple[torch.Tensor, State]:
         """tokens (B,) -> log-probabilities (B, V) of the next token, the new state; with `record`, each
-        layer's gates (models/cells.py) are appended to it."""
-        state = self.stack(F.embedding(tokens, self.embedding), state, record)
-        return self.decoder(self.layout.top_hidden(state)), state
+        layer's gates (models/cells.py) are appended to it. `normalized` False gives scores instead: the
+        log-probabilities up to a constant per row (the logits), whose softmax is the same distribution."""
+        state = self.stack(torch.index_select(self.embedding, 0, tokens), state, record)
+        return (self.decoder if normalized else self.scores)(state[self.top]), state

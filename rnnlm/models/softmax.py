@@ -2,7 +2,8 @@
 the adaptive softmax (Grave et al. 2017, "Efficient softmax approximation for GPUs").
 
 Each output layer gives `log_prob(hidden)`, the next-token log-probabilities, and `stepper(dtype)`, the
-same function on weights laid out for generation (one token at a time).
+same function on weights laid out for generation (one token at a time); the full softmax's stepper also
+gives `scores`, its logits, for a sampler to draw from without normalising them first.
 
 The vocabulary, sorted by frequency, is cut into a head (the most frequent words) and tail clusters
 of rarer words. The head scores its words plus one entry per cluster; cluster k scores its own words
@@ -58,16 +59,23 @@ class FullSoftmax(nn.Linear):
 
 
 class LinearLogProbs:
-    """`FullSoftmax.log_prob` for generation: W^T and b copied once in `dtype`, one addmm per call."""
+    """`FullSoftmax.log_prob` for generation: W^T and b copied once in `dtype`, one addmm per call.
+    `scores` stops before the softmax: the logits, in float32 at least, all that a sampler needs."""
 
     def __init__(self, decoder: nn.Linear, dtype: torch.dtype) -> None:
         with torch.no_grad():
             self.weight = decoder.weight.detach().t().to(dtype).contiguous()  # (H, V)
             self.bias = decoder.bias.detach().to(dtype)
         self.dtype = dtype
+        self.exact = torch.promote_types(dtype, torch.float32)
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         return log_softmax(torch.addmm(self.bias, hidden.to(self.dtype), self.weight))
+
+    def scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The logits (N, V): the log-probabilities up to a constant per row."""
+        logits = torch.addmm(self.bias, hidden.to(self.dtype), self.weight)
+        return logits if self.dtype == self.exact else logits.to(self.exact)
 
 
 class AdaptiveSoftmax(nn.Module):
