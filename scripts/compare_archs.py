@@ -154,29 +154,33 @@ def train_and_score(corpus: str, arch: str, seed: int, spec: dict, runs: Path) -
 
 
 def report(path: Path) -> None:
-    """The table: per corpus, the architectures ranked by mean test bits per byte, with each one's spread."""
+    """The table: per corpus, the architectures ranked by mean test bits per byte, with each one's spread
+    over seeds, and its difference to the LSTM of the same seed (paired: the runs of one seed ran together)."""
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     print(
         "| corpus | architecture | hidden | parameters | seeds | test bits/byte: mean ± sd | min – max "
-        "| tokens/s (mean) | steps (mean) |"
+        "| minus the LSTM's, per seed | tokens/s (mean) | steps (mean) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for corpus in dict.fromkeys(r["corpus"] for r in records):
         groups: dict[str, list[dict]] = {}
         for r in records:
             if r["corpus"] == corpus:
                 groups.setdefault(r["arch"], []).append(r)
-        for arch, runs in sorted(
-            groups.items(), key=lambda item: statistics.mean(r["test_bits_per_byte"] for r in item[1])
-        ):
+        lstm = {r["seed"]: r["test_bits_per_byte"] for r in groups.get("lstm", [])}
+        for arch, runs in sorted(groups.items(), key=lambda item: mean(item[1], "test_bits_per_byte")):
             bpb = [r["test_bits_per_byte"] for r in runs]
             sd = statistics.stdev(bpb) if len(bpb) > 1 else float("nan")
+            paired = ", ".join(f"{r['test_bits_per_byte'] - lstm[r['seed']]:+.3f}" for r in runs if r["seed"] in lstm)
             print(
                 f"| {corpus} | {arch} | {runs[0]['hidden']} | {runs[0]['parameters']:,} | {len(runs)} | "
-                f"{statistics.mean(bpb):.4f} ± {sd:.4f} | {min(bpb):.4f} – {max(bpb):.4f} | "
-                f"{statistics.mean(r['tokens_per_sec'] for r in runs):,.0f} | "
-                f"{statistics.mean(r['steps'] for r in runs):,.0f} |"
+                f"{statistics.mean(bpb):.3f} ± {sd:.3f} | {min(bpb):.3f} – {max(bpb):.3f} | {paired} | "
+                f"{mean(runs, 'tokens_per_sec'):,.0f} | {mean(runs, 'steps'):,.0f} |"
             )
+
+
+def mean(runs: list[dict], key: str) -> float:
+    return statistics.mean(r[key] for r in runs)
 
 
 def main() -> None:
