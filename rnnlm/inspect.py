@@ -10,7 +10,6 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -52,12 +51,6 @@ BLOCK = 512  # tokens recorded between two copies into the arrays
 MIN_TOKENS = 2  # the gradient flow needs a target after a lag of 1 (the line end read first counts too)
 
 
-class RecordingStepper(Protocol):
-    def __call__(
-        self, tokens: torch.Tensor, state: State, record: list[Gates] | None = None
-    ) -> tuple[torch.Tensor, State]: ...
-
-
 @dataclass
 class Trace:
     """What the cells did on a text: per layer, per quantity, the values (N, H) after each token (float16, to
@@ -97,7 +90,7 @@ def saturation(trace: Trace) -> list[dict[str, dict[str, float]]]:
 def record(model: LanguageModel, ids: np.ndarray, state: State, cell: str) -> Trace:
     """Read `ids` (N,) one token at a time through the model's stepper from `state`, keeping every layer's
     gates, cell and hidden state after each token."""
-    step: RecordingStepper = model.stepper()  # type: ignore[assignment]  # the stepper takes `record`
+    step = model.stepper()  # its `record` list receives each layer's gates
     sizes, names, n = model.state_layout.sizes, QUANTITIES[cell], len(ids)
     trace = Trace(cell, [{q: np.empty((n, size), np.float16) for q in names} for size in sizes])
     trace.counts = [{g: np.zeros(3, np.int64) for g in GATES[cell]} for _ in sizes]
