@@ -1,5 +1,5 @@
 """Quality per time budget on tinyshakespeare: the best validation loss rnnlm's LSTM and GRU and a baby GPT
-(scripts/baby_gpt.py) reach in a fixed wall-clock budget on this machine.
+(scripts/baby_gpt.py) reach in a fixed budget of CPU (default) or wall-clock seconds on this machine.
 
 The split is nanoGPT's: the first int(0.9 * len) characters of the file train, the rest validate.
 
@@ -10,17 +10,22 @@ The split is nanoGPT's: the first int(0.9 * len) characters of the file train, t
 
 `sweep` runs one training at a time, each in its own process, round-robin (seed by seed, setting by
 setting) so that the load of a shared machine falls on every model alike, and appends one JSON line per
-run. Every side trains with the same number of torch threads (--threads, default 1). The clock runs from
-the first training step to the last and includes the validations a side makes while it trains (rnnlm's
-Trainer validates at each epoch end and at the end of the run, with eval batch 128; the GPT makes none),
-so the RNNs pay for a validation pass the GPT does not. The final score is off the clock and the same for
-every model: the mean NLL per character in nats over the whole validation split, every character scored
-once (the RNNs statefully, rnnlm's `evaluate` with batch 4: four streams of 27,885 characters, each from a
-zero state; the GPT by sliding windows of its block with half-block stride, see baby_gpt.py). rnnlm stops
-at the budget through `train.max_time` when this rnnlm has it (the cosine schedule then runs over the
-budget); otherwise through `train.max_steps` calibrated from a 20-step timing run just before (off the
-clock; the budget less that run's end-of-run validation, at that run's steps per second), and the result
-records which.
+run. Every side trains with the same number of torch threads (--threads, default 1). The budget covers
+the training steps and the validations a side makes while it trains (rnnlm's Trainer validates at each
+epoch end and at the end of the run, with eval batch 128; the GPT makes none), so the RNNs pay for a
+validation pass the GPT does not. The final score is off the clock and the same for every model: the mean
+NLL per character in nats over the whole validation split, every character scored once (the RNNs
+statefully, rnnlm's `evaluate` with batch 4: four streams of 27,885 characters, each from a zero state; the
+GPT by sliding windows of its block with half-block stride, see baby_gpt.py).
+
+--clock cpu (default) counts this process's CPU seconds: on a machine shared with other jobs a wall-clock
+budget measures the neighbours' load, CPU time (one thread) stands for wall time on a quiet core. The GPT
+checks the CPU clock at every step; rnnlm stops through `train.max_steps`, set from its CPU cost per step
+and per validation pass, measured once per model size by a 10-step and a 40-step run (cached in the data
+folder's cpu_rates.json) and replaced after each run by the cost per step that run saw (a step's CPU cost
+grows with the machine's load); each run records the CPU seconds it really used. --clock wall: rnnlm stops
+through `train.max_time` when this rnnlm has it, else through `train.max_steps` from a 20-step timing run
+just before (less that run's end-of-run validation). The result records which.
 """
 
 from __future__ import annotations
@@ -147,6 +152,12 @@ def cpu_rate(overrides: list[str], key: str, cache: Path, scratch: Path) -> dict
     return rates[key]
 
 
+def update_rate(cache: Path, key: str, per_step: float) -> None:
+    rates = json.loads(cache.read_text())
+    rates[key]["step"] = per_step
+    cache.write_text(json.dumps(rates, indent=1))
+
+
 def cpu_budget_steps(rate: dict, budget: float, epoch_steps: int) -> int:
     """Steps whose CPU time, with the validations at each epoch end and at the end, fits in `budget`."""
     steps = int((budget - rate["validation"]) / rate["step"])
@@ -170,6 +181,10 @@ def run_rnn(args: argparse.Namespace) -> dict:
         else:
             stop, extra = "max_steps", [f"train.max_steps={budget_steps(overrides, args.budget, Path(scratch))}"]
         trainer, summary, wall, cpu = rnn_fit([*overrides, *extra], Path(scratch) / "run")
+        if args.clock == "cpu":  # a step's CPU cost grows with the machine's load: the next run uses this run's
+            validations = 1 + summary.steps // epoch_steps
+            observed = (cpu - validations * rate["validation"]) / summary.steps
+            update_rate(args.folder / "cpu_rates.json", f"{args.size}-{args.threads}", observed)
         tick = time.perf_counter()
         valid = trainer.corpus.splits["valid"]
         result = evaluate(trainer.model, valid, boundary_id=trainer.tokenizer.boundary_id, batch_size=4, bptt=256)
