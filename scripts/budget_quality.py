@@ -293,6 +293,8 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "parameters": runs[0]["parameters"],
                 "steps": statistics.mean(r["steps"] for r in runs),
                 "tokens_per_second": statistics.mean(r["tokens_per_second"] for r in runs),
+                "tokens_per_cpu_second": statistics.mean(r["tokens_per_cpu_second"] for r in runs),
+                "cpu_seconds": [r["cpu_seconds"] for r in runs],
                 "seconds": statistics.mean(r["train_seconds"] for r in runs),
             }
         )
@@ -301,13 +303,15 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def markdown(table: list[dict]) -> str:
     lines = [
-        "| budget | model | lr | seeds | val loss mean | min - max | parameters | steps | tokens/s | s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| budget | model | lr | seeds | val loss mean | min - max | parameters | steps | CPU s used | "
+        "tokens per CPU s | tokens per wall s | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in table:
         lines.append(
             f"| {t['budget'] / 60:.3g} min | {t['model']} | {t['lr']:g} | {t['seeds']} | {t['mean']:.4f} | "
             f"{t['min']:.4f} - {t['max']:.4f} | {t['parameters']:,} | {t['steps']:,.0f} | "
+            f"{', '.join(f'{c:.0f}' for c in t['cpu_seconds'])} | {t['tokens_per_cpu_second']:,.0f} | "
             f"{t['tokens_per_second']:,.0f} | {t['seconds']:.0f} |"
         )
     return "\n".join(lines)
