@@ -323,7 +323,7 @@ def svg_chart(best: list[dict]) -> str:
     models = sorted({t["model"] for t in best})
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
     low, high = 1.4, max(t["max"] for t in best) + 0.05
-    width, height, left, top, bottom = 120 + 200 * len(budgets), 320, 60, 30, 260
+    width, height, left, top, bottom = max(640, 120 + 200 * len(budgets)), 320, 60, 30, 260
     y = lambda v: bottom - (v - low) / (high - low) * (bottom - top)  # noqa: E731
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
@@ -343,7 +343,7 @@ def svg_chart(best: list[dict]) -> str:
     bar = 160 / len(models)
     for i, budget in enumerate(budgets):
         x0 = left + 20 + 200 * i
-        parts.append(f'<text x="{x0 + 80}" y="{bottom + 18}" text-anchor="middle">{budget / 60:g} minutes</text>')
+        parts.append(f'<text x="{x0 + 80}" y="{bottom + 18}" text-anchor="middle">{budget / 60:g} CPU minutes</text>')
         for j, model in enumerate(models):
             found = [t for t in best if t["budget"] == budget and t["model"] == model]
             if not found:
