@@ -1,0 +1,419 @@
+"""Quality per time budget on tinyshakespeare: the best validation loss rnnlm's LSTM and GRU and a baby GPT
+(scripts/baby_gpt.py) reach in a fixed budget of CPU (default) or wall-clock seconds on this machine.
+
+The split is nanoGPT's: the first int(0.9 * len) characters of the file train, the rest validate.
+
+    python scripts/budget_quality.py prepare /tmp/shakespeare-90-10
+    RNNLM_DATA=/work/shared/corpora python scripts/budget_quality.py sweep /tmp/shakespeare-90-10 \\
+        --budget 120 --seeds 1 --setting lstm:3e-3 --setting gru:3e-3 --setting gpt:1e-3 --out results.jsonl
+    python scripts/budget_quality.py report results.jsonl --svg docs/time-to-quality.svg
+
+`sweep` runs one training at a time, each in its own process, round-robin (seed by seed, setting by
+setting) so that the load of a shared machine falls on every model alike, and appends one JSON line per
+run. Every side trains with the same number of torch threads (--threads, default 1). The budget covers
+the training steps and the validations a side makes while it trains (rnnlm's Trainer validates at each
+epoch end and at the end of the run, with eval batch 128; the GPT makes none), so the RNNs pay for a
+validation pass the GPT does not. The final score is off the clock and the same for every model: the mean
+NLL per character in nats over the whole validation split, every character scored once (the RNNs
+statefully, rnnlm's `evaluate` with batch 4: four streams of 27,885 characters, each from a zero state; the
+GPT by sliding windows of its block with half-block stride, see baby_gpt.py).
+
+--clock cpu (default) counts this process's CPU seconds: on a machine shared with other jobs a wall-clock
+budget measures the neighbours' load, CPU time (one thread) stands for wall time on a quiet core. The GPT
+checks the CPU clock at every step; rnnlm stops through `train.max_steps`, set from its CPU cost per step
+and per validation pass, measured once per model size by a 10-step and a 40-step run (cached in the data
+folder's cpu_rates.json) and replaced after each run by the cost per step that run saw (a step's CPU cost
+grows with the machine's load); each run records the CPU seconds it really used. --clock wall: rnnlm stops
+through `train.max_time` when this rnnlm has it, else through `train.max_steps` from a 20-step timing run
+just before (less that run's end-of-run validation). The result records which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = "tinyshakespeare"
+TRAIN_CHARS = 1_003_854  # int(0.9 * 1,115,394)
+# name -> (cell, hidden size): equal parameters, about 0.88M with embed 64 (the GPT has 0.81M)
+SIZES = {
+    "lstm": ("lstm", 256),
+    "gru": ("gru", 296),
+    "lstm-s": ("lstm", 192),
+    "gru-s": ("gru", 224),
+    "lstm-l": ("lstm", 384),
+    "gru-l": ("gru", 448),
+}
+GPT_SIZES = {"gpt": (4, 128), "gpt-s": (3, 96), "gpt-l": (6, 192)}  # (layers, width), heads 4, block 64
+
+
+def prepare(folder: Path) -> dict:
+    """train.txt / valid.txt in `folder`: nanoGPT's split of tinyshakespeare, to the character."""
+    from rnnlm.data import registry
+
+    source = registry.resolve(CORPUS, Path(tempfile.gettempdir()) / "rnnlm-budget-cache")
+    text = source.single.read_text(encoding="utf-8")
+    cut = int(0.9 * len(text))
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train.txt", text[:cut]), ("valid.txt", text[cut:])):
+        with open(folder / name, "w", encoding="utf-8", newline="") as f:
+            f.write(part)
+    return {"folder": str(folder), "chars": len(text), "train_chars": cut, "valid_chars": len(text) - cut}
+
+
+def rnn_overrides(folder: Path, size: str, lr: float, seed: int, threads: int) -> list[str]:
+    cell, hidden = SIZES[size]
+    return [
+        f"data.corpus={folder}",
+        "tokenizer.kind=char",
+        f"model.cell={cell}",
+        "model.num_layers=2",
+        "model.embed_size=64",
+        f"model.hidden_size={hidden}",
+        "model.dropout=0",
+        "train.batch_size=32",
+        "train.bptt=64",
+        "train.epochs=0",
+        "train.eval_every=0",
+        "train.eval_batch_size=128",
+        "train.log_every=20",
+        "train.tensorboard=false",
+        f"train.seed={seed}",
+        f"train.num_threads={threads}",
+        "optim.name=adam",
+        f"optim.lr={lr}",
+        "optim.clip=5.0",
+        "optim.schedule=cosine",
+        f"optim.min_lr={lr / 10}",
+    ]
+
+
+def has_max_time() -> bool:
+    from rnnlm.config import TrainConfig
+
+    return "max_time" in TrainConfig.__dataclass_fields__
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far: with the wall clock it shows the share of a core a run got."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rnn_fit(overrides: list[str], run_dir: Path) -> tuple[Any, Any, float, float]:
+    """Train with rnnlm's Trainer: (trainer, summary, wall and CPU seconds of fit, its validations included)."""
+    from rnnlm.config import load_config
+    from rnnlm.train import Trainer
+
+    trainer = Trainer(
+        load_config(ROOT / "configs" / "shakespeare-char.yaml", overrides),
+        run_dir,
+        progress=False,
+        log=lambda message: print(message, file=sys.stderr),
+    )
+    trainer.setup()  # loading the corpus is off the clock, as the GPT's encoding is
+    begin, cpu = time.perf_counter(), cpu_seconds()
+    summary = trainer.fit()
+    return trainer, summary, time.perf_counter() - begin, cpu_seconds() - cpu
+
+
+def budget_steps(overrides: list[str], budget: float, scratch: Path) -> int:
+    """Steps that fit in `budget` wall seconds at the rate of a 20-step timing run, less its end-of-run
+    validation (which the real run makes too, on the clock)."""
+    trainer, summary, wall, _ = rnn_fit([*overrides, "train.max_steps=20"], scratch / "timing")
+    trainer.close()
+    validation = wall - summary.train_seconds
+    return max(1, int((budget - validation) * summary.steps / summary.train_seconds))
+
+
+def cpu_rate(overrides: list[str], key: str, cache: Path, scratch: Path) -> dict:
+    """CPU seconds per step and per validation pass of this model, from a 10-step and a 40-step run (their
+    difference is 30 steps with the fixed costs cancelled); measured once per size and thread count."""
+    rates = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key not in rates:
+        cost = {}
+        for steps in (10, 40):
+            trainer, _, _, cost[steps] = rnn_fit([*overrides, f"train.max_steps={steps}"], scratch / f"rate{steps}")
+            trainer.close()
+        per_step = (cost[40] - cost[10]) / 30
+        rates[key] = {"step": per_step, "validation": max(cost[10] - 10 * per_step, 0.0)}
+        cache.write_text(json.dumps(rates, indent=1))
+    return rates[key]
+
+
+def update_rate(cache: Path, key: str, per_step: float) -> None:
+    rates = json.loads(cache.read_text())
+    rates[key]["step"] = per_step
+    cache.write_text(json.dumps(rates, indent=1))
+
+
+def cpu_budget_steps(rate: dict, budget: float, epoch_steps: int) -> int:
+    """Steps whose CPU time, with the validations at each epoch end and at the end, fits in `budget`."""
+    steps = int((budget - rate["validation"]) / rate["step"])
+    for _ in range(3):  # the validations depend on the steps: settle the count
+        validations = 1 + steps // epoch_steps
+        steps = int((budget - validations * rate["validation"]) / rate["step"])
+    return max(1, steps)
+
+
+def run_rnn(args: argparse.Namespace) -> dict:
+    from rnnlm.evaluate import evaluate
+
+    overrides = rnn_overrides(args.folder, args.size, args.lr, args.seed, args.threads)
+    with tempfile.TemporaryDirectory(prefix="rnnlm-budget-") as scratch:
+        if args.clock == "cpu":
+            rate = cpu_rate(overrides, f"{args.size}-{args.threads}", args.folder / "cpu_rates.json", Path(scratch))
+            epoch_steps = TRAIN_CHARS // (32 * 64)
+            stop, extra = "max_steps (cpu)", [f"train.max_steps={cpu_budget_steps(rate, args.budget, epoch_steps)}"]
+        elif has_max_time():
+            stop, extra = "max_time", [f"train.max_time={args.budget:g}s"]
+        else:
+            stop, extra = "max_steps", [f"train.max_steps={budget_steps(overrides, args.budget, Path(scratch))}"]
+        trainer, summary, wall, cpu = rnn_fit([*overrides, *extra], Path(scratch) / "run")
+        if args.clock == "cpu":  # a step's CPU cost grows with the machine's load: the next run uses this run's
+            validations = 1 + summary.steps // epoch_steps
+            observed = (cpu - validations * rate["validation"]) / summary.steps
+            update_rate(args.folder / "cpu_rates.json", f"{args.size}-{args.threads}", observed)
+        tick = time.perf_counter()
+        valid = trainer.corpus.splits["valid"]
+        result = evaluate(trainer.model, valid, boundary_id=trainer.tokenizer.boundary_id, batch_size=4, bptt=256)
+        parameters = sum(p.numel() for p in trainer.model.parameters())
+        trainer.close()
+    return {
+        "steps": summary.steps,
+        "train_seconds": wall,
+        "cpu_seconds": cpu,
+        "step_seconds": summary.train_seconds,
+        "tokens_per_second": summary.tokens_per_sec,
+        "tokens_per_cpu_second": summary.tokens / cpu,
+        "parameters": parameters,
+        "val_loss": result.loss,
+        "val_chars": result.tokens,
+        "trainer_val_loss": summary.last_val.loss,
+        "stop": stop,
+        "eval_seconds": time.perf_counter() - tick,
+    }
+
+
+def run_gpt(args: argparse.Namespace) -> dict:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import baby_gpt
+
+    torch.manual_seed(args.seed)
+    train_ids, valid_ids, vocab = baby_gpt.encode_files(args.folder / "train.txt", args.folder / "valid.txt")
+    layers, width = GPT_SIZES[args.size]
+    model = baby_gpt.BabyGPT(baby_gpt.GPTConfig(vocab, 64, layers, 4, width))
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    cpu = cpu_seconds()
+    result = baby_gpt.train(
+        model, train_ids, budget=args.budget, lr=args.lr, batch_size=12, seed=args.seed, clock=clock
+    )
+    result["cpu_seconds"] = cpu_seconds() - cpu
+    result["tokens_per_cpu_second"] = result["steps"] * 12 * 64 / result["cpu_seconds"]
+    tick = time.perf_counter()
+    result["val_loss"], result["val_chars"] = baby_gpt.evaluate(model, valid_ids)
+    result.update(
+        parameters=sum(p.numel() for p in model.parameters()),
+        stop=f"{args.clock} clock",
+        eval_seconds=time.perf_counter() - tick,
+    )
+    return result
+
+
+def run_one(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    result = run_gpt(args) if args.size in GPT_SIZES else run_rnn(args)
+    result.update(
+        model=args.size,
+        lr=args.lr,
+        seed=args.seed,
+        budget=args.budget,
+        threads=args.threads,
+        date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    )
+    print(json.dumps(result))
+
+
+def sweep(args: argparse.Namespace) -> None:
+    """Each seed, each setting in turn, one process at a time; results appended to --out as they come."""
+    for seed in args.seeds:
+        for setting in args.setting:
+            size, lr = setting.split(":")
+            command = [
+                sys.executable,
+                __file__,
+                "run",
+                str(args.folder),
+                "--size",
+                size,
+                "--lr",
+                lr,
+                "--seed",
+                str(seed),
+                "--budget",
+                str(args.budget),
+                "--threads",
+                str(args.threads),
+            ]
+            done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+            line = done.stdout.strip().splitlines()[-1]
+            with open(args.out, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+            print(line, flush=True)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One row per (budget, model, lr): mean and spread of the validation loss over seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["budget"], row["model"], row["lr"]), []).append(row)
+    table = []
+    for (budget, model, lr), runs in sorted(groups.items()):
+        losses = [r["val_loss"] for r in runs]
+        table.append(
+            {
+                "budget": budget,
+                "model": model,
+                "lr": lr,
+                "seeds": len(runs),
+                "mean": statistics.mean(losses),
+                "min": min(losses),
+                "max": max(losses),
+                "parameters": runs[0]["parameters"],
+                "steps": statistics.mean(r["steps"] for r in runs),
+                "tokens_per_second": statistics.mean(r["tokens_per_second"] for r in runs),
+                "tokens_per_cpu_second": statistics.mean(r["tokens_per_cpu_second"] for r in runs),
+                "cpu_seconds": [r["cpu_seconds"] for r in runs],
+                "seconds": statistics.mean(r["train_seconds"] for r in runs),
+            }
+        )
+    return table
+
+
+def markdown(table: list[dict]) -> str:
+    lines = [
+        "| budget | model | lr | seeds | val loss mean | min - max | parameters | steps | CPU s used | "
+        "tokens per CPU s | tokens per wall s | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in table:
+        lines.append(
+            f"| {t['budget'] / 60:.3g} min | {t['model']} | {t['lr']:g} | {t['seeds']} | {t['mean']:.4f} | "
+            f"{t['min']:.4f} - {t['max']:.4f} | {t['parameters']:,} | {t['steps']:,.0f} | "
+            f"{', '.join(f'{c:.0f}' for c in t['cpu_seconds'])} | {t['tokens_per_cpu_second']:,.0f} | "
+            f"{t['tokens_per_second']:,.0f} | {t['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def svg_chart(best: list[dict]) -> str:
+    """Grouped bars: per budget, each model's best mean validation loss, whiskers from min to max."""
+    budgets = sorted({t["budget"] for t in best})
+    models = sorted({t["model"] for t in best})
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+    low, high = 1.4, max(t["max"] for t in best) + 0.05
+    width, height, left, top, bottom = max(640, 120 + 200 * len(budgets)), 320, 60, 30, 260
+    y = lambda v: bottom - (v - low) / (high - low) * (bottom - top)  # noqa: E731
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+        f'font-size="12">',
+        f'<text x="{left}" y="18">best validation loss (nats/char), tinyshakespeare '
+        f"90/10, by budget: lower is better</text>",
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="black"/>',
+        f'<line x1="{left}" y1="{bottom}" x2="{width - 20}" y2="{bottom}" stroke="black"/>',
+    ]
+    tick = low
+    while tick <= high:
+        parts.append(
+            f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:.1f}</text>'
+            f'<line x1="{left}" y1="{y(tick):.1f}" x2="{width - 20}" y2="{y(tick):.1f}" stroke="#ddd"/>'
+        )
+        tick = round(tick + 0.1, 1)
+    bar = 160 / len(models)
+    for i, budget in enumerate(budgets):
+        x0 = left + 20 + 200 * i
+        parts.append(f'<text x="{x0 + 80}" y="{bottom + 18}" text-anchor="middle">{budget / 60:g} CPU minutes</text>')
+        for j, model in enumerate(models):
+            found = [t for t in best if t["budget"] == budget and t["model"] == model]
+            if not found:
+                continue
+            t, x = found[0], x0 + j * bar
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y(t["mean"]):.1f}" width="{bar - 4:.1f}" '
+                f'height="{bottom - y(t["mean"]):.1f}" fill="{colors[j % len(colors)]}"/>'
+                f'<line x1="{x + bar / 2 - 2:.1f}" y1="{y(t["min"]):.1f}" x2="{x + bar / 2 - 2:.1f}" '
+                f'y2="{y(t["max"]):.1f}" stroke="black"/>'
+                f'<text x="{x + bar / 2 - 2:.1f}" y="{y(t["max"]) - 4:.1f}" text-anchor="middle" '
+                f'font-size="10">{t["mean"]:.3f}</text>'
+            )
+    for j, model in enumerate(models):
+        parts.append(
+            f'<rect x="{left + 10 + 90 * j}" y="{height - 22}" width="10" height="10" '
+            f'fill="{colors[j % len(colors)]}"/><text x="{left + 24 + 90 * j}" y="{height - 13}">{model}</text>'
+        )
+    return "\n".join([*parts, "</svg>", ""])
+
+
+def report(args: argparse.Namespace) -> None:
+    rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
+    table = summarize(rows)
+    print(markdown(table))
+    best: dict[tuple, dict] = {}  # per budget and model family, the setting with the lowest mean
+    for t in table:
+        key = (t["budget"], t["model"].split("-")[0])
+        if key not in best or t["mean"] < best[key]["mean"]:
+            best[key] = t
+    chosen = [dict(t, model=key[1]) for key, t in best.items()]
+    print("\nbest per budget and model:\n" + markdown(sorted(chosen, key=lambda t: (t["budget"], t["mean"]))))
+    if args.svg:
+        args.svg.write_text(svg_chart(chosen), encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("prepare", help="write nanoGPT's 90/10 split of tinyshakespeare into a folder")
+    p.add_argument("folder", type=Path)
+    for name in ("run", "sweep"):
+        p = commands.add_parser(name, help="one training" if name == "run" else "several, round-robin")
+        p.add_argument("folder", type=Path, help="the folder `prepare` wrote")
+        p.add_argument("--budget", type=float, default=120.0, help="seconds of training (see --clock)")
+        p.add_argument("--threads", type=int, default=1, help="torch CPU threads, the same for every model")
+        p.add_argument(
+            "--clock",
+            choices=["cpu", "wall"],
+            default="cpu",
+            help="what the budget counts: this "
+            "process's CPU seconds (default: a shared machine's load does not shrink a run) or wall seconds",
+        )
+        if name == "run":
+            p.add_argument("--size", choices=sorted(SIZES) + sorted(GPT_SIZES), required=True)
+            p.add_argument("--lr", type=float, required=True)
+            p.add_argument("--seed", type=int, default=1)
+        else:
+            p.add_argument("--setting", action="append", required=True, metavar="SIZE:LR", help="e.g. lstm:3e-3")
+            p.add_argument("--seeds", type=int, nargs="+", default=[1])
+            p.add_argument("--out", type=Path, required=True, help="JSON lines file to append to")
+    p = commands.add_parser("report", help="the table (markdown) and optionally the SVG chart")
+    p.add_argument("results", type=Path)
+    p.add_argument("--svg", type=Path)
+    args = parser.parse_args()
+    if args.command == "prepare":
+        print(json.dumps(prepare(args.folder)))
+    else:
+        {"run": run_one, "sweep": sweep, "report": report}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

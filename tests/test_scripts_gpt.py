@@ -1,0 +1,84 @@
+"""scripts/baby_gpt.py, the transformer baseline of scripts/budget_quality.py: its parameter count, causality,
+scoring every validation character exactly once, and a short training run."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "baby_gpt.py"
+
+
+@pytest.fixture(scope="module")
+def baby_gpt():
+    spec = importlib.util.spec_from_file_location("baby_gpt", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setitem(sys.modules, "baby_gpt", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    monkeypatch.undo()
+
+
+def tiny_model(baby_gpt, vocab: int = 11, block: int = 8):
+    torch.manual_seed(0)
+    return baby_gpt.BabyGPT(baby_gpt.GPTConfig(vocab, block_size=block, num_layers=2, num_heads=2, width=16))
+
+
+def test_parameter_count_formula(baby_gpt) -> None:
+    model = tiny_model(baby_gpt)
+    assert baby_gpt.parameter_count(model.config) == sum(p.numel() for p in model.parameters())
+    # nanoGPT's CPU shape on tinyshakespeare's 65 characters plus <unk>: 0.81M with the position embedding
+    assert baby_gpt.parameter_count(baby_gpt.GPTConfig(66)) == 809_984
+
+
+def test_attention_is_causal(baby_gpt) -> None:
+    model = tiny_model(baby_gpt).eval()
+    ids = torch.randint(11, (2, 8))
+    changed = ids.clone()
+    changed[:, 5:] = (changed[:, 5:] + 1) % 11
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids)[:, :5], model(changed)[:, :5])
+        assert not torch.allclose(model(ids)[:, 5:], model(changed)[:, 5:])
+
+
+def test_evaluate_scores_every_character_once(baby_gpt) -> None:
+    model = tiny_model(baby_gpt)
+    short = torch.randint(11, (9,))  # one window: the mean over a single forward pass
+    with torch.no_grad():
+        direct = F.cross_entropy(model(short[None, :-1])[0], short[1:]).item()
+    loss, scored = baby_gpt.evaluate(model, short)
+    assert scored == 8 and loss == pytest.approx(direct, rel=1e-6)
+    long = torch.randint(11, (103,))  # windows every 4 and a tail window that does not fall on the stride
+    assert baby_gpt.evaluate(model, long, batch_size=5)[1] == 102
+    # with stride 1 every target is scored once with as much context as the block holds: the naive sum
+    loss, scored = baby_gpt.evaluate(model, long, stride=1, batch_size=7)
+    with torch.no_grad():
+        naive = [F.cross_entropy(model(long[None, max(0, t - 8) : t])[0, -1], long[t]).item() for t in range(1, 103)]
+    assert scored == 102 and loss == pytest.approx(sum(naive) / 102, rel=1e-5)
+
+
+def test_short_training_run(baby_gpt, tmp_path: Path) -> None:
+    train_path, valid_path = tmp_path / "train.txt", tmp_path / "valid.txt"
+    train_path.write_text("to be or not to be, that is the question\n" * 20, encoding="utf-8")
+    valid_path.write_text("to be or not to bee?\n", encoding="utf-8")  # '?' is not in training: <unk>
+    train_ids, valid_ids, vocab = baby_gpt.encode_files(train_path, valid_path)
+    assert vocab == len(set(train_path.read_text())) + 1 and valid_ids[0] == train_ids[40]  # a newline first
+    model = tiny_model(baby_gpt, vocab)
+    result = baby_gpt.train(model, train_ids, budget=0, max_steps=2, lr=1e-3, batch_size=4)
+    assert result["steps"] == 2 and math.isfinite(result["train_loss"])
+    loss, scored = baby_gpt.evaluate(model, valid_ids)
+    assert scored == 21 and math.isfinite(loss) and loss == pytest.approx(math.log(vocab), abs=0.5)
+
+
+def test_learning_rate_schedule(baby_gpt) -> None:
+    assert baby_gpt.learning_rate(0.025, 1e-3) == pytest.approx(5e-4)  # half way through the warm-up
+    assert baby_gpt.learning_rate(0.05, 1e-3) == pytest.approx(1e-3)
+    assert baby_gpt.learning_rate(1.0, 1e-3) == pytest.approx(1e-4)
+    assert baby_gpt.learning_rate(2.0, 1e-3) == pytest.approx(1e-4)  # past the budget: stays at the floor
