@@ -17,6 +17,7 @@ from rnnlm.distributed import Group
 from rnnlm.ids import PAD
 from rnnlm.models import LanguageModel, LMOutput, State
 from rnnlm.runtime import autocast
+from rnnlm.synth import find_floor
 from rnnlm.warmstart import MixtureReader
 
 MAX_EXP = math.log(float.fromhex("0x1.fffffffffffffp+1023"))  # 709.78: exp of more overflows a float
@@ -288,8 +289,6 @@ def floor_numbers(loaded: Loaded, text: str | Path | None, result: EvalResult) -
     """`floor_bits_per_token` and `gap_bits_per_token` (bits per token minus the floor) when the text scored is
     an `rnnlm synth` task: its floor.json beside the text, or beside the checkpoint corpus's split files; else
     both None."""
-    from rnnlm.synth import find_floor
-
     folder = Path(text).parent if text else Path(loaded.config.data.corpus)
     floor = find_floor(folder, loaded.tokenizer.kind) if folder.is_dir() else None
     return {

@@ -119,14 +119,18 @@ ONE_STEP_KINDS = [
 ]
 
 
-@pytest.mark.parametrize("overrides", ONE_STEP_KINDS)
-def test_the_one_step_generator_computes_what_model_step_does(overrides):
+def small_double_model(overrides):
+    """A float64 model of one kind (30 tokens), its fast stepper, 3 tokens and a random state to start from."""
     torch.manual_seed(0)
     config = load_config(None, ["model.hidden_size=16", "model.embed_size=8", *overrides]).model
     model = build_model(30, config).double().eval()
-    fast = model.stepper()
-    tokens = torch.tensor([3, 0, 29])
-    state = fast_state = tuple(torch.randn_like(s) for s in model.init_state(3))
+    return model, model.stepper(), torch.tensor([3, 0, 29]), tuple(torch.randn_like(s) for s in model.init_state(3))
+
+
+@pytest.mark.parametrize("overrides", ONE_STEP_KINDS)
+def test_the_one_step_generator_computes_what_model_step_does(overrides):
+    model, fast, tokens, state = small_double_model(overrides)
+    fast_state = state
     with torch.inference_mode():
         for _ in range(4):  # each feeding its own state and its own argmax back
             expected, state = model.step(tokens, state)
@@ -184,12 +188,8 @@ def reference_distribution(log_probs, temperature, top_k, top_p):
 def test_the_sampler_draws_from_model_step_distribution(overrides, temperature, top_k, top_p):
     """generate samples from the fast stepper's logits; normalised with temperature, top-k and top-p they
     are the distribution model.step's log-probabilities give, to float64 rounding."""
-    torch.manual_seed(0)
-    config = load_config(None, ["model.hidden_size=16", "model.embed_size=8", *overrides]).model
-    model = build_model(30, config).double().eval()
-    fast = model.stepper()
-    tokens = torch.tensor([3, 0, 29])
-    state = fast_state = tuple(torch.randn_like(s) for s in model.init_state(3))
+    model, fast, tokens, state = small_double_model(overrides)
+    fast_state = state
     with torch.inference_mode():
         for _ in range(3):
             expected, state = model.step(tokens, state)
