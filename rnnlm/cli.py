@@ -204,7 +204,9 @@ def train(
         f"Done: {summary.steps:,} steps ({summary.tokens_per_sec:,.0f} tokens/s), {best}. Checkpoints in {folder}/",
         err=True,
     )
-    click.echo(f"Next: rnnlm sample {folder}/best.pt   |   rnnlm eval {folder}/best.pt --split test", err=True)
+    test = trainer.corpus.splits.get("test")
+    held_out = "test" if test is not None and len(test.ids) else "valid"  # a recipe may keep no test split
+    click.echo(f"Next: rnnlm sample {folder}/best.pt   |   rnnlm eval {folder}/best.pt --split {held_out}", err=True)
 
 
 @cli.command(name="config")

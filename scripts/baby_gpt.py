@@ -3,7 +3,8 @@
 The shape of nanoGPT's CPU recipe for tinyshakespeare (written here from the GPT-2 design, no code taken
 from nanoGPT): 4 pre-LayerNorm blocks, 4 heads, width 128, block 64, causal self-attention through
 `scaled_dot_product_attention(is_causal=True)`, a GELU MLP 4x as wide, learned position embeddings, the
-output head tied to the token embedding (Press & Wolf 2017), no dropout. Trained on random windows of the
+output head tied to the token embedding (Press & Wolf 2017), no dropout by default (--dropout: on the
+embeddings, the attention weights and each residual branch, as GPT-2). Trained on random windows of the
 training text with AdamW (betas 0.9, 0.99, weight decay 0.1 on matrices only), gradients clipped at 1, a
 linear warm-up over the first 5% and a cosine decay to lr/10 over the rest of the wall-clock budget (the fraction of
 the budget spent, not a step count), so a 2-minute run is a complete run. Its score is the mean NLL per character in
@@ -36,6 +37,7 @@ class GPTConfig:
     num_layers: int = 4
     num_heads: int = 4
     width: int = 128
+    dropout: float = 0.0  # on the embeddings, the attention weights and each residual branch's output
 
 
 def parameter_count(c: GPTConfig) -> int:
@@ -50,7 +52,8 @@ class Block(nn.Module):
 
     def __init__(self, c: GPTConfig) -> None:
         super().__init__()
-        self.num_heads = c.num_heads
+        self.num_heads, self.dropout = c.num_heads, c.dropout
+        self.drop = nn.Dropout(c.dropout)
         self.norm1, self.norm2 = nn.LayerNorm(c.width), nn.LayerNorm(c.width)
         self.qkv = nn.Linear(c.width, 3 * c.width)
         self.attn_out = nn.Linear(c.width, c.width)
@@ -60,9 +63,10 @@ class Block(nn.Module):
         B, T, D = x.shape
         q, k, v = self.qkv(self.norm1(x)).split(D, dim=2)  # (B, T, D) each
         q, k, v = (t.view(B, T, self.num_heads, D // self.num_heads).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, heads, T, D / heads)
-        x = x + self.attn_out(y.transpose(1, 2).reshape(B, T, D))
-        return x + self.mlp(self.norm2(x))
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, heads, T, D / heads)
+        x = x + self.drop(self.attn_out(y.transpose(1, 2).reshape(B, T, D)))
+        return x + self.drop(self.mlp(self.norm2(x)))
 
 
 class BabyGPT(nn.Module):
@@ -71,6 +75,7 @@ class BabyGPT(nn.Module):
         self.config = c
         self.token = nn.Embedding(c.vocab_size, c.width)
         self.position = nn.Embedding(c.block_size, c.width)
+        self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.num_layers))
         self.norm = nn.LayerNorm(c.width)
         self.apply(self._init)
@@ -88,7 +93,7 @@ class BabyGPT(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, V) for ids (B, T), T <= block_size."""
         positions = torch.arange(ids.size(1), device=ids.device)
-        x = self.token(ids) + self.position(positions)  # (B, T, D)
+        x = self.drop(self.token(ids) + self.position(positions))  # (B, T, D)
         for block in self.blocks:
             x = block(x)
         return self.norm(x) @ self.token.weight.t()  # the tied head
@@ -204,6 +209,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--block", type=int, default=64)
+    parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -213,7 +219,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     train_ids, valid_ids, vocab = encode_files(args.train, args.valid)
-    config = GPTConfig(vocab, args.block, args.layers, args.heads, args.width)
+    config = GPTConfig(vocab, args.block, args.layers, args.heads, args.width, args.dropout)
     model = BabyGPT(config)
     result = train(
         model,

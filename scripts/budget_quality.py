@@ -20,12 +20,10 @@ GPT by sliding windows of its block with half-block stride, see baby_gpt.py).
 
 --clock cpu (default) counts this process's CPU seconds: on a machine shared with other jobs a wall-clock
 budget measures the neighbours' load, CPU time (one thread) stands for wall time on a quiet core. The GPT
-checks the CPU clock at every step; rnnlm stops through `train.max_steps`, set from its CPU cost per step
-and per validation pass, measured once per model size by a 10-step and a 40-step run (cached in the data
-folder's cpu_rates.json) and replaced after each run by the cost per step that run saw (a step's CPU cost
-grows with the machine's load); each run records the CPU seconds it really used. --clock wall: rnnlm stops
-through `train.max_time` when this rnnlm has it, else through `train.max_steps` from a 20-step timing run
-just before (less that run's end-of-run validation). The result records which.
+checks the CPU clock at every step; rnnlm's Trainer runs its own `train.max_time` on `time.process_time`
+(the Trainer's `clock`), so its cosine, its stop and its final validation all count CPU seconds. --clock
+wall: both count wall seconds. (Rows measured before 2026-11-30 16:00 stopped rnnlm through
+`train.max_steps` sized from a measured CPU cost per step: their "stop" says "max_steps (cpu)".)
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = "tinyshakespeare"
-TRAIN_CHARS = 1_003_854  # int(0.9 * 1,115,394)
 # name -> (cell, hidden size): equal parameters, about 0.88M with embed 64 (the GPT has 0.81M)
 SIZES = {
     "lstm": ("lstm", 256),
@@ -54,6 +52,11 @@ SIZES = {
     "gru-s": ("gru", 224),
     "lstm-l": ("lstm", 384),
     "gru-l": ("gru", 448),
+    "mingru": ("mingru", 613),
+    "minlstm": ("minlstm", 497),
+    # about 2.5M parameters, for the hour (with the GPT's gpt-l, 2.7M)
+    "lstm-xl": ("lstm", 448),
+    "gru-xl": ("gru", 512),
 }
 GPT_SIZES = {"gpt": (4, 128), "gpt-s": (3, 96), "gpt-l": (6, 192)}  # (layers, width), heads 4, block 64
 
@@ -72,7 +75,7 @@ def prepare(folder: Path) -> dict:
     return {"folder": str(folder), "chars": len(text), "train_chars": cut, "valid_chars": len(text) - cut}
 
 
-def rnn_overrides(folder: Path, size: str, lr: float, seed: int, threads: int) -> list[str]:
+def rnn_overrides(folder: Path, size: str, lr: float, seed: int, threads: int, dropout: float) -> list[str]:
     cell, hidden = SIZES[size]
     return [
         f"data.corpus={folder}",
@@ -81,7 +84,7 @@ def rnn_overrides(folder: Path, size: str, lr: float, seed: int, threads: int) -
         "model.num_layers=2",
         "model.embed_size=64",
         f"model.hidden_size={hidden}",
-        "model.dropout=0",
+        f"model.dropout={dropout}",
         "train.batch_size=32",
         "train.bptt=64",
         "train.epochs=0",
@@ -99,20 +102,15 @@ def rnn_overrides(folder: Path, size: str, lr: float, seed: int, threads: int) -
     ]
 
 
-def has_max_time() -> bool:
-    from rnnlm.config import TrainConfig
-
-    return "max_time" in TrainConfig.__dataclass_fields__
-
-
 def cpu_seconds() -> float:
     """User + system CPU time of this process so far: with the wall clock it shows the share of a core a run got."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
-def rnn_fit(overrides: list[str], run_dir: Path) -> tuple[Any, Any, float, float]:
-    """Train with rnnlm's Trainer: (trainer, summary, wall and CPU seconds of fit, its validations included)."""
+def rnn_fit(overrides: list[str], run_dir: Path, clock: Callable[[], float]) -> tuple[Any, Any, float, float]:
+    """Train with rnnlm's Trainer, its `train.max_time` read from `clock`: (trainer, summary, wall and CPU
+    seconds of fit, its validations included)."""
     from rnnlm.config import load_config
     from rnnlm.train import Trainer
 
@@ -121,6 +119,7 @@ def rnn_fit(overrides: list[str], run_dir: Path) -> tuple[Any, Any, float, float
         run_dir,
         progress=False,
         log=lambda message: print(message, file=sys.stderr),
+        clock=clock,
     )
     trainer.setup()  # loading the corpus is off the clock, as the GPT's encoding is
     begin, cpu = time.perf_counter(), cpu_seconds()
@@ -128,63 +127,16 @@ def rnn_fit(overrides: list[str], run_dir: Path) -> tuple[Any, Any, float, float
     return trainer, summary, time.perf_counter() - begin, cpu_seconds() - cpu
 
 
-def budget_steps(overrides: list[str], budget: float, scratch: Path) -> int:
-    """Steps that fit in `budget` wall seconds at the rate of a 20-step timing run, less its end-of-run
-    validation (which the real run makes too, on the clock)."""
-    trainer, summary, wall, _ = rnn_fit([*overrides, "train.max_steps=20"], scratch / "timing")
-    trainer.close()
-    validation = wall - summary.train_seconds
-    return max(1, int((budget - validation) * summary.steps / summary.train_seconds))
-
-
-def cpu_rate(overrides: list[str], key: str, cache: Path, scratch: Path) -> dict:
-    """CPU seconds per step and per validation pass of this model, from a 10-step and a 40-step run (their
-    difference is 30 steps with the fixed costs cancelled); measured once per size and thread count."""
-    rates = json.loads(cache.read_text()) if cache.is_file() else {}
-    if key not in rates:
-        cost = {}
-        for steps in (10, 40):
-            trainer, _, _, cost[steps] = rnn_fit([*overrides, f"train.max_steps={steps}"], scratch / f"rate{steps}")
-            trainer.close()
-        per_step = (cost[40] - cost[10]) / 30
-        rates[key] = {"step": per_step, "validation": max(cost[10] - 10 * per_step, 0.0)}
-        cache.write_text(json.dumps(rates, indent=1))
-    return rates[key]
-
-
-def update_rate(cache: Path, key: str, per_step: float) -> None:
-    rates = json.loads(cache.read_text())
-    rates[key]["step"] = per_step
-    cache.write_text(json.dumps(rates, indent=1))
-
-
-def cpu_budget_steps(rate: dict, budget: float, epoch_steps: int) -> int:
-    """Steps whose CPU time, with the validations at each epoch end and at the end, fits in `budget`."""
-    steps = int((budget - rate["validation"]) / rate["step"])
-    for _ in range(3):  # the validations depend on the steps: settle the count
-        validations = 1 + steps // epoch_steps
-        steps = int((budget - validations * rate["validation"]) / rate["step"])
-    return max(1, steps)
-
-
 def run_rnn(args: argparse.Namespace) -> dict:
     from rnnlm.evaluate import evaluate
 
-    overrides = rnn_overrides(args.folder, args.size, args.lr, args.seed, args.threads)
+    overrides = rnn_overrides(args.folder, args.size, args.lr, args.seed, args.threads, args.dropout)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    stop = f"max_time ({args.clock} clock)"
     with tempfile.TemporaryDirectory(prefix="rnnlm-budget-") as scratch:
-        if args.clock == "cpu":
-            rate = cpu_rate(overrides, f"{args.size}-{args.threads}", args.folder / "cpu_rates.json", Path(scratch))
-            epoch_steps = TRAIN_CHARS // (32 * 64)
-            stop, extra = "max_steps (cpu)", [f"train.max_steps={cpu_budget_steps(rate, args.budget, epoch_steps)}"]
-        elif has_max_time():
-            stop, extra = "max_time", [f"train.max_time={args.budget:g}s"]
-        else:
-            stop, extra = "max_steps", [f"train.max_steps={budget_steps(overrides, args.budget, Path(scratch))}"]
-        trainer, summary, wall, cpu = rnn_fit([*overrides, *extra], Path(scratch) / "run")
-        if args.clock == "cpu":  # a step's CPU cost grows with the machine's load: the next run uses this run's
-            validations = 1 + summary.steps // epoch_steps
-            observed = (cpu - validations * rate["validation"]) / summary.steps
-            update_rate(args.folder / "cpu_rates.json", f"{args.size}-{args.threads}", observed)
+        trainer, summary, wall, cpu = rnn_fit(
+            [*overrides, f"train.max_time={args.budget:g}s"], Path(scratch) / "run", clock
+        )
         tick = time.perf_counter()
         valid = trainer.corpus.splits["valid"]
         result = evaluate(trainer.model, valid, boundary_id=trainer.tokenizer.boundary_id, batch_size=4, bptt=256)
@@ -213,7 +165,7 @@ def run_gpt(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     train_ids, valid_ids, vocab = baby_gpt.encode_files(args.folder / "train.txt", args.folder / "valid.txt")
     layers, width = GPT_SIZES[args.size]
-    model = baby_gpt.BabyGPT(baby_gpt.GPTConfig(vocab, 64, layers, 4, width))
+    model = baby_gpt.BabyGPT(baby_gpt.GPTConfig(vocab, 64, layers, 4, width, args.dropout))
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     cpu = cpu_seconds()
     result = baby_gpt.train(
@@ -237,6 +189,7 @@ def run_one(args: argparse.Namespace) -> None:
     result.update(
         model=args.size,
         lr=args.lr,
+        dropout=args.dropout,
         seed=args.seed,
         budget=args.budget,
         threads=args.threads,
@@ -265,6 +218,10 @@ def sweep(args: argparse.Namespace) -> None:
                 str(args.budget),
                 "--threads",
                 str(args.threads),
+                "--dropout",
+                str(args.dropout),
+                "--clock",
+                args.clock,
             ]
             done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
             line = done.stdout.strip().splitlines()[-1]
@@ -277,15 +234,16 @@ def summarize(rows: list[dict]) -> list[dict]:
     """One row per (budget, model, lr): mean and spread of the validation loss over seeds."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["budget"], row["model"], row["lr"]), []).append(row)
+        groups.setdefault((row["budget"], row["model"], row["lr"], row.get("dropout", 0.0)), []).append(row)
     table = []
-    for (budget, model, lr), runs in sorted(groups.items()):
+    for (budget, model, lr, dropout), runs in sorted(groups.items()):
         losses = [r["val_loss"] for r in runs]
         table.append(
             {
                 "budget": budget,
                 "model": model,
                 "lr": lr,
+                "dropout": dropout,
                 "seeds": len(runs),
                 "mean": statistics.mean(losses),
                 "min": min(losses),
@@ -303,13 +261,14 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def markdown(table: list[dict]) -> str:
     lines = [
-        "| budget | model | lr | seeds | val loss mean | min - max | parameters | steps | CPU s used | "
+        "| budget | model | lr | dropout | seeds | val loss mean | min - max | parameters | steps | CPU s used | "
         "tokens per CPU s | tokens per wall s | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in table:
         lines.append(
-            f"| {t['budget'] / 60:.3g} min | {t['model']} | {t['lr']:g} | {t['seeds']} | {t['mean']:.4f} | "
+            f"| {t['budget'] / 60:.3g} min | {t['model']} | {t['lr']:g} | {t['dropout']:g} | {t['seeds']} | "
+            f"{t['mean']:.4f} | "
             f"{t['min']:.4f} - {t['max']:.4f} | {t['parameters']:,} | {t['steps']:,.0f} | "
             f"{', '.join(f'{c:.0f}' for c in t['cpu_seconds'])} | {t['tokens_per_cpu_second']:,.0f} | "
             f"{t['tokens_per_second']:,.0f} | {t['seconds']:.0f} |"
@@ -390,6 +349,7 @@ def main() -> None:
         p.add_argument("folder", type=Path, help="the folder `prepare` wrote")
         p.add_argument("--budget", type=float, default=120.0, help="seconds of training (see --clock)")
         p.add_argument("--threads", type=int, default=1, help="torch CPU threads, the same for every model")
+        p.add_argument("--dropout", type=float, default=0.0, help="dropout for every model (rnnlm's model.dropout)")
         p.add_argument(
             "--clock",
             choices=["cpu", "wall"],

@@ -16,6 +16,18 @@ def train(corpus, run_dir, *extra):
     return invoke("train", "--run-dir", run_dir, f"data.corpus={corpus}", *TINY, *extra)
 
 
+def test_without_a_test_split_the_suggested_eval_is_of_the_validation_split(tiny_corpus, tmp_path):
+    result = train(tiny_corpus, tmp_path / "run", "data.test_fraction=0")
+    assert result.exit_code == 0, result.output
+    suggested = result.output.split("rnnlm eval ")[1].split()  # [checkpoint, "--split", name]
+    assert suggested[1:] == ["--split", "valid"]
+    scored = invoke("eval", *suggested, "--json")
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.output)["tokens"] > 0
+    empty = invoke("eval", suggested[0], "--split", "test")
+    assert empty.exit_code != 0 and "Error:" in empty.output  # what the old suggestion led to
+
+
 @pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["eval"], ["score"]])
 def test_help(command):
     result = invoke(*command, "--help")
@@ -26,6 +38,7 @@ def test_train_sample_eval_from_the_checkpoint_alone(tiny_corpus, tmp_path):
     result = train(tiny_corpus, tmp_path / "run", "--seed", 3)
     assert result.exit_code == 0, result.output
     assert "Done: 6 steps" in result.output
+    assert "best.pt --split test" in result.output
     moved = tmp_path / "elsewhere.pt"
     (tmp_path / "run" / "best.pt").rename(moved)
     text = tmp_path / "other.txt"

@@ -38,6 +38,21 @@ def test_parameter_count_formula(baby_gpt) -> None:
     assert baby_gpt.parameter_count(baby_gpt.GPTConfig(66)) == 809_984
 
 
+def test_dropout_acts_in_training_only(baby_gpt) -> None:
+    plain = tiny_model(baby_gpt)
+    torch.manual_seed(0)
+    config = baby_gpt.GPTConfig(11, block_size=8, num_layers=2, num_heads=2, width=16, dropout=0.5)
+    dropped = baby_gpt.BabyGPT(config)
+    dropped.load_state_dict(plain.state_dict())  # dropout adds no parameter
+    ids = torch.randint(11, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(dropped.eval()(ids), plain.eval()(ids), rtol=0, atol=0)
+        dropped.train()
+        first, second = dropped(ids), dropped(ids)
+    assert not torch.allclose(first, second)  # a fresh mask per call
+    assert not torch.allclose(first, plain(ids))
+
+
 def test_attention_is_causal(baby_gpt) -> None:
     model = tiny_model(baby_gpt).eval()
     ids = torch.randint(11, (2, 8))
@@ -82,3 +97,16 @@ def test_learning_rate_schedule(baby_gpt) -> None:
     assert baby_gpt.learning_rate(0.05, 1e-3) == pytest.approx(1e-3)
     assert baby_gpt.learning_rate(1.0, 1e-3) == pytest.approx(1e-4)
     assert baby_gpt.learning_rate(2.0, 1e-3) == pytest.approx(1e-4)  # past the budget: stays at the floor
+
+
+def test_budget_report_keeps_dropout_settings_apart() -> None:
+    spec = importlib.util.spec_from_file_location("budget_quality", SCRIPT.with_name("budget_quality.py"))
+    budget_quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(budget_quality)
+    run = {"budget": 3600.0, "model": "gru-xl", "lr": 4e-3, "parameters": 2_501_826, "steps": 100,
+           "tokens_per_second": 1.0, "tokens_per_cpu_second": 1.0, "cpu_seconds": 3600.0, "train_seconds": 3600.0}
+    rows = [{**run, "val_loss": 1.50}, *({**run, "val_loss": loss, "dropout": 0.2} for loss in (1.40, 1.46))]
+    table = budget_quality.summarize(rows)  # a row from before the dropout option reads as dropout 0
+    assert [(t["dropout"], t["seeds"], t["mean"]) for t in table] == [(0.0, 1, 1.50), (0.2, 2, pytest.approx(1.43))]
+    lines = budget_quality.markdown(table).splitlines()
+    assert "| dropout |" in lines[0] and lines[3].startswith("| 60 min | gru-xl | 0.004 | 0.2 | 2 | 1.4300 |")
