@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import statistics
 import subprocess
@@ -61,18 +62,36 @@ SIZES = {
 GPT_SIZES = {"gpt": (4, 128), "gpt-s": (3, 96), "gpt-l": (6, 192)}  # (layers, width), heads 4, block 64
 
 
-def prepare(folder: Path) -> dict:
-    """train.txt / valid.txt in `folder`: nanoGPT's split of tinyshakespeare, to the character."""
+def prepare(folder: Path, corpus: str = CORPUS) -> dict:
+    """train.txt / valid.txt in `folder`: nanoGPT's split of tinyshakespeare, to the character, or the
+    standard train and valid files of `corpus` (ptb)."""
     from rnnlm.data import registry
 
-    source = registry.resolve(CORPUS, Path(tempfile.gettempdir()) / "rnnlm-budget-cache")
-    text = source.single.read_text(encoding="utf-8")
-    cut = int(0.9 * len(text))
+    source = registry.resolve(corpus, Path(tempfile.gettempdir()) / "rnnlm-budget-cache")
+    if source.single is not None:
+        text = source.single.read_text(encoding="utf-8")
+        cut = int(0.9 * len(text))
+        parts = {"train.txt": text[:cut], "valid.txt": text[cut:]}
+    else:
+        parts = {f"{s}.txt": source.files[s].read_text(encoding="utf-8") for s in ("train", "valid")}
     folder.mkdir(parents=True, exist_ok=True)
-    for name, part in (("train.txt", text[:cut]), ("valid.txt", text[cut:])):
+    for name, part in parts.items():
         with open(folder / name, "w", encoding="utf-8", newline="") as f:
             f.write(part)
-    return {"folder": str(folder), "chars": len(text), "train_chars": cut, "valid_chars": len(text) - cut}
+    summary = {"folder": str(folder), "corpus": corpus, **{name: len(part) for name, part in parts.items()}}
+    (folder / "prepared.json").write_text(json.dumps(summary))
+    return summary
+
+
+def corpus_of(folder: Path) -> str:
+    """The corpus `prepare` wrote into `folder` (folders prepared before it said so are tinyshakespeare's)."""
+    prepared = folder / "prepared.json"
+    return json.loads(prepared.read_text())["corpus"] if prepared.is_file() else CORPUS
+
+
+def bits_per_byte(nats_per_char: float, chars: int, folder: Path) -> float:
+    """The validation loss in bits per UTF-8 byte of valid.txt: comparable across tokenizers and corpora."""
+    return nats_per_char * chars / math.log(2) / len((folder / "valid.txt").read_bytes())
 
 
 def rnn_overrides(folder: Path, size: str, lr: float, seed: int, threads: int, dropout: float) -> list[str]:
@@ -186,7 +205,9 @@ def run_gpt(args: argparse.Namespace) -> dict:
 def run_one(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     result = run_gpt(args) if args.size in GPT_SIZES else run_rnn(args)
+    result["bits_per_byte"] = bits_per_byte(result["val_loss"], result["val_chars"], args.folder)
     result.update(
+        corpus=corpus_of(args.folder),
         model=args.size,
         lr=args.lr,
         dropout=args.dropout,
@@ -234,12 +255,16 @@ def summarize(rows: list[dict]) -> list[dict]:
     """One row per (budget, model, lr): mean and spread of the validation loss over seeds."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["budget"], row["model"], row["lr"], row.get("dropout", 0.0)), []).append(row)
+        key = (row.get("corpus", CORPUS), row["budget"], row["model"], row["lr"], row.get("dropout", 0.0))
+        groups.setdefault(key, []).append(row)
     table = []
-    for (budget, model, lr, dropout), runs in sorted(groups.items()):
+    for (corpus, budget, model, lr, dropout), runs in sorted(groups.items()):
+        # rows from before bits_per_byte was recorded are tinyshakespeare's, which is ASCII: a byte per character
+        bits = [r.get("bits_per_byte", r["val_loss"] / math.log(2)) for r in runs]
         losses = [r["val_loss"] for r in runs]
         table.append(
             {
+                "corpus": corpus,
                 "budget": budget,
                 "model": model,
                 "lr": lr,
@@ -254,6 +279,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "tokens_per_cpu_second": statistics.mean(r["tokens_per_cpu_second"] for r in runs),
                 "cpu_seconds": [r["cpu_seconds"] for r in runs],
                 "seconds": statistics.mean(r["train_seconds"] for r in runs),
+                "bits_per_byte": statistics.mean(bits),
             }
         )
     return table
@@ -261,15 +287,16 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def markdown(table: list[dict]) -> str:
     lines = [
-        "| budget | model | lr | dropout | seeds | val loss mean | min - max | parameters | steps | CPU s used | "
-        "tokens per CPU s | tokens per wall s | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| corpus | budget | model | lr | dropout | seeds | val loss mean | min - max | bits/byte | parameters | "
+        "steps | CPU s used | tokens per CPU s | tokens per wall s | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in table:
         lines.append(
-            f"| {t['budget'] / 60:.3g} min | {t['model']} | {t['lr']:g} | {t['dropout']:g} | {t['seeds']} | "
-            f"{t['mean']:.4f} | "
-            f"{t['min']:.4f} - {t['max']:.4f} | {t['parameters']:,} | {t['steps']:,.0f} | "
+            f"| {t['corpus']} | {t['budget'] / 60:.3g} min | {t['model']} | {t['lr']:g} | {t['dropout']:g} | "
+            f"{t['seeds']} | {t['mean']:.4f} | {t['min']:.4f} - {t['max']:.4f} | "
+            f"{t['bits_per_byte']:.4f} | "
+            f"{t['parameters']:,} | {t['steps']:,.0f} | "
             f"{', '.join(f'{c:.0f}' for c in t['cpu_seconds'])} | {t['tokens_per_cpu_second']:,.0f} | "
             f"{t['tokens_per_second']:,.0f} | {t['seconds']:.0f} |"
         )
@@ -281,7 +308,7 @@ def svg_chart(best: list[dict]) -> str:
     budgets = sorted({t["budget"] for t in best})
     models = sorted({t["model"] for t in best})
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
-    low, high = 1.4, max(t["max"] for t in best) + 0.05
+    low, high = min(1.4, math.floor(10 * min(t["min"] for t in best)) / 10), max(t["max"] for t in best) + 0.05
     width, height, left, top, bottom = max(640, 120 + 200 * len(budgets)), 320, 60, 30, 260
     y = lambda v: bottom - (v - low) / (high - low) * (bottom - top)  # noqa: E731
     parts = [
@@ -330,13 +357,14 @@ def report(args: argparse.Namespace) -> None:
     print(markdown(table))
     best: dict[tuple, dict] = {}  # per budget and model family, the setting with the lowest mean
     for t in table:
-        key = (t["budget"], t["model"].split("-")[0])
+        key = (t["corpus"], t["budget"], t["model"].split("-")[0])
         if key not in best or t["mean"] < best[key]["mean"]:
             best[key] = t
-    chosen = [dict(t, model=key[1]) for key, t in best.items()]
-    print("\nbest per budget and model:\n" + markdown(sorted(chosen, key=lambda t: (t["budget"], t["mean"]))))
-    if args.svg:
-        args.svg.write_text(svg_chart(chosen), encoding="utf-8")
+    chosen = [dict(t, model=key[2]) for key, t in best.items()]
+    order = sorted(chosen, key=lambda t: (t["corpus"], t["budget"], t["mean"]))
+    print("\nbest per corpus, budget and model:\n" + markdown(order))
+    if args.svg:  # the chart is tinyshakespeare's; other corpora are in the tables
+        args.svg.write_text(svg_chart([t for t in chosen if t["corpus"] == CORPUS]), encoding="utf-8")
 
 
 def main() -> None:
@@ -344,6 +372,7 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("prepare", help="write nanoGPT's 90/10 split of tinyshakespeare into a folder")
     p.add_argument("folder", type=Path)
+    p.add_argument("--corpus", default=CORPUS, help="ptb: its own train and valid files instead")
     for name in ("run", "sweep"):
         p = commands.add_parser(name, help="one training" if name == "run" else "several, round-robin")
         p.add_argument("folder", type=Path, help="the folder `prepare` wrote")
@@ -370,7 +399,7 @@ def main() -> None:
     p.add_argument("--svg", type=Path)
     args = parser.parse_args()
     if args.command == "prepare":
-        print(json.dumps(prepare(args.folder)))
+        print(json.dumps(prepare(args.folder, args.corpus)))
     else:
         {"run": run_one, "sweep": sweep, "report": report}[args.command](args)
 

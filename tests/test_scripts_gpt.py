@@ -109,4 +109,6 @@ def test_budget_report_keeps_dropout_settings_apart() -> None:
     table = budget_quality.summarize(rows)  # a row from before the dropout option reads as dropout 0
     assert [(t["dropout"], t["seeds"], t["mean"]) for t in table] == [(0.0, 1, 1.50), (0.2, 2, pytest.approx(1.43))]
     lines = budget_quality.markdown(table).splitlines()
-    assert "| dropout |" in lines[0] and lines[3].startswith("| 60 min | gru-xl | 0.004 | 0.2 | 2 | 1.4300 |")
+    assert "| dropout |" in lines[0]
+    expected = "| tinyshakespeare | 60 min | gru-xl | 0.004 | 0.2 | 2 | 1.4300 | 1.4000 - 1.4600 | 2.0631 |"
+    assert lines[3].startswith(expected)  # 1.43 nats per ASCII character = 2.0631 bits per byte
