@@ -22,7 +22,7 @@ GPT by sliding windows of its block with half-block stride, see baby_gpt.py).
 budget measures the neighbours' load, CPU time (one thread) stands for wall time on a quiet core. The GPT
 checks the CPU clock at every step; rnnlm's Trainer runs its own `train.max_time` on `time.process_time`
 (the Trainer's `clock`), so its cosine, its stop and its final validation all count CPU seconds. --clock
-wall: both count wall seconds. (Rows measured before 2026-11-30 16:00 stopped rnnlm through
+wall: both count wall seconds. (Rows measured before 2026-11-30 15:30 UTC stopped rnnlm through
 `train.max_steps` sized from a measured CPU cost per step: their "stop" says "max_steps (cpu)".)
 """
 
