@@ -309,7 +309,7 @@ def svg_chart(best: list[dict]) -> str:
     models = sorted({t["model"] for t in best})
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
     low, high = min(1.4, math.floor(10 * min(t["min"] for t in best)) / 10), max(t["max"] for t in best) + 0.05
-    width, height, left, top, bottom = max(640, 120 + 200 * len(budgets)), 320, 60, 30, 260
+    width, height, left, top, bottom = max(960, 120 + 200 * len(budgets)), 320, 60, 30, 260
     y = lambda v: bottom - (v - low) / (high - low) * (bottom - top)  # noqa: E731
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
@@ -326,6 +326,10 @@ def svg_chart(best: list[dict]) -> str:
             f'<line x1="{left}" y1="{y(tick):.1f}" x2="{width - 20}" y2="{y(tick):.1f}" stroke="#ddd"/>'
         )
         tick = round(tick + 0.1, 1)
+    goal = y(1.47)  # issue 17's goal for the hour: nanoGPT's 10.7M-parameter GPT on an A100
+    parts.append(
+        f'<line x1="{left}" y1="{goal:.1f}" x2="{width - 20}" y2="{goal:.1f}" stroke="#555" stroke-dasharray="6 4"/>'
+    )
     bar = 160 / len(models)
     for i, budget in enumerate(budgets):
         x0 = left + 20 + 200 * i
@@ -348,6 +352,11 @@ def svg_chart(best: list[dict]) -> str:
             f'<rect x="{left + 10 + 90 * j}" y="{height - 22}" width="10" height="10" '
             f'fill="{colors[j % len(colors)]}"/><text x="{left + 24 + 90 * j}" y="{height - 13}">{model}</text>'
         )
+    x = left + 10 + 90 * len(models)  # the goal line's key, after the models'
+    parts.append(
+        f'<line x1="{x}" y1="{height - 17}" x2="{x + 24}" y2="{height - 17}" stroke="#555" stroke-dasharray="6 4"/>'
+        f'<text x="{x + 30}" y="{height - 13}">1.47: nanoGPT\'s 10.7M-parameter GPT on an A100</text>'
+    )
     return "\n".join([*parts, "</svg>", ""])
 
 
