@@ -1,9 +1,9 @@
 """The calls one sampled token makes, timed one by one at 1 and 2 torch threads (issue 17, item 6).
 
 For the PTB 2x200 word LSTM that scripts/bench_sample.py measures end to end: the 200 x 10,000 decoder
-product as `rnnlm sample` makes it (addmm on W^T stored row-major) and three other layouts of it, among
-them the vocabulary split in two slices for one batched product (baddbmm), which gives each thread a
-slice; one `torch.lstm_cell` layer; the softmax and the float64 running sum of the draw; and, for scale,
+product in four layouts: one addmm on W^T stored row-major (what `rnnlm sample` ran at any thread count
+before 2026-11-30 17:30 UTC, and still runs at one), F.linear, addmv, and the vocabulary split in two
+slices for one batched product (baddbmm), which gives each thread a slice (what it runs at two); one `torch.lstm_cell` layer; the softmax and the float64 running sum of the draw; and, for scale,
 a sum over a tensor as large as the decoder (what reading its bytes costs). Microseconds per call: the best of 5
 means over 200 calls, after 20 to warm up.
 
@@ -42,7 +42,7 @@ def time_calls(threads: int) -> None:
     x, state = torch.randn(1, HIDDEN), (torch.randn(1, HIDDEN), torch.randn(1, HIDDEN))
     w_ih, w_hh, b = torch.randn(4 * HIDDEN, HIDDEN), torch.randn(4 * HIDDEN, HIDDEN), torch.randn(4 * HIDDEN)
     calls = {
-        "decoder: addmm(b, h, W^T)  (rnnlm)": lambda: torch.addmm(bias, h, weight_t),
+        "decoder: addmm(b, h, W^T)": lambda: torch.addmm(bias, h, weight_t),
         "decoder: F.linear(h, W, b)": lambda: F.linear(h, weight, bias),
         "decoder: addmv(b, W, h)": lambda: torch.addmv(bias, weight, h[0]),
         "decoder: baddbmm, 2 vocabulary slices": lambda: torch.baddbmm(

@@ -157,6 +157,22 @@ def test_bf16_weights_halve_the_bytes_and_stay_close_to_float32():
             tokens = expected.argmax(dim=-1)
 
 
+@pytest.mark.parametrize("vocab", [1, 9, 10, 1000])
+def test_the_decoder_split_over_threads_gives_the_logits_of_the_whole(vocab):
+    from rnnlm.models.softmax import LinearLogProbs
+
+    torch.manual_seed(0)
+    decoder = torch.nn.Linear(12, vocab).double()
+    hidden = torch.randn(3, 12, dtype=torch.float64)
+    expected = decoder(hidden)
+    for parts in (1, 2, 3, 7):
+        split = LinearLogProbs(decoder, torch.float64, parts=parts)
+        assert split.parts == min(parts, vocab) and split.weight.shape[0] == split.parts
+        torch.testing.assert_close(split.scores(hidden), expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(split(hidden), torch.log_softmax(expected, -1), rtol=1e-12, atol=1e-12)
+    assert LinearLogProbs(decoder, torch.float64).parts == min(torch.get_num_threads(), vocab)
+
+
 def test_bf16_sampling_draws_text(char_model):
     model, tokenizer = char_model
     text = generate(model, tokenizer, prompt="to ", length=40, seed=7, weights=torch.bfloat16)[0]

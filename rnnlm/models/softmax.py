@@ -59,23 +59,41 @@ class FullSoftmax(nn.Linear):
 
 
 class LinearLogProbs:
-    """`FullSoftmax.log_prob` for generation: W^T and b copied once in `dtype`, one addmm per call.
-    `scores` stops before the softmax: the logits, in float32 at least, all that a sampler needs."""
+    """`FullSoftmax.log_prob` for generation: W^T and b copied once in `dtype`, one product per call.
+    `scores` stops before the softmax: the logits, in float32 at least, all that a sampler needs.
 
-    def __init__(self, decoder: nn.Linear, dtype: torch.dtype) -> None:
+    A one-row product (one token of one sample) runs on one thread however many torch has, so with
+    `parts` > 1 (default: torch's thread count) W^T is stored as `parts` slices of the vocabulary, (P, H,
+    V/P), and one batched product gives each thread a slice to read."""
+
+    def __init__(self, decoder: nn.Linear, dtype: torch.dtype, parts: int = 0) -> None:
+        vocab = decoder.weight.size(0)
+        self.parts = min(parts or torch.get_num_threads(), vocab)
+        self.vocab, width = vocab, -(-vocab // self.parts)  # the last slice padded with zero columns
         with torch.no_grad():
-            self.weight = decoder.weight.detach().t().to(dtype).contiguous()  # (H, V)
-            self.bias = decoder.bias.detach().to(dtype)
+            weight = decoder.weight.detach().t().to(dtype)  # (H, V)
+            bias = decoder.bias.detach().to(dtype)
+            pad = self.parts * width - vocab
+            weight, bias = F.pad(weight, (0, pad)), F.pad(bias, (0, pad))
+            self.weight = weight.unflatten(1, (self.parts, width)).transpose(0, 1).contiguous()  # (P, H, V/P)
+            self.bias = bias.view(self.parts, 1, width)
         self.dtype = dtype
         self.exact = torch.promote_types(dtype, torch.float32)
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        return log_softmax(torch.addmm(self.bias, hidden.to(self.dtype), self.weight))
+        return log_softmax(self._logits(hidden))
 
     def scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """The logits (N, V): the log-probabilities up to a constant per row."""
-        logits = torch.addmm(self.bias, hidden.to(self.dtype), self.weight)
+        logits = self._logits(hidden)
         return logits if self.dtype == self.exact else logits.to(self.exact)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = hidden.to(self.dtype)
+        if self.parts == 1:
+            return torch.addmm(self.bias[0], hidden, self.weight[0])
+        sliced = torch.baddbmm(self.bias, hidden.expand(self.parts, *hidden.shape), self.weight)  # (P, N, V/P)
+        return sliced.transpose(0, 1).flatten(1)[:, : self.vocab]
 
 
 class AdaptiveSoftmax(nn.Module):
