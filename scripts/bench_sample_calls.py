@@ -3,9 +3,10 @@
 For the PTB 2x200 word LSTM that scripts/bench_sample.py measures end to end: the 200 x 10,000 decoder
 product in four layouts: one addmm on W^T stored row-major (what `rnnlm sample` ran at any thread count
 before 2026-11-30 17:30 UTC, and still runs at one), F.linear, addmv, and the vocabulary split in two
-slices for one batched product (baddbmm), which gives each thread a slice (what it runs at two); one `torch.lstm_cell` layer; the softmax and the float64 running sum of the draw; and, for scale,
-a sum over a tensor as large as the decoder (what reading its bytes costs). Microseconds per call: the best of 5
-means over 200 calls, after 20 to warm up.
+slices for one batched product (baddbmm), which gives each thread a slice (what it runs at two); one
+`torch.lstm_cell` layer; the softmax and the float64 running sum of the draw; and, for scale, a sum
+over a tensor as large as the decoder (what reading its bytes costs). Microseconds per call: the best
+of 5 means over 200 calls, after 20 to warm up.
 
     python scripts/bench_sample_calls.py
 """
