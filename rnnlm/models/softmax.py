@@ -62,13 +62,14 @@ class LinearLogProbs:
     """`FullSoftmax.log_prob` for generation: W^T and b copied once in `dtype`, one product per call.
     `scores` stops before the softmax: the logits, in float32 at least, all that a sampler needs.
 
-    A one-row product (one token of one sample) runs on one thread however many torch has, so with
-    `parts` > 1 (default: torch's thread count) W^T is stored as `parts` slices of the vocabulary, (P, H,
-    V/P), and one batched product gives each thread a slice to read."""
+    On a CPU a one-row product (one token of one sample) runs on one thread however many torch has, so
+    with `parts` > 1 (default: torch's thread count on a CPU, 1 elsewhere) W^T is stored as `parts` slices
+    of the vocabulary, (P, H, V/P), and one batched product gives each thread a slice to read."""
 
     def __init__(self, decoder: nn.Linear, dtype: torch.dtype, parts: int = 0) -> None:
         vocab = decoder.weight.size(0)
-        self.parts = min(parts or torch.get_num_threads(), vocab)
+        threads = torch.get_num_threads() if decoder.weight.device.type == "cpu" else 1
+        self.parts = min(parts or threads, vocab)
         self.vocab, width = vocab, -(-vocab // self.parts)  # the last slice padded with zero columns
         with torch.no_grad():
             weight = decoder.weight.detach().t().to(dtype)  # (H, V)
