@@ -54,6 +54,11 @@ class ModelConfig:
     # mingru, minlstm: the candidate h~ = g(W x) > 0 of the paper's log-space version, or W x of its
     # vanilla version (models/mincells.py)
     min_activation: Literal["g", "identity"] = "g"
+    # mingru, minlstm: the paper's layout around each layer, as a transformer's around attention
+    # (models/mincells.py): the layer's output added to its input (needs embed_size == hidden_size) ...
+    min_residual: bool = False
+    min_norm: bool = False  # ... LayerNorm on what each layer (and MLP) reads, and on the stack's output ...
+    min_mlp: int = 0  # ... and a GELU MLP after each layer, this many times hidden_size wide (0: none)
     bidirectional: bool = False  # forward and backward stacks plus an infill head (Peters et al. 2018)
     num_layers: int = 2
     embed_size: int = 128
@@ -427,6 +432,18 @@ def _check_ranges(c: Config) -> list[str]:
     need(
         m.cell not in ("mingru", "minlstm") or m.weight_drop == 0,
         f"model.weight_drop drops recurrent weights, which model.cell {m.cell} does not have: set it to 0",
+    )
+    layout = [key for key in ("min_residual", "min_norm", "min_mlp") if getattr(m, key)]
+    need(
+        not layout or m.cell in ("mingru", "minlstm"),
+        f"model.{', model.'.join(layout)} applies to model.cell mingru or minlstm (got {m.cell})",
+    )
+    need(m.min_mlp >= 0, f"model.min_mlp must be 0 (none) or more (got {m.min_mlp})")
+    need(
+        not m.min_residual or m.embed_size == m.hidden_size == (m.output_size or m.hidden_size),
+        f"model.min_residual adds each layer's input to its output: it needs model.embed_size == "
+        f"model.hidden_size{' == model.output_size' if m.output_size else ''} "
+        f"(got {m.embed_size}, {m.hidden_size}{f', {m.output_size}' if m.output_size else ''})",
     )
     need(m.init_range > 0 and math.isfinite(m.init_range), f"model.init_range must be positive (got {m.init_range})")
     need(math.isfinite(m.forget_bias), f"model.forget_bias must be finite (got {m.forget_bias})")

@@ -223,3 +223,139 @@ def test_resume_equals_uninterrupted(tiny_corpus, tmp_path):
     generated = [generate(trainer.model.eval(), trainer.tokenizer, prompt="a", length=15, seed=1)
                  for trainer in (full, resumed)]
     assert generated[0] == generated[1]
+
+
+# ---- the paper's layout: residual stream, LayerNorm, MLP (model.min_residual, min_norm, min_mlp) ----
+
+LAYOUT = ["model.min_residual=true", "model.min_norm=true", "model.min_mlp=2"]
+
+
+def layer_norm(x, weight, bias):
+    mean = x.mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt((x - mean).square().mean(-1, keepdim=True) + 1e-5) * weight + bias
+
+
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+def test_a_block_is_x_plus_h_then_plus_the_mlp_and_the_output_is_normalised(cell):
+    """One layer, one step, written out from the module docstring's equations with plain tensor algebra."""
+    torch.manual_seed(5)
+    H = 4
+    stack = MinStack(cell, [H, H], "g", residual=True, norm=True, mlp=3).double()
+    with torch.no_grad():  # norms away from their identity start, so that a missing one shows
+        for p in stack.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    x, h_prev = torch.randn(2, H, dtype=torch.float64), torch.randn(2, H, dtype=torch.float64)
+    with torch.no_grad():
+        out, (h,) = stack(x.unsqueeze(0), (h_prev,))
+        weight, bias = stack.layer(0)
+        u = layer_norm(x, stack.norm_l0.weight, stack.norm_l0.bias)
+        expected_h = stack.cell.equations(u @ weight.T + bias, h_prev).h
+        y = x + expected_h
+        inner = layer_norm(y, stack.mlp_norm_l0.weight, stack.mlp_norm_l0.bias) @ stack.mlp_in_l0.weight.T
+        inner = inner + stack.mlp_in_l0.bias
+        gelu = 0.5 * inner * (1 + torch.erf(inner / math.sqrt(2)))
+        y = y + gelu @ stack.mlp_out_l0.weight.T + stack.mlp_out_l0.bias
+        expected = layer_norm(y, stack.norm_out.weight, stack.norm_out.bias)
+    torch.testing.assert_close(h, expected_h, rtol=0, atol=1e-13)  # the state is still the cell's h
+    torch.testing.assert_close(out[0], expected, rtol=0, atol=1e-13)
+    assert stack.mlp_in_l0.weight.shape == (3 * H, H)
+
+
+@pytest.mark.parametrize("layout", [(True, True, 2), (True, False, 0), (False, True, 0), (False, False, 3)],
+                         ids=["all", "residual", "norm", "mlp"])
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+def test_the_layouts_fused_scan_equals_the_step_by_step_cells_in_float64(cell, layout):
+    residual, norm, mlp = layout
+    torch.manual_seed(6)
+    sizes = [6, 6, 6, 6]
+    fused = MinStack(cell, sizes, "g", True, residual=residual, norm=norm, mlp=mlp).double()
+    reference = MinStack(cell, sizes, "g", False, residual=residual, norm=norm, mlp=mlp).double()
+    reference.load_state_dict(fused.state_dict())
+    x = torch.randn(75, 2, 6, dtype=torch.float64)
+    start = tuple(torch.randn(2, 6, dtype=torch.float64) for _ in range(3))
+    results = []
+    for stack in (fused, reference):
+        inputs, state = x.clone().requires_grad_(), tuple(s.clone().requires_grad_() for s in start)
+        out, final = stack(inputs, state)
+        loss = (out * torch.linspace(-1, 1, 6, dtype=torch.float64)).sum() + sum(f.square().sum() for f in final)
+        results.append((out, final, torch.autograd.grad(loss, [inputs, *state, *stack.parameters()])))
+    (out_f, final_f, grads_f), (out_r, final_r, grads_r) = results
+    for a, b in zip([out_f, *final_f, *grads_f], [out_r, *final_r, *grads_r], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    assert len(grads_f) == 1 + 3 + 2 * 3 + (2 * 3 + 2 if norm else 0) + (4 * 3 + (2 * 3 if norm else 0) if mlp else 0)
+    assert all(grad.abs().max() > 1e-4 for grad in grads_f)  # every weight of the layout takes part
+
+
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+def test_the_layout_carries_its_state_across_windows_and_generates_through_the_stepper(cell):
+    model = make(cell, "g", "fused", "model.embed_size=8", *LAYOUT).double().eval()
+    tokens = torch.randint(0, 30, (40, 3))
+    start = model.init_state(3)
+    fast = model.stepper()
+    with torch.inference_mode():
+        whole, whole_final = model.encode(tokens, start)
+        first, carried = model.encode(tokens[:17], start)
+        second, final = model.encode(tokens[17:], carried)
+        expected = model.log_probs(whole.reshape(120, -1)).view(40, 3, 30)
+        state = start
+        for t in range(40):
+            log_probs, state = fast(tokens[t], state)
+            torch.testing.assert_close(log_probs, expected[t], rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.cat([first, second]), whole, rtol=0, atol=1e-12)
+    torch.testing.assert_close(final, whole_final, rtol=0, atol=1e-12)
+    torch.testing.assert_close(state, whole_final, rtol=0, atol=1e-12)
+    assert not torch.allclose(whole[-1], whole_final[-1])  # the output layer reads the stream, not the top h
+
+
+def test_the_layouts_dropout_acts_in_training_only_and_the_stepper_is_a_snapshot():
+    model = make("minlstm", "g", "fused", "model.embed_size=8", "model.dropout=0.5", *LAYOUT)
+    tokens = torch.randint(0, 30, (12, 2))
+    stepper = model.eval().stepper()
+    with torch.no_grad():
+        evaluated = [model(tokens, tokens, model.init_state(2)).nll.item() for _ in range(2)]
+        model.train()
+        trained = [model(tokens, tokens, model.init_state(2)).nll.item() for _ in range(2)]
+        before, _ = stepper(tokens[0], model.init_state(2))
+        model.rnn.mlp_out_l0.bias.add_(1.0)  # training goes on after the stepper was made
+        after, _ = stepper(tokens[0], model.init_state(2))
+    assert evaluated[0] == evaluated[1] and trained[0] != trained[1] and evaluated[0] not in trained
+    assert torch.equal(before, after)
+
+
+def test_uniform_init_leaves_the_layer_norms_at_one_and_zero():
+    model = make("mingru", "g", "fused", "model.embed_size=8", "model.init=uniform", *LAYOUT)
+    norms = {name: p for name, p in model.rnn.named_parameters() if "norm" in name}
+    assert len(norms) == 2 * 2 * 2 + 2  # norm_l{k}, mlp_norm_l{k} (weight, bias) per layer, norm_out
+    for name, p in norms.items():
+        assert torch.equal(p, torch.ones_like(p) if name.endswith("weight") else torch.zeros_like(p)), name
+    assert model.rnn.mlp_in_l1.weight.abs().max() <= 0.1  # the MLP's weights follow model.init_range
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.cell=lstm", "model.min_residual=true", "model.min_mlp=4"],
+     "model.min_residual, model.min_mlp applies to model.cell mingru or minlstm (got lstm)"),
+    (["model.cell=mingru", "model.min_residual=true", "model.embed_size=64", "model.hidden_size=128"],
+     "model.min_residual adds each layer's input to its output: it needs model.embed_size == model.hidden_size "
+     "(got 64, 128)"),
+    (["model.cell=minlstm", "model.min_mlp=-1"], "model.min_mlp must be 0 (none) or more (got -1)"),
+])
+def test_layout_options_that_cannot_work_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(None, overrides)
+
+
+def test_the_layout_trains_resumes_exactly_and_samples_through_the_cli(tiny_corpus, tmp_path):
+    common = ["model.cell=mingru", "model.num_layers=2", "model.embed_size=16", "model.hidden_size=16",
+              "model.dropout=0.2", *LAYOUT]
+    full, _ = train_run(tiny_config(tiny_corpus, *common, "train.max_steps=20"), tmp_path / "full")
+    train_run(tiny_config(tiny_corpus, *common, "train.max_steps=10"), tmp_path / "split")
+    resumed, _ = train_run(tiny_config(tiny_corpus, *common, "train.max_steps=20"), tmp_path / "split", resume=True)
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert any("mlp_out_l1" in name for name in full.model.state_dict())
+    checkpoint = tmp_path / "full" / "best.pt"
+    samples = [invoke("sample", checkpoint, "--prompt", "a", "--length", 15, "--seed", 2) for _ in range(2)]
+    assert samples[0].exit_code == 0 and samples[0].output == samples[1].output, samples[0].output
+    losses = [json.loads(invoke("eval", checkpoint, "--split", "valid", "--json", "--impl", impl).output)["loss"]
+              for impl in ("fused", "reference")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

@@ -256,22 +256,22 @@ class StackStepper:
         with torch.no_grad():
             return [self.cell.pack(w, self.dtype) for w in self.weights]
 
-    def __call__(self, x: torch.Tensor, state: State, record: list[Gates] | None = None) -> State:
-        """x (B, I) in `dtype` -> the new state; with `record`, each layer's gates are appended to it."""
+    def __call__(self, x: torch.Tensor, state: State, record: list[Gates] | None = None) -> tuple[torch.Tensor, State]:
+        """x (B, I) in `dtype` -> the stack's output (the top layer's h) and the new state; with `record`,
+        each layer's gates are appended to it."""
         if self.kernel is not None and record is None:
             return self._kernel_step(x, state)
         new: list[torch.Tensor] = []
-        n, last = self.per_layer, len(self.weights) - 1
+        n = self.per_layer
         for k, packed in enumerate(self.layers):
             gates = self.cell.step(x, state[k * n : (k + 1) * n], packed, self.exact)
             if record is not None:
                 record.append(gates)
             new.extend(gates.state)
-            if k < last:
-                x = gates.h.to(self.dtype)
-        return tuple(new)
+            x = gates.h.to(self.dtype)
+        return gates.h, tuple(new)
 
-    def _kernel_step(self, x: torch.Tensor, state: State) -> State:
+    def _kernel_step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         kernel, n = self.kernel, self.per_layer
         assert kernel is not None
         new: list[torch.Tensor] = []
@@ -279,7 +279,7 @@ class StackStepper:
             layer = kernel(x, state[k * n : (k + 1) * n], *weights)
             new.extend(layer)
             x = layer[0]  # h, the next layer's input
-        return tuple(new)
+        return x, tuple(new)
 
 
 def _transposed(w: LayerWeights, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:

@@ -18,9 +18,10 @@ A model (`RNNLM`, `BidirectionalLM`; built by `rnnlm.models.build_model`) is a `
   Given a list as `record`, the stepper appends each layer's gates to it (models/cells.py: `LSTMGates`
   i, f, g, o, c, h; `GRUGates` z, r, n, h; `ElmanGates` h; models/mincells.py: `MinGRUGates` z, n, h;
   `MinLSTMGates` f, i (normalised), n, h), for looking inside the cells.
-- `encode(inputs (T, B), state) -> (hidden (T, B, H), state)`: the top layer's output after output
-  dropout, and `log_probs(hidden (N, H)) -> (N, V)`: the next-token distribution given it. Together
-  they score tokens from hidden states (start-state mixtures, per-token scores) without a loss.
+- `encode(inputs (T, B), state) -> (hidden (T, B, H), state)`: the stack's output after output dropout
+  (the top layer's h; with the scan cells' residual layout the stream above it, models/mincells.py),
+  and `log_probs(hidden (N, H)) -> (N, V)`: the next-token distribution given it. Together they score
+  tokens from hidden states (start-state mixtures, per-token scores) without a loss.
 - `start_states`: K states `(K, H)` per tensor that fresh starts mix (rnnlm/warmstart.py), or None;
   `num_parameters()`: the number of weights, tied ones counted once; `config` and `vocab_size`: what it
   was built from. As any nn.Module: `parameters()`, `state_dict()` (the checkpoint's names), `train()`/`eval()`.
@@ -65,10 +66,6 @@ class StateLayout:
     def by_name(self, state: State, name: str) -> tuple[torch.Tensor, ...]:
         """One tensor per layer, bottom first: e.g. every layer's "c"."""
         return state[self.names.index(name) :: self.per_layer]
-
-    def top_hidden(self, state: State) -> torch.Tensor:
-        """The top layer's h (B, H_top): what the output layer reads."""
-        return state[-self.per_layer]
 
 
 @dataclass

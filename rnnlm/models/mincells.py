@@ -32,10 +32,25 @@ eps |a*| to the subtraction.
 
 Parameters per layer k: `weight_ih_l{k}` (G*H, I) and `bias_ih_l{k}` (G*H,), gate order z, h~ (minGRU) or
 f, i, h~ (minLSTM), as torch names a fused kernel's input weights; no recurrent matrices.
+
+Stacking. Plain, as every other stack here: each layer reads the one below's h, dropout between layers.
+The paper stacks its cells as a transformer stacks attention, and three options give that layout
+(`model.min_residual`, `min_norm`, `min_mlp`); with all three each layer k is a pre-norm residual block
+
+    u = LayerNorm(x)                  min_norm (parameters norm_l{k})
+    h = minRNN(u)                     the recurrence, state h carried as always
+    y = x + dropout(h)                min_residual: a stream of width H runs past every layer
+    y = y + dropout(W2 GELU(W1 LayerNorm(y)))    min_mlp: a position-wise MLP min_mlp * H wide
+                                      (mlp_norm_l{k}, mlp_in_l{k}, mlp_out_l{k})
+
+and the stack's output is LayerNorm(x) of the top stream (norm_out). The output layer then reads the
+stream, not the top layer's h: so a stepper returns the stack's output beside the state. The state
+stays each layer's h, as without the options.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -191,17 +206,33 @@ class MinStack(nn.Module):
         fused: bool = True,
         between: float = 0.0,
         locked: bool = False,
+        residual: bool = False,
+        norm: bool = False,
+        mlp: int = 0,
     ) -> None:
         super().__init__()
+        if residual and len(set(sizes)) > 1:
+            raise ValueError(f"a residual stack needs every size equal (got {sizes})")
         self.cell_name, self.sizes, self.fused = cell, sizes, fused
         self.cell = make_min_cell(cell, activation)
         self.layout = StateLayout(self.cell.state_names, tuple(sizes[1:]))
         self.num_layers = len(sizes) - 1
         self.between, self.locked = between, locked
+        self.residual, self.norm, self.mlp = residual, norm, mlp
         gates = self.cell.gate_count
         for k in range(self.num_layers):
             self.register_parameter(f"weight_ih_l{k}", nn.Parameter(torch.empty(gates * sizes[k + 1], sizes[k])))
             self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(gates * sizes[k + 1])))
+            hidden = sizes[k + 1]
+            if norm:
+                self.add_module(f"norm_l{k}", nn.LayerNorm(sizes[k]))
+            if mlp and norm:
+                self.add_module(f"mlp_norm_l{k}", nn.LayerNorm(hidden))
+            if mlp:
+                self.add_module(f"mlp_in_l{k}", nn.Linear(hidden, mlp * hidden))
+                self.add_module(f"mlp_out_l{k}", nn.Linear(mlp * hidden, hidden))
+        if norm:
+            self.norm_out = nn.LayerNorm(sizes[-1])
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -218,45 +249,71 @@ class MinStack(nn.Module):
         return self.layout.zeros(batch_size, device, dtype)
 
     def stepper(self, exact: torch.dtype, dtype: torch.dtype | None = None) -> MinStepper:
-        return MinStepper(self.cell, [self.layer(k) for k in range(self.num_layers)], exact, dtype)
+        return MinStepper(self, exact, dtype)
 
     def forward(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        layer_input = inputs  # (T, B, I)
+        stream = inputs  # (T, B, I): the embeddings, then each layer's output
         final: list[torch.Tensor] = []
         for k in range(self.num_layers):
             (h0,), (weight, bias) = self.layout.layer(state, k), self.layer(k)
+            u = self.enter(k, stream)
             if self.fused:  # one product for the whole window, then the scan (in the state's dtype under autocast)
-                pre = F.linear(layer_input, weight, bias).to(h0.dtype)  # (T, B, G*H)
+                pre = F.linear(u, weight, bias).to(h0.dtype)  # (T, B, G*H)
                 h = pairwise_scan(*self.cell.coefficients(pre), h0)
             else:
-                h = reference_layer(self.cell, layer_input, h0, weight, bias)
+                h = reference_layer(self.cell, u, h0, weight, bias)
             final.append(h[-1])
-            layer_input = h if k == self.num_layers - 1 else dropout(h, self.between, self.training, self.locked)
-        return layer_input, tuple(final)  # (T, B, H_top)
+            stream = self.join(k, stream, h, self.training)
+        return self.leave(stream), tuple(final)  # (T, B, H_top)
+
+    def enter(self, k: int, stream: torch.Tensor) -> torch.Tensor:
+        """What layer k's cell reads: the stream below, normalised with min_norm."""
+        return getattr(self, f"norm_l{k}")(stream) if self.norm else stream
+
+    def join(self, k: int, stream: torch.Tensor, h: torch.Tensor, training: bool) -> torch.Tensor:
+        """The stream above layer k, from the stream below it and layer k's h (the module docstring)."""
+
+        def drop(x: torch.Tensor) -> torch.Tensor:
+            return dropout(x, self.between, training, self.locked)
+
+        if self.residual:
+            stream = stream + drop(h)
+            return stream + drop(self.feed_forward(k, stream)) if self.mlp else stream
+        stream = h + self.feed_forward(k, h) if self.mlp else h
+        return stream if k == self.num_layers - 1 else drop(stream)
+
+    def feed_forward(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        u = getattr(self, f"mlp_norm_l{k}")(x) if self.norm else x
+        return getattr(self, f"mlp_out_l{k}")(F.gelu(getattr(self, f"mlp_in_l{k}")(u)))
+
+    def leave(self, stream: torch.Tensor) -> torch.Tensor:
+        """The stack's output: the top stream, normalised with min_norm."""
+        return self.norm_out(stream) if self.norm else stream
 
 
 class MinStepper:
     """One time step of a whole stack for generation, through the cells' `equations` on weights laid out
-    for it (W^T, detached, in `dtype`); the state stays in `exact`, the model's dtype."""
+    for it (W^T, detached, in `dtype`); the state stays in `exact`, the model's dtype, and so do the layout's
+    norms and MLPs (run through a frozen copy of the stack, in eval mode)."""
 
-    def __init__(
-        self,
-        cell: MinCell,
-        layers: list[tuple[torch.Tensor, torch.Tensor]],
-        exact: torch.dtype,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        self.cell, self.exact, self.dtype = cell, exact, dtype or exact
+    def __init__(self, stack: MinStack, exact: torch.dtype, dtype: torch.dtype | None = None) -> None:
+        self.cell, self.exact, self.dtype = stack.cell, exact, dtype or exact
         with torch.no_grad():
+            layers = [stack.layer(k) for k in range(stack.num_layers)]
             self.layers = [(w.detach().t().to(self.dtype).contiguous(), b.detach().to(self.dtype)) for w, b in layers]
+        self.stack = copy.deepcopy(stack).eval().requires_grad_(False)  # a snapshot: later training leaves it be
 
-    def __call__(self, x: torch.Tensor, state: State, record: list[Gates] | None = None) -> State:
-        """x (B, I) in `dtype` -> the new state; with `record`, each layer's gates are appended to it."""
+    def __call__(self, x: torch.Tensor, state: State, record: list[Gates] | None = None) -> tuple[torch.Tensor, State]:
+        """x (B, I) in `dtype` -> the stack's output (B, H_top) and the new state; with `record`, each
+        layer's gates are appended to it."""
         new: list[torch.Tensor] = []
-        for k, (weight, bias) in enumerate(self.layers):
-            gates = self.cell.equations(torch.addmm(bias, x, weight).to(self.exact), state[k])
-            if record is not None:
-                record.append(gates)
-            new.append(gates.h)
-            x = gates.h.to(self.dtype)
-        return tuple(new)
+        stream = x.to(self.exact)
+        with torch.no_grad():
+            for k, (weight, bias) in enumerate(self.layers):
+                u = self.stack.enter(k, stream).to(self.dtype)
+                gates = self.cell.equations(torch.addmm(bias, u, weight).to(self.exact), state[k])
+                if record is not None:
+                    record.append(gates)
+                new.append(gates.h)
+                stream = self.stack.join(k, stream, gates.h, training=False)
+        return self.stack.leave(stream), tuple(new)

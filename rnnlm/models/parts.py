@@ -53,9 +53,10 @@ def init_weights(config: ModelConfig, embedding: nn.Embedding, decoder: Decoder,
 
 
 def init_stack(stack: nn.Module, c: ModelConfig) -> None:
-    if c.init == "uniform":  # Zaremba et al. 2014: every parameter ~ U(-r, r)
-        for p in stack.parameters():
-            nn.init.uniform_(p, -c.init_range, c.init_range)
+    if c.init == "uniform":  # Zaremba et al. 2014: every parameter ~ U(-r, r), the scan cells' norms aside
+        for name, p in stack.named_parameters():
+            if "norm" not in name:
+                nn.init.uniform_(p, -c.init_range, c.init_range)
     if c.cell == "lstm":  # gate order i, f, g, o: a forget gate open at the start remembers
         with torch.no_grad():
             for layer, H in enumerate(layer_sizes(c)[1:]):
@@ -80,8 +81,9 @@ def drop_output(hidden: torch.Tensor, config: ModelConfig, training: bool) -> to
 
 
 class TokenStepper:
-    """`model.step` for generation: an embedding row, one `StackStepper` step (models/cells.py), and the
-    output layer's own fast log-probabilities. The same numbers as `model.step` up to float rounding
+    """`model.step` for generation: an embedding row, one step of the stack's stepper (models/cells.py's
+    `StackStepper`, models/mincells.py's `MinStepper`: the stack's output and the new state), and the output
+    layer's own fast log-probabilities. The same numbers as `model.step` up to float rounding
     (tests/test_contract.py). With `dtype` bfloat16 the weights it reads are a bf16 copy (half the bytes
     read per token); the state and the softmax stay in `exact`, the model's dtype."""
 
@@ -101,7 +103,6 @@ class TokenStepper:
         # the full softmax's logits; the adaptive softmax's log-probabilities are its scores
         self.scores = self.decoder.scores if isinstance(self.decoder, LinearLogProbs) else self.decoder
         self.layout = stack.layout
-        self.top = -self.layout.per_layer  # the top layer's h in a state tuple
 
     def __call__(
         self, tokens: torch.Tensor, state: State, record: list[Gates] | None = None, *, normalized: bool = True
@@ -109,5 +110,5 @@ class TokenStepper:
         """tokens (B,) -> log-probabilities (B, V) of the next token, the new state; with `record`, each
         layer's gates (models/cells.py) are appended to it. `normalized` False gives scores instead: the
         log-probabilities up to a constant per row (the logits), whose softmax is the same distribution."""
-        state = self.stack(torch.index_select(self.embedding, 0, tokens), state, record)
-        return (self.decoder if normalized else self.scores)(state[self.top]), state
+        hidden, state = self.stack(torch.index_select(self.embedding, 0, tokens), state, record)
+        return (self.decoder if normalized else self.scores)(hidden), state

@@ -231,7 +231,17 @@ def build_stack(config: ModelConfig) -> RecurrentStack:
     )
     if config.cell in MIN_CELLS:  # models/mincells.py: their own scan, no recurrent weights to drop
         scan = config.impl == "fused"
-        return MinStack(config.cell, sizes, config.min_activation, scan, between, config.locked_dropout)
+        return MinStack(
+            config.cell,
+            sizes,
+            config.min_activation,
+            scan,
+            between,
+            config.locked_dropout,
+            residual=config.min_residual,
+            norm=config.min_norm,
+            mlp=config.min_mlp,
+        )
     if config.impl == "reference":
         return ReferenceStack(config.cell, sizes, **per_layer)
     if len(set(sizes[1:])) > 1 or (config.locked_dropout and between > 0):
