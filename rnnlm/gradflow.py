@@ -22,7 +22,8 @@ class GradientFlow:
 
     J_t = -log p(x_{t+1} | x_1..x_t), the cross-entropy at step t. h_{t-k} is the top layer's hidden state after
     token t-k as the model carries it to step t-k+1 (the state tuple's top "h", the same numbers as `encode`'s
-    output in evaluation mode), each part of the carried state held as its own variable: the gradient flows
+    output in evaluation mode, except with the scan cells' residual layout, whose output is the stream above
+    it), each part of the carried state held as its own variable: the gradient flows
     through steps t-k+1..t only, never back into the step that made h_{t-k}. For the LSTM, `cell_norms` is the
     same for the top layer's memory cell c_{t-k} (h_{t-k} held fixed). Norms are Euclidean per position, then
     averaged (arithmetic mean) over the `positions` places t of the text. A bidirectional model is measured
