@@ -112,3 +112,20 @@ def test_budget_report_keeps_dropout_settings_apart() -> None:
     assert "| dropout |" in lines[0]
     expected = "| tinyshakespeare | 60 min | gru-xl | 0.004 | 0.2 | 2 | 1.4300 | 1.4000 - 1.4600 | 2.0631 |"
     assert lines[3].startswith(expected)  # 1.43 nats per ASCII character = 2.0631 bits per byte
+
+
+def test_budget_sizes_that_claim_equal_parameters_have_them(tmp_path) -> None:
+    """The 0.88M sizes (lstm, gru, the scan cells plain and in their layout) within 1% of the LSTM's count."""
+    spec = importlib.util.spec_from_file_location("budget_quality", SCRIPT.with_name("budget_quality.py"))
+    budget_quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(budget_quality)
+    from rnnlm.config import load_config
+    from rnnlm.models import build_model
+
+    counts = {}
+    for size in ("lstm", "gru", "mingru", "minlstm", "mingru-block", "minlstm-block"):
+        overrides = budget_quality.rnn_overrides(tmp_path, size, 1e-3, 1, 1, 0.0)
+        model = build_model(66, load_config(None, [*overrides, "train.max_time=1m"]).model)
+        counts[size] = model.num_parameters()
+    assert all(abs(n / counts["lstm"] - 1) < 0.01 for n in counts.values()), counts
+    assert counts["lstm"] == 877_250
