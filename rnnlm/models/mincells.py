@@ -193,7 +193,8 @@ def reference_layer(
 
 
 class MinStack(nn.Module):
-    """minGRU or minLSTM layers, each reading the one below; `fused` scans each window, else steps through it.
+    """minGRU or minLSTM layers, each reading the one below (or the stream past it: `residual`, `norm`, `mlp`
+    are the layout of the module docstring); `fused` scans each window, else steps through it.
 
     The state is each layer's h, `(h_0, h_1, ...)`, carried from window to window like any other stack's.
     """
