@@ -312,9 +312,12 @@ def svg_chart(best: list[dict]) -> str:
     """Grouped bars: per budget, each model's best mean validation loss, whiskers from min to max."""
     budgets = sorted({t["budget"] for t in best})
     models = sorted({t["model"] for t in best})
-    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
     low, high = min(1.4, math.floor(10 * min(t["min"] for t in best)) / 10), max(t["max"] for t in best) + 0.05
-    width, height, left, top, bottom = max(960, 120 + 200 * len(budgets)), 320, 60, 30, 260
+    legend = [24 + 7 * len(model) + 16 for model in models]  # each key's width: swatch, label, gap
+    goal_key = 34 + 7 * 48
+    height, left, top, bottom = 320, 60, 30, 260
+    width = max(960, 120 + 200 * len(budgets), left + 10 + sum(legend) + goal_key)
     y = lambda v: bottom - (v - low) / (high - low) * (bottom - top)  # noqa: E731
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
@@ -352,17 +355,25 @@ def svg_chart(best: list[dict]) -> str:
                 f'<text x="{x + bar / 2 - 2:.1f}" y="{y(t["max"]) - 4:.1f}" text-anchor="middle" '
                 f'font-size="10">{t["mean"]:.3f}</text>'
             )
+    x = left + 10
     for j, model in enumerate(models):
         parts.append(
-            f'<rect x="{left + 10 + 90 * j}" y="{height - 22}" width="10" height="10" '
-            f'fill="{colors[j % len(colors)]}"/><text x="{left + 24 + 90 * j}" y="{height - 13}">{model}</text>'
+            f'<rect x="{x}" y="{height - 22}" width="10" height="10" '
+            f'fill="{colors[j % len(colors)]}"/><text x="{x + 14}" y="{height - 13}">{model}</text>'
         )
-    x = left + 10 + 90 * len(models)  # the goal line's key, after the models'
+        x += legend[j]
+    # the goal line's key, after the models'
     parts.append(
         f'<line x1="{x}" y1="{height - 17}" x2="{x + 24}" y2="{height - 17}" stroke="#555" stroke-dasharray="6 4"/>'
         f'<text x="{x + 30}" y="{height - 13}">1.47: nanoGPT\'s 10.7M-parameter GPT on an A100</text>'
     )
     return "\n".join([*parts, "</svg>", ""])
+
+
+def family(model: str) -> str:
+    """A model's name without its size: gru-xl and gru are one family, mingru-block (a layout) is its own."""
+    name, _, size = model.rpartition("-")
+    return name if size in ("s", "l", "xl") else model
 
 
 def report(args: argparse.Namespace) -> None:
@@ -371,7 +382,7 @@ def report(args: argparse.Namespace) -> None:
     print(markdown(table))
     best: dict[tuple, dict] = {}  # per budget and model family, the setting with the lowest mean
     for t in table:
-        key = (t["corpus"], t["budget"], t["model"].split("-")[0])
+        key = (t["corpus"], t["budget"], family(t["model"]))
         if key not in best or t["mean"] < best[key]["mean"]:
             best[key] = t
     chosen = [dict(t, model=key[2]) for key, t in best.items()]

@@ -129,3 +129,12 @@ def test_budget_sizes_that_claim_equal_parameters_have_them(tmp_path) -> None:
         counts[size] = model.num_parameters()
     assert all(abs(n / counts["lstm"] - 1) < 0.01 for n in counts.values()), counts
     assert counts["lstm"] == 877_250
+
+
+def test_the_report_groups_sizes_into_a_family_but_keeps_a_layout_apart() -> None:
+    spec = importlib.util.spec_from_file_location("budget_quality", SCRIPT.with_name("budget_quality.py"))
+    budget_quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(budget_quality)
+    names = ["gru", "gru-xl", "lstm-s", "gpt-l", "mingru", "mingru-block", "minlstm-block"]
+    assert [budget_quality.family(n) for n in names] == ["gru", "gru", "lstm", "gpt", "mingru", "mingru-block",
+                                                        "minlstm-block"]
