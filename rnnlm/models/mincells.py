@@ -34,8 +34,10 @@ Parameters per layer k: `weight_ih_l{k}` (G*H, I) and `bias_ih_l{k}` (G*H,), gat
 f, i, h~ (minLSTM), as torch names a fused kernel's input weights; no recurrent matrices.
 
 Stacking. Plain, as every other stack here: each layer reads the one below's h, dropout between layers.
-The paper stacks its cells as a transformer stacks attention, and three options give that layout
-(`model.min_residual`, `min_norm`, `min_mlp`); with all three each layer k is a pre-norm residual block
+The paper's experiments wrap their cells in transformer-style blocks (residual connections,
+normalisation, MLPs), and three options give that layout (`model.min_residual`, `min_norm`, `min_mlp`;
+the paper's per-task details, such as any convolution, are not reproduced); with all three each layer
+k is a pre-norm residual block
 
     u = LayerNorm(x)                  min_norm (parameters norm_l{k})
     h = minRNN(u)                     the recurrence, state h carried as always
@@ -43,7 +45,8 @@ The paper stacks its cells as a transformer stacks attention, and three options 
     y = y + dropout(W2 GELU(W1 LayerNorm(y)))    min_mlp: a position-wise MLP min_mlp * H wide
                                       (mlp_norm_l{k}, mlp_in_l{k}, mlp_out_l{k})
 
-and the stack's output is LayerNorm(x) of the top stream (norm_out). The output layer then reads the
+and the stack's output is LayerNorm(x) of the top stream (norm_out). The dropout is the stack's between
+layers (`model.dropout_between`, none in a one-layer stack). The output layer then reads the
 stream, not the top layer's h: so a stepper returns the stack's output beside the state. The state
 stays each layer's h, as without the options.
 """
