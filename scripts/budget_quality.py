@@ -47,8 +47,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = "tinyshakespeare"
 LAYOUT = ("model.min_residual=true", "model.min_norm=true", "model.min_mlp=4")  # the scan cells' block layout
-# name -> (cell, hidden size[, overrides]): equal parameters, about 0.88M with embed 64 (the GPT has 0.81M)
-SIZES: dict[str, tuple[str, int] | tuple[str, int, tuple[str, ...]]] = {
+# name -> (cell, hidden size): equal parameters, about 0.88M with embed 64 (the GPT has 0.81M)
+SIZES = {
     "lstm": ("lstm", 256),
     "gru": ("gru", 296),
     "lstm-s": ("lstm", 192),
@@ -57,12 +57,17 @@ SIZES: dict[str, tuple[str, int] | tuple[str, int, tuple[str, ...]]] = {
     "gru-l": ("gru", 448),
     "mingru": ("mingru", 613),
     "minlstm": ("minlstm", 497),
-    # in the layout (residual stream, LayerNorm, MLP 4x wide), embed = hidden: the MLPs take most weights
-    "mingru-block": ("mingru", 206, (*LAYOUT, "model.embed_size=206")),
-    "minlstm-block": ("minlstm", 197, (*LAYOUT, "model.embed_size=197")),
+    "mingru-block": ("mingru", 206),  # in the layout: see EXTRA
+    "minlstm-block": ("minlstm", 197),
     # about 2.5M parameters, for the hour (with the GPT's gpt-l, 2.7M)
     "lstm-xl": ("lstm", 448),
     "gru-xl": ("gru", 512),
+}
+# sizes that need more than a cell and a width: the layout (residual stream, LayerNorm, MLP 4x wide) with
+# embed = hidden; the MLPs take most of the weights
+EXTRA = {
+    "mingru-block": (*LAYOUT, "model.embed_size=206"),
+    "minlstm-block": (*LAYOUT, "model.embed_size=197"),
 }
 GPT_SIZES = {"gpt": (4, 128), "gpt-s": (3, 96), "gpt-l": (6, 192)}  # (layers, width), heads 4, block 64
 
@@ -100,7 +105,7 @@ def bits_per_byte(nats_per_char: float, chars: int, folder: Path) -> float:
 
 
 def rnn_overrides(folder: Path, size: str, lr: float, seed: int, threads: int, dropout: float) -> list[str]:
-    cell, hidden, *extra = SIZES[size]
+    cell, hidden = SIZES[size]
     return [
         f"data.corpus={folder}",
         "tokenizer.kind=char",
@@ -123,7 +128,7 @@ def rnn_overrides(folder: Path, size: str, lr: float, seed: int, threads: int, d
         "optim.clip=5.0",
         "optim.schedule=cosine",
         f"optim.min_lr={lr / 10}",
-        *(extra[0] if extra else ()),
+        *EXTRA.get(size, ()),
     ]
 
 

@@ -262,13 +262,14 @@ class StackStepper:
         if self.kernel is not None and record is None:
             return self._kernel_step(x, state)
         new: list[torch.Tensor] = []
-        n = self.per_layer
+        n, last = self.per_layer, len(self.weights) - 1
         for k, packed in enumerate(self.layers):
             gates = self.cell.step(x, state[k * n : (k + 1) * n], packed, self.exact)
             if record is not None:
                 record.append(gates)
             new.extend(gates.state)
-            x = gates.h.to(self.dtype)
+            if k < last:
+                x = gates.h.to(self.dtype)
         return gates.h, tuple(new)
 
     def _kernel_step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
