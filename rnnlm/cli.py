@@ -186,11 +186,13 @@ def train(
     trainer = Trainer(
         config, folder, resume_from=saved, overwrite=overwrite, allow_data_change=allow_data_change, progress=progress
     )  # takes nothing yet: setup takes the run folder, inside the try
+    finished = False
     try:
         trainer.setup()
         summary = trainer.fit()
+        finished = True
     finally:
-        trainer.close()
+        trainer.close(finished)
     if not trainer.group.is_main:  # under torchrun, rank 0 speaks for the job
         return
     from rnnlm.evaluate import perplexity

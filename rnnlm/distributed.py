@@ -7,6 +7,7 @@ error on the others instead of a wait without end. Without torchrun, everything 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -98,9 +99,16 @@ def join(device_name: str, timeout_seconds: int) -> tuple[Group, torch.device]:
     return Group(rank, world_size), device
 
 
-def leave() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def leave(together: bool = False) -> None:
+    """Leave the process group. `together`: every rank got here after a normal end, so they first meet at a
+    barrier and tear gloo down at the same moment (a rank that exits while another still holds the group
+    open can abort the other at exit); never after a failure, when a dead rank would leave it waiting."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if together:
+        with contextlib.suppress(RuntimeError):  # a rank failed after all: leave anyway
+            dist.barrier()
+    dist.destroy_process_group()
 
 
 def failure(group: Group, exc: BaseException, timeout_seconds: int) -> TrainingError:

@@ -636,15 +636,18 @@ class Trainer:
         )
         return f"; stopped without saving{kept}. Try a lower optim.lr or optim.clip"
 
-    def close(self) -> None:
+    def close(self, finished: bool = False) -> None:
         """Release what `setup` took, however far it got: the event writer, the run folder (putting back a run
-        an --overwrite stopped before its first last.pt was to replace), the process group."""
+        an --overwrite stopped before its first last.pt was to replace), the process group. `finished`: the
+        run ended normally on every rank, so the ranks can wait for each other before leaving the group."""
         writer = getattr(self, "writer", None)
         if writer is not None:
             writer.close()
         self.folder.rollback()
         self.folder.release()
-        distributed.leave()
+        if hasattr(self, "model"):  # the DDP wrapper holds the process group: let it go before the group does
+            self.network = self.model
+        distributed.leave(together=finished)
 
     # -- views for callers ----------------------------------------------------------------------------
 
