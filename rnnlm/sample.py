@@ -9,6 +9,7 @@ import torch
 
 from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.models import BidirectionalLM, LanguageModel, State
+from rnnlm.models.contract import Drawer
 from rnnlm.warmstart import posterior
 
 
@@ -51,8 +52,14 @@ def generate(
     state = fresh_state(
         model, context, num_samples, greedy=temperature == 0, generator=generator, device=device, warm=start == "warm"
     )
-    step = functools.partial(model.stepper(weights), normalized=False)  # logits: the sampler normalises them
-    for drawn in _draw(model, model.prefill, step, context, state, length, pick, device):
+    stepper = model.stepper(weights)
+    native = stepper.generator() if top_k == 0 and top_p >= 1.0 else None  # C draws plain samples only
+    if native is not None:
+        draws = _draw_native(model, native, context, state, length, temperature, uniforms)
+    else:
+        step = functools.partial(stepper, normalized=False)  # logits: the sampler normalises them
+        draws = _draw(model, model.prefill, step, context, state, length, pick, device)
+    for drawn in draws:
         for b, token in enumerate(drawn):
             texts[b].append(decoders[b](token))
         if on_text:
@@ -109,6 +116,33 @@ def _draw(
             log_probs, state = step(chosen, state)
 
 
+def _draw_native(
+    model: LanguageModel,
+    native: Drawer,
+    context: list[int],
+    state: State,
+    length: int,
+    temperature: float,
+    uniforms: Uniforms,
+) -> Iterator[list[int]]:
+    """`_draw` with `choose`'s plain draw, in C: `model.prefill` reads all of `context` but its last token,
+    then the generator reads that and draws a block of tokens per call, each with the very uniform draw
+    `choose` would take for it (temperature 0: the argmax), so the text is the one `_draw` gives up to
+    the rounding of the products."""
+    model.eval()
+    with torch.inference_mode():
+        tokens = torch.tensor(context).unsqueeze(1).expand(-1, state[0].size(0))  # (T, B)
+        if len(context) > 1:
+            _, state = model.prefill(tokens[:-1].to(model.device), state)
+        last = tokens[-1]
+        for start in range(0, length, uniforms.block):
+            count = min(uniforms.block, length - start)
+            block = uniforms.next_block() if temperature > 0 else None
+            drawn, state = native(last, state, count, temperature, block)
+            yield from drawn.tolist()
+            last = drawn[-1]
+
+
 class Uniforms:
     """Uniform draws in [0, 1), `rows` at a time (one per sample), taken from `generator` for `block` calls at
     once: one call to the generator instead of one per token. On a CPU these are the very numbers, in the same
@@ -124,11 +158,14 @@ class Uniforms:
         if rows != self.rows:
             raise ValueError(f"drawing {rows} rows from uniforms made for {self.rows}")
         if not self.drawn:  # drawn only when first needed: whatever else the generator draws comes first
-            block = torch.rand(
-                self.block, rows, 1, generator=self.generator, device=self.generator.device, dtype=torch.float64
-            )
-            self.drawn = list(block.unbind(0))[::-1]
+            self.drawn = list(self.next_block().unbind(0))[::-1]
         return self.drawn.pop()
+
+    def next_block(self) -> torch.Tensor:
+        """The next `block` draws at once, (block, rows, 1): what `block` calls would return one by one."""
+        return torch.rand(
+            self.block, self.rows, 1, generator=self.generator, device=self.generator.device, dtype=torch.float64
+        )
 
 
 def choose(

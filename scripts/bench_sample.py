@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 
 import torch
-
 from bench import PlainLM  # the plain side of scripts/bench.py (this folder is on the path when run)
 
 
@@ -62,9 +62,11 @@ def plain_sample(plain: PlainLM, tokens: int, temperature: float, seed: int) -> 
 
 
 def rnnlm_sample(model, tokenizer, tokens: int, samples: int, temperature: float, seed: int,
-                 weights: torch.dtype | None = None) -> float:
+                 weights: torch.dtype | None = None, native: bool = True) -> float:
+    """Seconds of one `generate` call; `native` False draws through torch (RNNLM_NATIVE=0), not rnnlm/native's C."""
     from rnnlm.sample import generate
 
+    os.environ["RNNLM_NATIVE"] = "1" if native else "0"
     begin = clock()
     generate(model, tokenizer, length=tokens, temperature=temperature, num_samples=samples, seed=seed,
              weights=weights)
@@ -146,10 +148,17 @@ def main() -> None:
     sides = {"plain (1 sample)": lambda seed: args.tokens / plain_sample(plain, args.tokens, args.temperature, seed),
              "rnnlm (1 sample)": lambda seed: args.tokens / rnnlm_sample(model, tokenizer, args.tokens, 1,
                                                                          args.temperature, seed),
+             "rnnlm through torch (1 sample)": lambda seed: args.tokens / rnnlm_sample(
+                 model, tokenizer, args.tokens, 1, args.temperature, seed, native=False),
              "rnnlm bf16 (1 sample)": lambda seed: args.tokens / rnnlm_sample(
                  model, tokenizer, args.tokens, 1, args.temperature, seed, torch.bfloat16),
              f"rnnlm ({args.batch} samples)": lambda seed: args.batch * args.tokens / rnnlm_sample(
-                 model, tokenizer, args.tokens, args.batch, args.temperature, seed)}
+                 model, tokenizer, args.tokens, args.batch, args.temperature, seed),
+             f"rnnlm through torch ({args.batch} samples)": lambda seed: args.batch * args.tokens / rnnlm_sample(
+                 model, tokenizer, args.tokens, args.batch, args.temperature, seed, native=False)}
+    from rnnlm import native
+
+    print(f"rnnlm/native: {native.why_not() or 'compiled'}", file=sys.stderr)
     speeds: dict[str, list[float]] = {name: [] for name in sides}
     for index in range(args.rounds + 1):  # round 0 warms up and is not counted
         for name, measure in sides.items():
@@ -159,7 +168,8 @@ def main() -> None:
     memory = read_bandwidth()
     bandwidth = max(memory, read_bandwidth(weight_bytes / 2 ** 20))  # the weights may stay in the caches
     bound = bandwidth / weight_bytes  # tokens/s of one stream that only reads the weights
-    report = {"vocab_size": model.vocab_size, "parameters": model.num_parameters(), "weight_bytes_per_step": weight_bytes,
+    report = {"vocab_size": model.vocab_size, "parameters": model.num_parameters(),
+              "weight_bytes_per_step": weight_bytes,
               "read_bandwidth_gb_s": bandwidth / 1e9,
               "memory_bandwidth_gb_s": memory / 1e9, "one_stream_bound_tokens_per_sec": bound,
               "threads": torch.get_num_threads(), "clock": args.clock, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -175,7 +185,7 @@ def main() -> None:
     for name, speed in report["tokens_per_sec"].items():
         streams = args.batch if "samples" in name else 1
         halved = 2 if "bf16" in name else 1  # bf16 weights: half the bytes per step
-        print(f"{name:<24}{speed:>10,.0f} tokens/s  {speed / baseline:5.2f}x plain  "
+        print(f"{name:<36}{speed:>10,.0f} tokens/s  {speed / baseline:5.2f}x plain  "
               f"{speed / (bound * streams * halved):6.1%} of its bandwidth bound")
 
 

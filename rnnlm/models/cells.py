@@ -317,3 +317,12 @@ def _one_step_kernel(cell: Cell) -> OneStepKernel | None:
     if type(cell) is ElmanCell:
         return {torch.tanh: _tanh_kernel, torch.relu: _relu_kernel}.get(cell.f)
     return None
+
+
+def native_layers(stepper: object) -> tuple[str, list[LayerWeights]] | None:
+    """What rnnlm/native needs of a stack's one-step function that runs torch's one-step kernel: the cell's
+    name there ("lstm", "gru", "tanh", "relu") and the layers' weights; None for other cells and steppers."""
+    if not isinstance(stepper, StackStepper) or stepper.kernel is None:
+        return None
+    names = {_lstm_kernel: "lstm", _gru_kernel: "gru", _tanh_kernel: "tanh", _relu_kernel: "relu"}
+    return names[stepper.kernel], stepper.weights

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnlm import native
 from rnnlm.config import ModelConfig
-from rnnlm.models.cells import Gates
+from rnnlm.models.cells import Gates, native_layers
 from rnnlm.models.contract import State
 from rnnlm.models.regularize import dropout, embedding_dropout
 from rnnlm.models.softmax import AdaptiveSoftmax, FullSoftmax, LinearLogProbs, resolve_cutoffs
@@ -103,6 +104,23 @@ class TokenStepper:
         # the full softmax's logits; the adaptive softmax's log-probabilities are its scores
         self.scores = self.decoder.scores if isinstance(self.decoder, LinearLogProbs) else self.decoder
         self.layout = stack.layout
+        self.parts = (embedding, stack, decoder)
+
+    def generator(self) -> native.Generator | None:
+        """The whole of generation in C (rnnlm/native), where it runs the same equations: float32 weights
+        on the CPU, the LSTM, GRU or tanh / ReLU Elman cell, the full softmax; None elsewhere, with
+        RNNLM_NATIVE=0, or without a C compiler."""
+        embedding, _, decoder = self.parts
+        stack = native_layers(self.stack)
+        if stack is None or not isinstance(decoder, FullSoftmax) or self.dtype != torch.float32:
+            return None
+        cell, layers = stack
+        if embedding.weight.device.type != "cpu" or len(layers) > native.MAX_LAYERS:
+            return None
+        lib = native.library() if native.enabled() else None
+        if lib is None:
+            return None
+        return native.Generator(lib, cell, embedding.weight, [w.all() for w in layers], decoder.weight, decoder.bias)
 
     def __call__(
         self, tokens: torch.Tensor, state: State, record: list[Gates] | None = None, *, normalized: bool = True
