@@ -62,12 +62,14 @@ SIZES = {
     # about 2.5M parameters, for the hour (with the GPT's gpt-l, 2.7M)
     "lstm-xl": ("lstm", 448),
     "gru-xl": ("gru", 512),
+    "minlstm-block-xl": ("minlstm", 334),
 }
 # sizes that need more than a cell and a width: the layout (residual stream, LayerNorm, MLP 4x wide) with
 # embed = hidden; the MLPs take most of the weights
 EXTRA = {
     "mingru-block": (*LAYOUT, "model.embed_size=206"),
     "minlstm-block": (*LAYOUT, "model.embed_size=197"),
+    "minlstm-block-xl": (*LAYOUT, "model.embed_size=334"),
 }
 GPT_SIZES = {"gpt": (4, 128), "gpt-s": (3, 96), "gpt-l": (6, 192)}  # (layers, width), heads 4, block 64
 

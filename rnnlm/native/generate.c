@@ -46,35 +46,46 @@ static int gate_count(int cell) { return cell == CELL_LSTM ? 4 : cell == CELL_GR
 
 static int state_count(int cell) { return cell == CELL_LSTM ? 2 : 1; }
 
-/* y = b + x A for `batch` rows x (batch, in) and A (in, cols) row-major: each thread takes a slice of the
- * columns and adds x_i times row i of A to it, eight rows at a time (one load and store of its slice of y
- * per eight rows of A), reading A in order. Column j of y is summed over i in order by one thread, however
- * many there are, so the numbers do not depend on their count. */
+#define TILE 1024 /* columns of y a thread updates at a time: eight rows of A over a tile fill 32 KB */
+
+/* y = b + x A for `batch` rows x (batch, in) and A (in, cols) row-major. Each thread takes a slice of the
+ * columns, a tile at a time (for a batch; one sample takes the slice whole): for every sample it adds x_i
+ * times row i of A, eight rows at a time (one load and store of y per eight rows of A), so a tile's eight
+ * rows are read from memory once for the whole batch. Column j of y is summed over i in order by one thread, however many there are, so the numbers do
+ * not depend on their count or on the batch. */
 static void product(const float *restrict A, const float *restrict bias, int in, int cols, int batch,
                     const float *restrict x, float *restrict y) {
     int parts = omp_get_num_threads(), width = ((cols + parts - 1) / parts + 15) / 16 * 16;
+    int tile = batch > 1 ? TILE : width; /* one sample: the whole slice, in longer runs along each row */
+    size_t c = (size_t)cols;
 #pragma omp for schedule(static)
     for (int part = 0; part < parts; part++) {
-        int start = part * width, stop = start + width < cols ? start + width : cols;
-        for (int b = 0; b < batch; b++) {
-            float *restrict yb = y + (size_t)b * cols;
-            const float *xb = x + (size_t)b * in;
-            for (int j = start; j < stop; j++) yb[j] = bias[j];
+        int end = (part + 1) * width < cols ? (part + 1) * width : cols;
+        for (int start = part * width; start < end; start += tile) {
+            int stop = start + tile < end ? start + tile : end;
+            for (int b = 0; b < batch; b++)
+                for (int j = start; j < stop; j++) y[b * c + j] = bias[j];
             int i = 0;
             for (; i + 8 <= in; i += 8) {
-                const float *r = A + (size_t)i * cols, *xi = xb + i;
-                size_t c = (size_t)cols;
+                const float *r = A + (size_t)i * c;
+                for (int b = 0; b < batch; b++) {
+                    float *restrict yb = y + b * c;
+                    const float *xi = x + (size_t)b * in + i;
 #pragma omp simd
-                for (int j = start; j < stop; j++)
-                    yb[j] = (((((((yb[j] + xi[0] * r[j]) + xi[1] * r[c + j]) + xi[2] * r[2 * c + j]) +
-                                xi[3] * r[3 * c + j]) + xi[4] * r[4 * c + j]) + xi[5] * r[5 * c + j]) +
-                             xi[6] * r[6 * c + j]) + xi[7] * r[7 * c + j];
+                    for (int j = start; j < stop; j++)
+                        yb[j] = (((((((yb[j] + xi[0] * r[j]) + xi[1] * r[c + j]) + xi[2] * r[2 * c + j]) +
+                                    xi[3] * r[3 * c + j]) + xi[4] * r[4 * c + j]) + xi[5] * r[5 * c + j]) +
+                                 xi[6] * r[6 * c + j]) + xi[7] * r[7 * c + j];
+                }
             }
             for (; i < in; i++) {
-                const float *row = A + (size_t)i * cols;
-                float xi = xb[i];
+                const float *row = A + (size_t)i * c;
+                for (int b = 0; b < batch; b++) {
+                    float *restrict yb = y + b * c;
+                    float xi = x[(size_t)b * in + i];
 #pragma omp simd
-                for (int j = start; j < stop; j++) yb[j] += xi * row[j];
+                    for (int j = start; j < stop; j++) yb[j] += xi * row[j];
+                }
             }
         }
     }
