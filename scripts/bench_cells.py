@@ -10,6 +10,7 @@ tokens/s divided by the LSTM's in the same round (a shared machine slows rounds 
 neighbouring turns share the slowdown).
 
     PYTHONPATH=$PWD python scripts/bench_cells.py --threads 2
+    PYTHONPATH=$PWD python scripts/bench_cells.py --cells lstm mingru-block minlstm-block   # the layout
 
 (On a machine whose cores other jobs already fill, use --threads 1: two OpenMP threads that wait for each
 other at every parallel region then crawl.)
@@ -32,9 +33,17 @@ from rnnlm.models.lm import detach_state
 VOCAB = 66  # tinyshakespeare's characters plus rnnlm's specials
 
 
+LAYOUT = ["model.min_residual=true", "model.min_norm=true", "model.min_mlp=4"]  # the scan cells' block layout
+
+
 def build(cell: str, hidden: int, args: argparse.Namespace) -> LanguageModel:
-    overrides = [f"model.cell={cell}", f"model.hidden_size={hidden}", f"model.embed_size={args.embed}",
-                 f"model.num_layers={args.layers}", "model.impl=fused", f"model.min_activation={args.activation}"]
+    """`cell` is a model.cell, or mingru-block / minlstm-block: the scan cell in its block layout (residual
+    stream, LayerNorm, MLP 4x wide), whose embedding is as wide as the stream."""
+    name, _, layout = cell.partition("-")
+    embed = hidden if layout == "block" else args.embed
+    overrides = [f"model.cell={name}", f"model.hidden_size={hidden}", f"model.embed_size={embed}",
+                 f"model.num_layers={args.layers}", "model.impl=fused", f"model.min_activation={args.activation}",
+                 *(LAYOUT if layout == "block" else [])]
     torch.manual_seed(0)
     return build_model(VOCAB, load_config(None, overrides).model)
 
@@ -100,7 +109,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--embed", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=256, help="the LSTM's; the others match its parameters")
-    parser.add_argument("--cells", nargs="+", default=["lstm", "gru", "mingru", "minlstm"])
+    parser.add_argument("--cells", nargs="+", default=["lstm", "gru", "mingru", "minlstm"],
+                        help="model.cell values, or mingru-block / minlstm-block (the scan cells' layout)")
     parser.add_argument("--activation", default="g", choices=["g", "identity"], help="model.min_activation")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--round-tokens", type=int, default=32768, help="tokens per model per round")
