@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
 
 import pytest
@@ -218,3 +219,22 @@ def test_the_draw_law_matches_exp_to_float_precision() -> None:
         torch.tensor(aims, dtype=torch.float64).view(-1, 1) / total,
     )
     assert drawn.squeeze(1).tolist() == list(range(3990, 4001))
+
+
+def test_exp_sigmoid_and_tanh_are_within_two_float_ulps() -> None:
+    """The kernel's own vectorisable exp, logistic function and tanh (libm's are one value at a time)."""
+    lib = native.library()
+    assert lib is not None
+
+    def functions(x: torch.Tensor) -> list[torch.Tensor]:
+        outputs = [torch.empty_like(x) for _ in range(3)]
+        lib.rnnlm_functions(*(ctypes.c_void_p(t.data_ptr()) for t in (x, *outputs)), ctypes.c_int(x.numel()))
+        return outputs
+
+    x = torch.cat([torch.linspace(-20, 20, 400_001), torch.linspace(-87, -20, 10_001), torch.tensor([-1e-30])])
+    exact = [x.double().clamp(max=0).exp(), torch.sigmoid(x.double()), torch.tanh(x.double())]
+    for name, got, want in zip(("exp", "sigmoid", "tanh"), functions(x), exact, strict=True):
+        relative = ((got.double() - want).abs() / want.abs()).max().item()
+        assert relative < 2.5e-7, (name, relative)  # float32's unit in the last place is 1.2e-7 relative at most
+    below, _, _ = functions(torch.tensor([-87.5, -100.0, -1e9]))
+    assert below.tolist() == [0.0, 0.0, 0.0]  # where float32 has no normal number left
