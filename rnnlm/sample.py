@@ -53,9 +53,10 @@ def generate(
         model, context, num_samples, greedy=temperature == 0, generator=generator, device=device, warm=start == "warm"
     )
     stepper = model.stepper(weights)
-    native = stepper.generator() if top_k == 0 and top_p >= 1.0 else None  # C draws plain samples only
+    native = stepper.generator()
     if native is not None:
-        draws = _draw_native(model, native, context, state, length, temperature, uniforms)
+        settings = (temperature, top_k, top_p)
+        draws = _draw_native(model, native, context, state, length, settings, uniforms)
     else:
         step = functools.partial(stepper, normalized=False)  # logits: the sampler normalises them
         draws = _draw(model, model.prefill, step, context, state, length, pick, device)
@@ -122,13 +123,14 @@ def _draw_native(
     context: list[int],
     state: State,
     length: int,
-    temperature: float,
+    settings: tuple[float, int, float],
     uniforms: Uniforms,
 ) -> Iterator[list[int]]:
-    """`_draw` with `choose`'s plain draw, in C: `model.prefill` reads all of `context` but its last token,
-    then the generator reads that and draws a block of tokens per call, each with the very uniform draw
-    `choose` would take for it (temperature 0: the argmax), so the text is the one `_draw` gives up to
-    the rounding of the products."""
+    """`_draw` with `choose`'s draw in C: `model.prefill` reads all of `context` but its last token, then
+    the generator reads that and draws a block of tokens per call from the distribution `choose` draws
+    from (`settings`: temperature, top_k, top_p), each with the very uniform draw `choose` would take for
+    it (temperature 0: the argmax), so the text is the one `_draw` gives up to the rounding of the products."""
+    temperature, top_k, top_p = settings
     model.eval()
     with torch.inference_mode():
         tokens = torch.tensor(context).unsqueeze(1).expand(-1, state[0].size(0))  # (T, B)
@@ -138,7 +140,7 @@ def _draw_native(
         for start in range(0, length, uniforms.block):
             count = min(uniforms.block, length - start)
             block = uniforms.next_block() if temperature > 0 else None
-            drawn, state = native(last, state, count, temperature, block)
+            drawn, state = native(last, state, count, temperature, block, top_k, top_p)
             yield from drawn.tolist()
             last = drawn[-1]
 

@@ -44,6 +44,7 @@ def plain_from(model) -> PlainLM:
 
 
 clock = time.perf_counter  # or time.process_time with --clock cpu (set in main)
+restrict: dict = {}  # rnnlm's top_k and top_p (set in main); the plain loop always draws from the whole softmax
 
 
 def plain_sample(plain: PlainLM, tokens: int, temperature: float, seed: int) -> float:
@@ -69,7 +70,7 @@ def rnnlm_sample(model, tokenizer, tokens: int, samples: int, temperature: float
     os.environ["RNNLM_NATIVE"] = "1" if native else "0"
     begin = clock()
     generate(model, tokenizer, length=tokens, temperature=temperature, num_samples=samples, seed=seed,
-             weights=weights)
+             weights=weights, **restrict)
     return clock() - begin
 
 
@@ -121,6 +122,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="samples drawn together in the batched rnnlm rounds")
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds per side, after one warm-up")
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0, help="rnnlm's sides only (the plain loop has none)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="rnnlm's sides only (the plain loop has none)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: time by this process's CPU seconds, for a machine shared with other jobs (with "
@@ -129,6 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    restrict.update(top_k=args.top_k, top_p=args.top_p)
     if args.clock == "cpu":
         if torch.get_num_threads() != 1:
             parser.error("--clock cpu needs --threads 1 (CPU seconds of several threads add up)")

@@ -148,18 +148,55 @@ def test_only_plain_float32_full_softmax_stacks_get_a_generator(monkeypatch: pyt
     assert native.why_not() == "RNNLM_NATIVE=0"
 
 
-def test_top_k_and_top_p_draw_through_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(1.0, 40, 1.0), (0.8, 0, 0.9), (1.3, 100, 0.7)])
+def test_top_k_and_top_p_draw_from_the_candidates_choose_keeps(temperature: float, top_k: int, top_p: float) -> None:
+    torch.manual_seed(4)
+    logits = torch.randn(300) * 2
+    generator = one_distribution_model(logits).stepper().generator()
+    assert generator is not None
+    weights = ((logits.double() - logits.max()) / temperature).exp()
+    order = weights.argsort(descending=True)
+    candidates = order[:top_k] if top_k else order
+    total = weights[candidates].sum() if top_k else weights.sum()
+    before = weights[candidates].cumsum(0) - weights[candidates]
+    kept = candidates[before < top_p * total]  # the nucleus within the candidates, best first
+    running = weights[kept].cumsum(0)
+    midpoints = (running - weights[kept] / 2) / running[-1]  # u in the middle of each kept token's interval
+    state = one_distribution_model(logits).init_state(1, "cpu")
+    drawn, _ = generator(
+        torch.zeros(1, dtype=torch.long), state, len(kept), temperature, midpoints.view(-1, 1), top_k, top_p
+    )
+    assert torch.equal(drawn.squeeze(1), kept)
+    assert 3 < len(kept) < 300  # the restriction bites
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(5, 1.0), (0, 0.8), (3, 0.5)])
+def test_restricted_samples_are_the_text_torch_writes(top_k: int, top_p: float, monkeypatch) -> None:
     tokenizer = CharTokenizer(TEXT)
-    model = tiny_model(STACKS["lstm"], vocab=tokenizer.vocab_size)
+    model = tiny_model(STACKS["gru"], vocab=tokenizer.vocab_size)
+    texts = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("RNNLM_NATIVE", flag)
+        texts[flag] = generate(model, tokenizer, prompt="or", length=150, top_k=top_k, top_p=top_p, seed=6)
+    assert texts["1"] == texts["0"] and len(texts["1"][0]) == 152
 
-    def refuse(*args: object) -> None:
-        raise AssertionError("the C generator was called")
 
-    monkeypatch.setattr(native.Generator, "__call__", refuse)
-    assert len(generate(model, tokenizer, length=20, top_k=3, seed=1)[0]) == 20
-    assert len(generate(model, tokenizer, length=20, top_p=0.9, seed=1)[0]) == 20
-    with pytest.raises(AssertionError, match="C generator"):
-        generate(model, tokenizer, length=20, seed=1)
+def test_a_wide_nucleus_is_found_past_the_first_64_candidates() -> None:
+    """A flat distribution: the nucleus holds most of 1,000 tokens, found through the 512- and 1,000-wide
+    rounds (a quickselect and a sort), and every token of it can be drawn."""
+    logits = torch.linspace(0.0, -0.5, 1000)[torch.randperm(1000, generator=torch.Generator().manual_seed(5))]
+    generator = one_distribution_model(logits).stepper().generator()
+    assert generator is not None
+    weights = logits.double().exp()
+    order = weights.argsort(descending=True)
+    before = weights[order].cumsum(0) - weights[order]
+    kept = order[before < 0.95 * weights.sum()]
+    assert len(kept) > 512
+    running = weights[kept].cumsum(0)
+    midpoints = (running - weights[kept] / 2) / running[-1]
+    state = one_distribution_model(logits).init_state(1, "cpu")
+    drawn, _ = generator(torch.zeros(1, dtype=torch.long), state, len(kept), 1.0, midpoints.view(-1, 1), 0, 0.95)
+    assert torch.equal(drawn.squeeze(1), kept)
 
 
 def test_token_ids_outside_the_vocabulary_are_refused() -> None:

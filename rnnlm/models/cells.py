@@ -247,8 +247,12 @@ class StackStepper:
         self.per_layer = len(cell.state_names)
         self.weights = layers  # the model's own, packed for `step` when first needed
         self.kernel = _one_step_kernel(cell) if self.dtype == exact else None
+
+    @functools.cached_property
+    def kernel_weights(self) -> list[tuple[torch.Tensor, ...]]:
+        """Each layer's weights for the one-step kernel, copied on first use (rnnlm/native needs none)."""
         with torch.no_grad():
-            self.kernel_weights = [_transposed(w, exact) for w in layers] if self.kernel is not None else []
+            return [_transposed(w, self.exact) for w in self.weights]
 
     @functools.cached_property
     def layers(self) -> list[PackedLayer]:

@@ -15,8 +15,8 @@ A model (`RNNLM`, `BidirectionalLM`; built by `rnnlm.models.build_model`) is a `
   callable with `step`'s signature and numbers that runs faster (one matrix product per layer on packed
   weights, optionally bf16), for drawing many tokens; `model.step` is the reference it is tested against.
   Called with `normalized=False` it returns scores, log-probabilities up to a constant per row (sampling).
-  Its `generator()`, where not None, draws plain samples (no top-k / top-p) a block of tokens per call in
-  C (rnnlm/native: float32 LSTM, GRU and tanh / ReLU Elman stacks with the full softmax).
+  Its `generator()`, where not None, draws samples a block of tokens per call in C (rnnlm/native:
+  float32 LSTM, GRU and tanh / ReLU Elman stacks with the full softmax).
   Given a list as `record`, the stepper appends each layer's gates to it (models/cells.py: `LSTMGates`
   i, f, g, o, c, h; `GRUGates` z, r, n, h; `ElmanGates` h; models/mincells.py: `MinGRUGates` z, n, h;
   `MinLSTMGates` f, i (normalised), n, h), for looking inside the cells.
@@ -104,18 +104,25 @@ class Stepper(Protocol):
     ) -> tuple[torch.Tensor, State]: ...
 
     def generator(self) -> Drawer | None:
-        """The same model's plain sampling in one call per block of tokens, where it is offered (rnnlm/native)."""
+        """The same model's sampling in one call per block of tokens, where it is offered (rnnlm/native)."""
         ...
 
 
 class Drawer(Protocol):
-    """Plain sampling, a block of tokens per call: read `tokens` (B,), then draw `count` tokens per sample
-    from softmax(logits / temperature), the k-th with uniforms[k] (B,) as `choose` draws (temperature 0:
-    the argmax; no uniforms), each read in turn. Returns the tokens drawn (count, B) and the state after
-    all of them but the last, which the next call reads."""
+    """Sampling a block of tokens per call: read `tokens` (B,), then draw `count` tokens per sample from
+    softmax(logits / temperature) restricted by top_k and top_p, the k-th with uniforms[k] (B,) as
+    `choose` draws (temperature 0: the argmax; no uniforms), each read in turn. Returns the tokens drawn
+    (count, B) and the state after all of them but the last, which the next call reads."""
 
     def __call__(
-        self, tokens: torch.Tensor, state: State, count: int, temperature: float, uniforms: torch.Tensor | None
+        self,
+        tokens: torch.Tensor,
+        state: State,
+        count: int,
+        temperature: float,
+        uniforms: torch.Tensor | None,
+        top_k: int = 0,
+        top_p: float = 1.0,
     ) -> tuple[torch.Tensor, State]: ...
 
 

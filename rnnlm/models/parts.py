@@ -7,6 +7,9 @@ parameter names are the parts' names, whichever model holds them.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,7 +19,7 @@ from rnnlm.config import ModelConfig
 from rnnlm.models.cells import Gates, native_layers
 from rnnlm.models.contract import State
 from rnnlm.models.regularize import dropout, embedding_dropout
-from rnnlm.models.softmax import AdaptiveSoftmax, FullSoftmax, LinearLogProbs, resolve_cutoffs
+from rnnlm.models.softmax import AdaptiveSoftmax, FullSoftmax, LinearLogProbs, LogProbs, resolve_cutoffs
 from rnnlm.models.stack import RecurrentStack, layer_sizes
 
 Decoder = FullSoftmax | AdaptiveSoftmax
@@ -97,14 +100,24 @@ class TokenStepper:
         dtype: torch.dtype | None = None,
     ) -> None:
         self.dtype = dtype or exact
-        with torch.no_grad():
-            self.embedding = embedding.weight.detach().to(self.dtype).contiguous()
         self.stack = stack.stepper(exact, self.dtype)
-        self.decoder = decoder.stepper(self.dtype)
-        # the full softmax's logits; the adaptive softmax's log-probabilities are its scores
-        self.scores = self.decoder.scores if isinstance(self.decoder, LinearLogProbs) else self.decoder
         self.layout = stack.layout
         self.parts = (embedding, stack, decoder)
+
+    # The copies the one-step path reads, made when it first runs (rnnlm/native's generator makes its own).
+    @functools.cached_property
+    def embedding(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.parts[0].weight.detach().to(self.dtype).contiguous()
+
+    @functools.cached_property
+    def decoder(self) -> LinearLogProbs | LogProbs:
+        return self.parts[2].stepper(self.dtype)
+
+    @functools.cached_property
+    def scores(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The full softmax's logits; the adaptive softmax's log-probabilities are its scores."""
+        return self.decoder.scores if isinstance(self.decoder, LinearLogProbs) else self.decoder
 
     def generator(self) -> native.Generator | None:
         """The whole of generation in C (rnnlm/native), where it runs the same equations: float32 weights

@@ -73,18 +73,9 @@ def library() -> ctypes.CDLL | None:
         _failures.append(lines[-1] if lines else type(exc).__name__)
         return None
     lib.rnnlm_generate.restype = ctypes.c_int
-    pointer, integer = ctypes.c_void_p, ctypes.c_int
-    lib.rnnlm_generate.argtypes = [
-        ctypes.POINTER(Net),
-        pointer,
-        pointer,
-        integer,
-        integer,
-        ctypes.c_double,
-        pointer,
-        pointer,
-        integer,
-    ]
+    pointer, integer, real = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
+    lib.rnnlm_generate.argtypes = [ctypes.POINTER(Net), pointer, pointer, integer, integer, real, integer, real]
+    lib.rnnlm_generate.argtypes += [pointer, pointer, integer]  # uniforms, out, threads
     return lib
 
 
@@ -172,11 +163,14 @@ class Generator:
         count: int,
         temperature: float,
         uniforms: torch.Tensor | None,
+        top_k: int = 0,
+        top_p: float = 1.0,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Read `tokens` (B,) and draw `count` tokens per sample from softmax(logits / temperature), the
-        k-th with uniforms[k] (count or more rows, B; temperature 0: the argmax, no uniforms), each read in
-        turn: the tokens drawn (count, B), and the state after reading `tokens` and every drawn token but
-        the last, which is the next call's `tokens` (as `step` reads one token and scores the next)."""
+        """Read `tokens` (B,) and draw `count` tokens per sample from softmax(logits / temperature),
+        restricted by `top_k` and `top_p` as rnnlm/sample.py's `distribution` does, the k-th with
+        uniforms[k] (count or more rows, B; temperature 0: the argmax, no uniforms), each read in turn: the
+        tokens drawn (count, B), and the state after reading `tokens` and every drawn token but the last,
+        which is the next call's `tokens` (as `step` reads one token and scores the next)."""
         batch = tokens.size(0)
         ids = tokens.to("cpu", torch.int64).contiguous()
         if bool(((ids < 0) | (ids >= self.vocab)).any()):
@@ -194,6 +188,8 @@ class Generator:
             count,
             batch,
             float(temperature),
+            int(top_k),
+            float(top_p),
             None if draws is None else draws.data_ptr(),
             out.data_ptr(),
             torch.get_num_threads(),

@@ -115,10 +115,70 @@ static inline float exp_nonpositive(float x) {
 
 #define BLOCK 256
 
-/* The index drawn from softmax(logits / temperature) by the uniform draw u, or the argmax at temperature 0.
- * The running sum is in double (in float, a token rarer than 3e-8 would add nothing once the sum passes
- * 0.5): block totals first, then the running sum within the block that holds u times the total. */
-static int64_t draw(const float *logits, int V, double temperature, double u, float *weights, double *blocks) {
+/* Whether token a ranks above token b: the larger logit, the lower id between equals (a strict order, so
+ * the candidates' order is the same on every machine). */
+static inline int above(const float *logits, int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+}
+
+/* A 64-bit key whose order is the ranking: the logit's bits made monotonic, then the id reversed. */
+static inline uint64_t rank_key(float logit, int32_t id) {
+    uint32_t bits = *(uint32_t *)&logit;
+    bits = bits & 0x80000000u ? ~bits : bits | 0x80000000u;
+    return (uint64_t)bits << 32 | (uint32_t)(INT32_MAX - id);
+}
+
+static int descending(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x < y) - (x > y);
+}
+
+/* The k best-ranked tokens, best first, into ids (V entries of room): for a few dozen, one pass keeping
+ * them in order; for more, a quickselect (Hoare) of the k best over all V ids, then those k sorted by
+ * their keys (V entries of room). */
+static void best_k(const float *logits, int V, int k, int32_t *ids, uint64_t *keys) {
+    if (k <= 64) {
+        int n = 0;
+        for (int32_t v = 0; v < V; v++) {
+            if (n == k && !above(logits, v, ids[k - 1])) continue;
+            int j = n < k ? n++ : k - 1;
+            for (; j > 0 && above(logits, v, ids[j - 1]); j--) ids[j] = ids[j - 1];
+            ids[j] = v;
+        }
+        return;
+    }
+    for (int32_t v = 0; v < V; v++) ids[v] = v;
+    int low = 0, high = V - 1;
+    while (low < high) { /* the k best end up in ids[0, k), in no order */
+        int32_t pivot = ids[low + (high - low) / 2];
+        int i = low, j = high;
+        while (i <= j) {
+            while (above(logits, ids[i], pivot)) i++;
+            while (above(logits, pivot, ids[j])) j--;
+            if (i <= j) {
+                int32_t t = ids[i];
+                ids[i++] = ids[j];
+                ids[j--] = t;
+            }
+        }
+        if (k - 1 <= j) high = j;
+        else if (k - 1 >= i) low = i;
+        else break;
+    }
+    for (int i = 0; i < k; i++) keys[i] = rank_key(logits[ids[i]], ids[i]);
+    qsort(keys, (size_t)k, sizeof *keys, descending);
+    for (int i = 0; i < k; i++) ids[i] = INT32_MAX - (int32_t)(keys[i] & 0xFFFFFFFFu);
+}
+
+/* The index drawn from the distribution rnnlm/sample.py's `distribution` gives (softmax of logits over
+ * temperature, restricted to the top_k best-ranked tokens when 0 < top_k < V, then to the top_p nucleus:
+ * the fewest best-ranked tokens holding that mass) by the uniform draw u, as its `_inverse_cdf` draws:
+ * the first token, in the candidates' order, whose running sum of weights passes u times their total.
+ * The argmax at temperature 0. Sums are in double (in float, a token rarer than 3e-8 would add nothing
+ * once the sum passes 0.5); with every token a candidate, block totals first, then the running sum within
+ * the block that holds u times the total. */
+static int64_t draw(const float *logits, int V, double temperature, int top_k, double top_p, double u,
+                    float *weights, double *blocks, int32_t *ids, uint64_t *keys) {
     float top = logits[0];
 #pragma omp simd reduction(max : top)
     for (int v = 0; v < V; v++) top = logits[v] > top ? logits[v] : top;
@@ -140,19 +200,49 @@ static int64_t draw(const float *logits, int V, double temperature, double u, fl
         blocks[k] = sum;
         total += sum;
     }
-    double point = u * total, running = 0.0;
-    for (int k = 0; k < count; k++) {
-        if (running + blocks[k] > point || k == count - 1) {
-            int stop = (k + 1) * BLOCK < V ? (k + 1) * BLOCK : V;
-            for (int v = k * BLOCK; v < stop; v++) {
-                running += weights[v];
-                if (running > point) return v;
+    if ((top_k <= 0 || top_k >= V) && top_p >= 1.0) {
+        double point = u * total, running = 0.0;
+        for (int k = 0; k < count; k++) {
+            if (running + blocks[k] > point || k == count - 1) {
+                int stop = (k + 1) * BLOCK < V ? (k + 1) * BLOCK : V;
+                for (int v = k * BLOCK; v < stop; v++) {
+                    running += weights[v];
+                    if (running > point) return v;
+                }
+                return stop - 1;
             }
-            return stop - 1;
+            running += blocks[k];
         }
-        running += blocks[k];
+        return V - 1;
     }
-    return V - 1;
+    int n; /* candidates, best first, in ids[0, n) */
+    if (top_k > 0 && top_k < V) {
+        n = top_k;
+        best_k(logits, V, n, ids, keys);
+        total = 0.0; /* the distribution is renormalised over the k */
+        for (int i = 0; i < n; i++) total += weights[ids[i]];
+    } else { /* the nucleus alone: the best 64, 512, ... until they hold top_p */
+        for (n = V < 64 ? V : 64;; n = 8 * n < V ? 8 * n : V) {
+            best_k(logits, V, n, ids, keys);
+            double mass = 0.0;
+            for (int i = 0; i < n; i++) mass += weights[ids[i]];
+            if (n == V || mass >= top_p * total) break;
+        }
+    }
+    if (top_p < 1.0) { /* keep a candidate while the mass before it is below top_p */
+        double before = 0.0, limit = top_p * total;
+        int kept = 0;
+        while (kept < n && before < limit) before += weights[ids[kept++]];
+        n = kept;
+    }
+    double kept_total = 0.0;
+    for (int i = 0; i < n; i++) kept_total += weights[ids[i]];
+    double point = u * kept_total, running = 0.0;
+    for (int i = 0; i < n; i++) {
+        running += weights[ids[i]];
+        if (running > point) return ids[i];
+    }
+    return ids[n - 1];
 }
 
 /* The logistic function and tanh through exp_nonpositive, so that the cells' loops vectorize too: the
@@ -213,60 +303,65 @@ static void cell_update(int cell, int H, int batch, const float *pre_x, const fl
  *   tokens (batch): each sample's input for the first step (the last token it read);
  *   state: every layer's state, layer after layer, each (batch, H_k) per state tensor (h, then c for
  *          the LSTM), updated in place;
+ *   temperature, top_k (0: all), top_p (1: all): the distribution, as `draw` says;
  *   uniforms (count, batch): the draws (unused at temperature 0);
  *   out (count, batch): the tokens drawn; each is the input of the next step.
  * Returns 0, or 1 when out of memory. */
 int rnnlm_generate(const Net *net, const int64_t *tokens, float *state, int count, int batch, double temperature,
-                   const double *uniforms, int64_t *out, int threads) {
+                   int top_k, double top_p, const double *uniforms, int64_t *out, int threads) {
     int L = net->layers, V = net->vocab, G = gate_count(net->cell), widest = net->embed;
     for (int k = 0; k < L; k++) widest = net->hidden[k] > widest ? net->hidden[k] : widest;
-    int top = net->hidden[L - 1];
+    int top = net->hidden[L - 1], restricted = (top_k > 0 && top_k < V) || top_p < 1.0;
+    size_t blocks_per_row = (size_t)(V + BLOCK - 1) / BLOCK, candidates = restricted ? (size_t)batch * V : 1;
     float *pre_x = malloc(sizeof(float) * (size_t)batch * G * widest);
     float *pre_h = malloc(sizeof(float) * (size_t)batch * G * widest);
     float *logits = malloc(sizeof(float) * (size_t)batch * V);
     float *weights = malloc(sizeof(float) * (size_t)batch * V);
-    double *blocks = malloc(sizeof(double) * (size_t)batch * ((V + BLOCK - 1) / BLOCK));
+    double *blocks = malloc(sizeof(double) * (size_t)batch * blocks_per_row);
+    int32_t *ids = malloc(sizeof(int32_t) * candidates);
+    uint64_t *keys = malloc(sizeof(uint64_t) * candidates);
     float *inputs = malloc(sizeof(float) * (size_t)batch * net->embed);
     int64_t *current = malloc(sizeof(int64_t) * (size_t)batch);
     float *layer_state[MAX_LAYERS];
-    if (!pre_x || !pre_h || !logits || !weights || !blocks || !inputs || !current) {
-        free(pre_x), free(pre_h), free(logits), free(weights), free(blocks), free(inputs), free(current);
-        return 1;
-    }
-    size_t offset = 0;
-    for (int k = 0; k < L; k++) {
-        layer_state[k] = state + offset;
-        offset += (size_t)state_count(net->cell) * batch * net->hidden[k];
-    }
-    memcpy(current, tokens, sizeof(int64_t) * (size_t)batch);
-#pragma omp parallel num_threads(threads)
-    for (int t = 0; t < count; t++) {
-#pragma omp for schedule(static)
-        for (int b = 0; b < batch; b++)
-            memcpy(inputs + (size_t)b * net->embed, net->embedding + (size_t)current[b] * net->embed,
-                   sizeof(float) * net->embed);
-        const float *x = inputs;
-        int in = net->embed;
+    int failed = !pre_x || !pre_h || !logits || !weights || !blocks || !ids || !keys || !inputs || !current;
+    if (!failed) {
+        size_t offset = 0;
         for (int k = 0; k < L; k++) {
-            int H = net->hidden[k];
-            float *h = layer_state[k], *c = net->cell == CELL_LSTM ? h + (size_t)batch * H : NULL;
-            product(net->weight_ih[k], net->bias_ih[k], in, G * H, batch, x, pre_x);
-            product(net->weight_hh[k], net->bias_hh[k], H, G * H, batch, h, pre_h);
-            cell_update(net->cell, H, batch, pre_x, pre_h, h, c);
-            x = h;
-            in = H;
+            layer_state[k] = state + offset;
+            offset += (size_t)state_count(net->cell) * batch * net->hidden[k];
         }
-        product(net->decoder, net->decoder_bias, top, V, batch, x, logits);
+        memcpy(current, tokens, sizeof(int64_t) * (size_t)batch);
+#pragma omp parallel num_threads(threads)
+        for (int t = 0; t < count; t++) {
 #pragma omp for schedule(static)
-        for (int b = 0; b < batch; b++) {
-            double u = temperature == 0.0 ? 0.0 : uniforms[(size_t)t * batch + b];
-            current[b] = draw(logits + (size_t)b * V, V, temperature, u, weights + (size_t)b * V,
-                              blocks + (size_t)b * ((V + BLOCK - 1) / BLOCK));
-            out[(size_t)t * batch + b] = current[b];
+            for (int b = 0; b < batch; b++)
+                memcpy(inputs + (size_t)b * net->embed, net->embedding + (size_t)current[b] * net->embed,
+                       sizeof(float) * net->embed);
+            const float *x = inputs;
+            int in = net->embed;
+            for (int k = 0; k < L; k++) {
+                int H = net->hidden[k];
+                float *h = layer_state[k], *c = net->cell == CELL_LSTM ? h + (size_t)batch * H : NULL;
+                product(net->weight_ih[k], net->bias_ih[k], in, G * H, batch, x, pre_x);
+                product(net->weight_hh[k], net->bias_hh[k], H, G * H, batch, h, pre_h);
+                cell_update(net->cell, H, batch, pre_x, pre_h, h, c);
+                x = h;
+                in = H;
+            }
+            product(net->decoder, net->decoder_bias, top, V, batch, x, logits);
+#pragma omp for schedule(static)
+            for (int b = 0; b < batch; b++) {
+                double u = temperature == 0.0 ? 0.0 : uniforms[(size_t)t * batch + b];
+                size_t row = restricted ? (size_t)b * V : 0;
+                current[b] = draw(logits + (size_t)b * V, V, temperature, top_k, top_p, u, weights + (size_t)b * V,
+                                  blocks + b * blocks_per_row, ids + row, keys + row);
+                out[(size_t)t * batch + b] = current[b];
+            }
         }
     }
-    free(pre_x), free(pre_h), free(logits), free(weights), free(blocks), free(inputs), free(current);
-    return 0;
+    free(pre_x), free(pre_h), free(logits), free(weights), free(blocks), free(ids), free(keys), free(inputs);
+    free(current);
+    return failed;
 }
 
 /* exp (of min(x, 0)), the logistic function and tanh of n values as the kernel computes them: for tests. */
