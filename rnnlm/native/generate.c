@@ -115,59 +115,113 @@ static inline float exp_nonpositive(float x) {
 
 #define BLOCK 256
 
-/* Whether token a ranks above token b: the larger logit, the lower id between equals (a strict order, so
- * the candidates' order is the same on every machine). */
-static inline int above(const float *logits, int32_t a, int32_t b) {
-    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-}
-
-/* A 64-bit key whose order is the ranking: the logit's bits made monotonic, then the id reversed. */
+/* A 64-bit key whose order is the candidates' ranking: the larger logit first (its bits made monotonic),
+ * the lower id first between equal logits (the id reversed in the low half). A strict order, so the
+ * candidates come in the same order on every machine. */
 static inline uint64_t rank_key(float logit, int32_t id) {
     uint32_t bits = *(uint32_t *)&logit;
     bits = bits & 0x80000000u ? ~bits : bits | 0x80000000u;
     return (uint64_t)bits << 32 | (uint32_t)(INT32_MAX - id);
 }
 
-static int descending(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x < y) - (x > y);
+static inline int32_t key_id(uint64_t key) { return INT32_MAX - (int32_t)(key & 0xFFFFFFFFu); }
+
+/* keys[0, n) from the largest down: quicksort (middle pivot; the smaller side first, so the stack stays
+ * short), insertion sort below 24 keys. The keys are distinct. */
+static void sort_descending(uint64_t *keys, int n) {
+    while (n > 24) {
+        uint64_t pivot = keys[n / 2];
+        int i = 0, j = n - 1;
+        while (i <= j) {
+            while (keys[i] > pivot) i++;
+            while (keys[j] < pivot) j--;
+            if (i <= j) {
+                uint64_t t = keys[i];
+                keys[i++] = keys[j];
+                keys[j--] = t;
+            }
+        }
+        if (j + 1 < n - i) { /* [0, j] and [i, n): sort the smaller, loop on the larger */
+            sort_descending(keys, j + 1);
+            keys += i;
+            n -= i;
+        } else {
+            sort_descending(keys + i, n - i);
+            n = j + 1;
+        }
+    }
+    for (int i = 1; i < n; i++) {
+        uint64_t key = keys[i];
+        int j = i;
+        for (; j > 0 && key > keys[j - 1]; j--) keys[j] = keys[j - 1];
+        keys[j] = key;
+    }
 }
 
-/* The k best-ranked tokens, best first, into ids (V entries of room): for a few dozen, one pass keeping
- * them in order; for more, a quickselect (Hoare) of the k best over all V ids, then those k sorted by
- * their keys (V entries of room). */
-static void best_k(const float *logits, int V, int k, int32_t *ids, uint64_t *keys) {
-    if (k <= 64) {
+#define DIGIT 11 /* bits a radix pass sorts by: 2,048 buckets */
+
+/* Every token's key, best first, into ranked (V entries; scratch: V more): a radix sort by the logit's
+ * 32 bits, 11 at a time from the lowest, stable, of the keys in id order, so that equal logits keep the
+ * lower id first as the ranking wants. A pass whose digit is the same for every token is skipped. For
+ * thousands of keys this beats a comparison sort, whose branches a random order mispredicts. */
+static void rank_all(const uint64_t *keys, int V, uint64_t *ranked, uint64_t *scratch) {
+    enum { BUCKETS = 1 << DIGIT };
+    memcpy(ranked, keys, sizeof *keys * (size_t)V);
+    uint64_t *from = ranked, *to = scratch;
+    for (int shift = 32; shift < 64; shift += DIGIT) {
+        int start[BUCKETS + 1] = {0};
+        for (int v = 0; v < V; v++) start[BUCKETS - ((from[v] >> shift) & (BUCKETS - 1))]++; /* 0: the largest */
+        int busy = 0;
+        for (int d = 1; d <= BUCKETS; d++) busy += start[d] > 0;
+        if (busy == 1) continue;
+        for (int d = 0; d < BUCKETS; d++) start[d + 1] += start[d];
+        for (int v = 0; v < V; v++) to[start[BUCKETS - 1 - ((from[v] >> shift) & (BUCKETS - 1))]++] = from[v];
+        uint64_t *swap = from;
+        from = to;
+        to = swap;
+    }
+    if (from != ranked) memcpy(ranked, from, sizeof *keys * (size_t)V);
+}
+
+/* The k best-ranked of keys[0, V), best first, into best (V entries of room): for a few dozen, one pass
+ * keeping them in order; for more, a quickselect (Hoare) of the k largest on a copy, then a sort. */
+static void best_k(const uint64_t *keys, int V, int k, uint64_t *best) {    if (k <= 64) {
         int n = 0;
-        for (int32_t v = 0; v < V; v++) {
-            if (n == k && !above(logits, v, ids[k - 1])) continue;
-            int j = n < k ? n++ : k - 1;
-            for (; j > 0 && above(logits, v, ids[j - 1]); j--) ids[j] = ids[j - 1];
-            ids[j] = v;
+        for (int start = 0; start < V; start += 16) {
+            int stop = start + 16 < V ? start + 16 : V, any = n < k;
+            if (!any) { /* most keys are below the k-th best so far: look at 16 at once first */
+                uint64_t least = best[k - 1];
+                for (int v = start; v < stop; v++) any |= keys[v] > least;
+            }
+            for (int v = start; any && v < stop; v++) {
+                uint64_t key = keys[v];
+                if (n == k && key <= best[k - 1]) continue;
+                int j = n < k ? n++ : k - 1;
+                for (; j > 0 && key > best[j - 1]; j--) best[j] = best[j - 1];
+                best[j] = key;
+            }
         }
         return;
     }
-    for (int32_t v = 0; v < V; v++) ids[v] = v;
-    int low = 0, high = V - 1;
-    while (low < high) { /* the k best end up in ids[0, k), in no order */
-        int32_t pivot = ids[low + (high - low) / 2];
+    memcpy(best, keys, sizeof *keys * (size_t)V);
+    int low = 0, high = k < V ? V - 1 : 0;
+    while (low < high) { /* the k largest end up in best[0, k), in no order */
+        uint64_t pivot = best[low + (high - low) / 2];
         int i = low, j = high;
         while (i <= j) {
-            while (above(logits, ids[i], pivot)) i++;
-            while (above(logits, pivot, ids[j])) j--;
+            while (best[i] > pivot) i++;
+            while (best[j] < pivot) j--;
             if (i <= j) {
-                int32_t t = ids[i];
-                ids[i++] = ids[j];
-                ids[j--] = t;
+                uint64_t t = best[i];
+                best[i++] = best[j];
+                best[j--] = t;
             }
         }
         if (k - 1 <= j) high = j;
         else if (k - 1 >= i) low = i;
         else break;
     }
-    for (int i = 0; i < k; i++) keys[i] = rank_key(logits[ids[i]], ids[i]);
-    qsort(keys, (size_t)k, sizeof *keys, descending);
-    for (int i = 0; i < k; i++) ids[i] = INT32_MAX - (int32_t)(keys[i] & 0xFFFFFFFFu);
+    sort_descending(best, k);
 }
 
 /* The index drawn from the distribution rnnlm/sample.py's `distribution` gives (softmax of logits over
@@ -178,7 +232,7 @@ static void best_k(const float *logits, int V, int k, int32_t *ids, uint64_t *ke
  * once the sum passes 0.5); with every token a candidate, block totals first, then the running sum within
  * the block that holds u times the total. */
 static int64_t draw(const float *logits, int V, double temperature, int top_k, double top_p, double u,
-                    float *weights, double *blocks, int32_t *ids, uint64_t *keys) {
+                    float *weights, double *blocks, uint64_t *keys, uint64_t *best) { /* best: 2 V entries */
     float top = logits[0];
 #pragma omp simd reduction(max : top)
     for (int v = 0; v < V; v++) top = logits[v] > top ? logits[v] : top;
@@ -215,34 +269,38 @@ static int64_t draw(const float *logits, int V, double temperature, int top_k, d
         }
         return V - 1;
     }
-    int n; /* candidates, best first, in ids[0, n) */
+    for (int v = 0; v < V; v++) keys[v] = rank_key(logits[v], v);
+    int n; /* candidates, best first, in best[0, n) */
     if (top_k > 0 && top_k < V) {
         n = top_k;
-        best_k(logits, V, n, ids, keys);
+        best_k(keys, V, n, best);
         total = 0.0; /* the distribution is renormalised over the k */
-        for (int i = 0; i < n; i++) total += weights[ids[i]];
-    } else { /* the nucleus alone: the best 64, 512, ... until they hold top_p */
-        for (n = V < 64 ? V : 64;; n = 8 * n < V ? 8 * n : V) {
-            best_k(logits, V, n, ids, keys);
+        for (int i = 0; i < n; i++) total += weights[key_id(best[i])];
+    } else { /* the nucleus alone: within the best 64, or 512, or else within all of them ranked */
+        const int sizes[] = {64, 512, V};
+        for (int round = 0;; round++) {
+            n = sizes[round] < V ? sizes[round] : V;
+            if (n < V) best_k(keys, V, n, best);
+            else rank_all(keys, V, best, best + V);
             double mass = 0.0;
-            for (int i = 0; i < n; i++) mass += weights[ids[i]];
+            for (int i = 0; i < n; i++) mass += weights[key_id(best[i])];
             if (n == V || mass >= top_p * total) break;
         }
     }
     if (top_p < 1.0) { /* keep a candidate while the mass before it is below top_p */
         double before = 0.0, limit = top_p * total;
         int kept = 0;
-        while (kept < n && before < limit) before += weights[ids[kept++]];
+        while (kept < n && before < limit) before += weights[key_id(best[kept++])];
         n = kept;
     }
     double kept_total = 0.0;
-    for (int i = 0; i < n; i++) kept_total += weights[ids[i]];
+    for (int i = 0; i < n; i++) kept_total += weights[key_id(best[i])];
     double point = u * kept_total, running = 0.0;
     for (int i = 0; i < n; i++) {
-        running += weights[ids[i]];
-        if (running > point) return ids[i];
+        running += weights[key_id(best[i])];
+        if (running > point) return key_id(best[i]);
     }
-    return ids[n - 1];
+    return key_id(best[n - 1]);
 }
 
 /* The logistic function and tanh through exp_nonpositive, so that the cells' loops vectorize too: the
@@ -312,18 +370,17 @@ int rnnlm_generate(const Net *net, const int64_t *tokens, float *state, int coun
     int L = net->layers, V = net->vocab, G = gate_count(net->cell), widest = net->embed;
     for (int k = 0; k < L; k++) widest = net->hidden[k] > widest ? net->hidden[k] : widest;
     int top = net->hidden[L - 1], restricted = (top_k > 0 && top_k < V) || top_p < 1.0;
-    size_t blocks_per_row = (size_t)(V + BLOCK - 1) / BLOCK, candidates = restricted ? (size_t)batch * V : 1;
+    size_t blocks_per_row = (size_t)(V + BLOCK - 1) / BLOCK, room = restricted ? 3 * (size_t)batch * V : 1;
     float *pre_x = malloc(sizeof(float) * (size_t)batch * G * widest);
     float *pre_h = malloc(sizeof(float) * (size_t)batch * G * widest);
     float *logits = malloc(sizeof(float) * (size_t)batch * V);
     float *weights = malloc(sizeof(float) * (size_t)batch * V);
     double *blocks = malloc(sizeof(double) * (size_t)batch * blocks_per_row);
-    int32_t *ids = malloc(sizeof(int32_t) * candidates);
-    uint64_t *keys = malloc(sizeof(uint64_t) * candidates);
+    uint64_t *keys = malloc(sizeof(uint64_t) * room); /* per sample: the keys, the best, scratch; V each */
     float *inputs = malloc(sizeof(float) * (size_t)batch * net->embed);
     int64_t *current = malloc(sizeof(int64_t) * (size_t)batch);
     float *layer_state[MAX_LAYERS];
-    int failed = !pre_x || !pre_h || !logits || !weights || !blocks || !ids || !keys || !inputs || !current;
+    int failed = !pre_x || !pre_h || !logits || !weights || !blocks || !keys || !inputs || !current;
     if (!failed) {
         size_t offset = 0;
         for (int k = 0; k < L; k++) {
@@ -352,14 +409,14 @@ int rnnlm_generate(const Net *net, const int64_t *tokens, float *state, int coun
 #pragma omp for schedule(static)
             for (int b = 0; b < batch; b++) {
                 double u = temperature == 0.0 ? 0.0 : uniforms[(size_t)t * batch + b];
-                size_t row = restricted ? (size_t)b * V : 0;
+                uint64_t *mine = keys + (restricted ? 3 * (size_t)b * V : 0);
                 current[b] = draw(logits + (size_t)b * V, V, temperature, top_k, top_p, u, weights + (size_t)b * V,
-                                  blocks + b * blocks_per_row, ids + row, keys + row);
+                                  blocks + b * blocks_per_row, mine, mine + V);
                 out[(size_t)t * batch + b] = current[b];
             }
         }
     }
-    free(pre_x), free(pre_h), free(logits), free(weights), free(blocks), free(ids), free(keys), free(inputs);
+    free(pre_x), free(pre_h), free(logits), free(weights), free(blocks), free(keys), free(inputs);
     free(current);
     return failed;
 }
