@@ -126,21 +126,29 @@ static inline uint64_t rank_key(float logit, int32_t id) {
 
 static inline int32_t key_id(uint64_t key) { return INT32_MAX - (int32_t)(key & 0xFFFFFFFFu); }
 
-/* keys[0, n) from the largest down: quicksort (middle pivot; the smaller side first, so the stack stays
- * short), insertion sort below 24 keys. The keys are distinct. */
+/* Hoare's partition of keys[0, n) (distinct) around the middle one, the larger first: afterwards every key
+ * of [0, *j] is above or equal to every key of [*i, n), and those between equal the pivot. */
+static void partition(uint64_t *keys, int n, int *i_out, int *j_out) {
+    uint64_t pivot = keys[n / 2];
+    int i = 0, j = n - 1;
+    while (i <= j) {
+        while (keys[i] > pivot) i++;
+        while (keys[j] < pivot) j--;
+        if (i <= j) {
+            uint64_t t = keys[i];
+            keys[i++] = keys[j];
+            keys[j--] = t;
+        }
+    }
+    *i_out = i, *j_out = j;
+}
+
+/* keys[0, n) from the largest down: quicksort (the smaller side first, so the stack stays short),
+ * insertion sort below 24 keys. The keys are distinct. */
 static void sort_descending(uint64_t *keys, int n) {
     while (n > 24) {
-        uint64_t pivot = keys[n / 2];
-        int i = 0, j = n - 1;
-        while (i <= j) {
-            while (keys[i] > pivot) i++;
-            while (keys[j] < pivot) j--;
-            if (i <= j) {
-                uint64_t t = keys[i];
-                keys[i++] = keys[j];
-                keys[j--] = t;
-            }
-        }
+        int i, j;
+        partition(keys, n, &i, &j);
         if (j + 1 < n - i) { /* [0, j] and [i, n): sort the smaller, loop on the larger */
             sort_descending(keys, j + 1);
             keys += i;
@@ -206,19 +214,10 @@ static void best_k(const uint64_t *keys, int V, int k, uint64_t *best) {    if (
     memcpy(best, keys, sizeof *keys * (size_t)V);
     int low = 0, high = k < V ? V - 1 : 0;
     while (low < high) { /* the k largest end up in best[0, k), in no order */
-        uint64_t pivot = best[low + (high - low) / 2];
-        int i = low, j = high;
-        while (i <= j) {
-            while (best[i] > pivot) i++;
-            while (best[j] < pivot) j--;
-            if (i <= j) {
-                uint64_t t = best[i];
-                best[i++] = best[j];
-                best[j--] = t;
-            }
-        }
-        if (k - 1 <= j) high = j;
-        else if (k - 1 >= i) low = i;
+        int i, j;
+        partition(best + low, high - low + 1, &i, &j);
+        if (k - 1 <= low + j) high = low + j;
+        else if (k - 1 >= low + i) low += i;
         else break;
     }
     sort_descending(best, k);
