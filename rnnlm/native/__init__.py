@@ -104,8 +104,9 @@ def _build() -> Path:
 
 
 def _compiled(compiler: str, flags: list[str]) -> Path:
+    sources = [path.read_text() for path in sorted(SOURCE.parent.glob("*.[ch]"))]  # generate.c and what it includes
     key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), compiler, *flags, platform.machine(), platform.system()]).encode()
+        "\0".join([*sources, compiler, *flags, platform.machine(), platform.system()]).encode()
     ).hexdigest()[:16]
     folder = default_cache_dir() / "native"
     target = folder / f"generate-{key}.so"
