@@ -48,7 +48,6 @@ def generate(
     if on_text and prompt:
         on_text(prompt)
     uniforms = Uniforms(generator, num_samples)
-    pick = functools.partial(choose, temperature=temperature, top_k=top_k, top_p=top_p, generator=uniforms)
     state = fresh_state(
         model, context, num_samples, greedy=temperature == 0, generator=generator, device=device, warm=start == "warm"
     )
@@ -58,6 +57,7 @@ def generate(
         settings = (temperature, top_k, top_p)
         draws = _draw_native(model, native, context, state, length, settings, uniforms)
     else:
+        pick = functools.partial(choose, temperature=temperature, top_k=top_k, top_p=top_p, generator=uniforms)
         step = functools.partial(stepper, normalized=False)  # logits: the sampler normalises them
         draws = _draw(model, model.prefill, step, context, state, length, pick, device)
     for drawn in draws:

@@ -58,9 +58,8 @@ def compile_flags(openmp: bool = True) -> list[str]:
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel, or None when it is off or cannot be built here (`why_not` says why)."""
-    if not enabled():
-        return None
+    """The compiled kernel, or None when it cannot be built here (`why_not` says why). Callers check
+    `enabled()` first: it is read on every call, this is built once per process."""
     try:
         path = _build()
         try:
