@@ -285,7 +285,7 @@ def sample(
     """Generate text from a checkpoint."""
     import torch
 
-    from rnnlm import runtime
+    from rnnlm import native, runtime
     from rnnlm.checkpoint import load_model
     from rnnlm.sample import generate, generate_reverse
 
@@ -339,6 +339,13 @@ def sample(
     for i, text in enumerate(texts if num_samples > 1 else []):
         click.echo(f"{'' if i == 0 else chr(10)}----- sample {i + 1} -----\n{text}")
     click.echo()
+    unbuilt = native.failed()
+    if unbuilt:  # the text is the same, only slower: said after it, once
+        click.echo(
+            f"Note: sampled through torch, 2-3x slower than rnnlm's sampler in C, which could not be built here "
+            f"({unbuilt}). Install a C compiler (gcc or clang) for it, or set RNNLM_NATIVE=0 to silence this.",
+            err=True,
+        )
 
 
 @cli.command(name="eval")

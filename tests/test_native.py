@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import TINY_MODEL, invoke
 
 from rnnlm import native
 from rnnlm.config import load_config
@@ -222,6 +223,52 @@ def test_a_compiler_that_fails_leaves_generation_to_torch(monkeypatch: pytest.Mo
         monkeypatch.setenv("PATH", str(tmp_path))  # no cc
         native.library.cache_clear()
         assert native.library() is None and native.why_not() == "no C compiler (cc) on PATH"
+    finally:
+        native.library.cache_clear()
+
+
+def test_sample_says_after_its_text_when_the_kernel_could_not_be_built(
+    tiny_corpus, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    trained = invoke("train", "--run-dir", run, f"data.corpus={tiny_corpus}", *TINY_MODEL, "train.batch_size=4",
+                     "train.bptt=8", "train.epochs=0", "train.max_steps=2", "train.tensorboard=false")
+    assert trained.exit_code == 0, trained.output
+    sample = ("sample", run / "best.pt", "--prompt", "A", "--length", 30, "--seed", 1)
+    native.library.cache_clear()
+    try:
+        fast = invoke(*sample)
+        monkeypatch.setenv("RNNLM_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setenv("CC", "false")
+        native.library.cache_clear()
+        slow = invoke(*sample)
+        monkeypatch.setenv("RNNLM_NATIVE", "0")
+        off = invoke(*sample)
+    finally:
+        native.library.cache_clear()
+    assert fast.exit_code == slow.exit_code == off.exit_code == 0
+    assert fast.output.startswith("A") and len(fast.output) == 1 + 30 + 1 and off.output == fast.output
+    text, note = slow.output[: len(fast.output)], slow.output[len(fast.output) :]
+    assert text == fast.output  # the same text, then one line saying why it came slower
+    assert note == (
+        "Note: sampled through torch, 2-3x slower than rnnlm's sampler in C, which could not be built here "
+        "(false failed (exit 1)). Install a C compiler (gcc or clang) for it, or set RNNLM_NATIVE=0 to silence this.\n"
+    )
+
+
+def test_a_compiler_error_is_named_by_its_error_line(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    script = tmp_path / "cc"
+    script.write_text("#!/bin/sh\necho 'generate.c:1:10: fatal error: math.h: No such file' >&2\n"
+                      "echo 'compilation terminated.' >&2\nexit 1\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("RNNLM_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(script))
+    native.library.cache_clear()
+    try:
+        assert native.failed() is None  # not wanted yet
+        assert native.library() is None
+        said = "cc failed (exit 1): generate.c:1:10: fatal error: math.h: No such file"
+        assert native.why_not() == native.failed() == said
     finally:
         native.library.cache_clear()
 

@@ -68,8 +68,9 @@ def library() -> ctypes.CDLL | None:
             path.unlink(missing_ok=True)
             lib = ctypes.CDLL(str(_build()))
     except (OSError, subprocess.SubprocessError) as exc:
-        lines = str(exc).strip().splitlines()
-        _failures.append(lines[-1] if lines else type(exc).__name__)
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        errors = [line for line in lines if "error" in line.lower()]  # gcc's last line is "compilation terminated."
+        _failures.append(f"{lines[0]} {errors[0].strip()}" if errors and errors[0] != lines[0] else lines[0])
         return None
     lib.rnnlm_generate.restype = ctypes.c_int
     pointer, integer, real = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
@@ -86,6 +87,14 @@ def why_not() -> str | None:
     if not enabled():
         return "RNNLM_NATIVE=0"
     if library() is not None:
+        return None
+    return _failures[-1] if _failures else "not built"
+
+
+def failed() -> str | None:
+    """Why the kernel, wanted in this process (a model it serves was sampled), could not be built: what a
+    user can mend by installing a compiler. None when it was built, never wanted, or is off."""
+    if not enabled() or not library.cache_info().currsize or library() is not None:
         return None
     return _failures[-1] if _failures else "not built"
 
@@ -119,7 +128,8 @@ def _compiled(compiler: str, flags: list[str]) -> Path:
         if done.returncode != 0:
             errors.seek(0)
             partial.unlink(missing_ok=True)
-            raise OSError(f"{Path(compiler).name} failed: {errors.read().decode(errors='replace')}")
+            said = errors.read().decode(errors="replace").strip()
+            raise OSError(f"{Path(compiler).name} failed (exit {done.returncode})" + (f":\n{said}" if said else ""))
     os.replace(partial, target)  # whole or not at all: another process may be building the same file
     return target
 
