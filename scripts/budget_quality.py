@@ -293,6 +293,8 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "cpu_seconds": [r["cpu_seconds"] for r in runs],
                 "seconds": statistics.mean(r["train_seconds"] for r in runs),
                 "bits_per_byte": statistics.mean(bits),
+                "bits_min": min(bits),
+                "bits_max": max(bits),
             }
         )
     return table
@@ -316,37 +318,50 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def svg_chart(best: list[dict]) -> str:
-    """Grouped bars: per budget, each model's best mean validation loss, whiskers from min to max."""
+# what a chart shows: its title, the table's keys of the value and its whiskers, and a dashed goal line
+NATS = ("best validation loss (nats/char), tinyshakespeare 90/10, by budget: lower is better", "mean", "min", "max")
+BITS = (
+    "best validation bits per byte, Penn Treebank's valid file, character models, by budget: lower is better",
+    "bits_per_byte",
+    "bits_min",
+    "bits_max",
+)
+GOAL = (1.47, "1.47: nanoGPT's 10.7M-parameter GPT on an A100")  # issue 17's goal for the hour
+
+
+def svg_chart(best: list[dict], shown: tuple[str, str, str, str] = NATS, goal: tuple[float, str] | None = GOAL) -> str:
+    """Grouped bars: per budget, each model's best mean validation loss (or bits per byte: `shown`),
+    whiskers from min to max over seeds."""
+    title, value, least, most = shown
     budgets = sorted({t["budget"] for t in best})
     models = sorted({t["model"] for t in best})
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
-    low, high = min(1.4, math.floor(10 * min(t["min"] for t in best)) / 10), max(t["max"] for t in best) + 0.05
+    low = math.floor(10 * (min(t[least] for t in best) - 0.02)) / 10  # every bar at least 0.02 tall
+    low, high = min(low, goal[0]) if goal else low, max(t[most] for t in best) + 0.05
     legend = [24 + 7 * len(model) + 16 for model in models]  # each key's width: swatch, label, gap
-    goal_label = "1.47: nanoGPT's 10.7M-parameter GPT on an A100"
-    goal_key = 30 + 7 * len(goal_label)
+    goal_key = 30 + 7 * len(goal[1]) if goal else 0
     height, left, top, bottom = 320, 60, 30, 260
     width = max(960, 120 + 200 * len(budgets), left + 10 + sum(legend) + goal_key)
     y = lambda v: bottom - (v - low) / (high - low) * (bottom - top)  # noqa: E731
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
         f'font-size="12">',
-        f'<text x="{left}" y="18">best validation loss (nats/char), tinyshakespeare '
-        f"90/10, by budget: lower is better</text>",
+        f'<text x="{left}" y="18">{title}</text>',
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="black"/>',
         f'<line x1="{left}" y1="{bottom}" x2="{width - 20}" y2="{bottom}" stroke="black"/>',
     ]
-    tick = low
+    tick, step = low, 0.1 if high - low < 1.5 else 0.2
     while tick <= high:
         parts.append(
             f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:.1f}</text>'
             f'<line x1="{left}" y1="{y(tick):.1f}" x2="{width - 20}" y2="{y(tick):.1f}" stroke="#ddd"/>'
         )
-        tick = round(tick + 0.1, 1)
-    goal = y(1.47)  # issue 17's goal for the hour: nanoGPT's 10.7M-parameter GPT on an A100
-    parts.append(
-        f'<line x1="{left}" y1="{goal:.1f}" x2="{width - 20}" y2="{goal:.1f}" stroke="#555" stroke-dasharray="6 4"/>'
-    )
+        tick = round(tick + step, 1)
+    if goal:
+        parts.append(
+            f'<line x1="{left}" y1="{y(goal[0]):.1f}" x2="{width - 20}" y2="{y(goal[0]):.1f}" stroke="#555" '
+            f'stroke-dasharray="6 4"/>'
+        )
     bar = 160 / len(models)
     for i, budget in enumerate(budgets):
         x0 = left + 20 + 200 * i
@@ -357,12 +372,12 @@ def svg_chart(best: list[dict]) -> str:
                 continue
             t, x = found[0], x0 + j * bar
             parts.append(
-                f'<rect x="{x:.1f}" y="{y(t["mean"]):.1f}" width="{bar - 4:.1f}" '
-                f'height="{bottom - y(t["mean"]):.1f}" fill="{colors[j % len(colors)]}"/>'
-                f'<line x1="{x + bar / 2 - 2:.1f}" y1="{y(t["min"]):.1f}" x2="{x + bar / 2 - 2:.1f}" '
-                f'y2="{y(t["max"]):.1f}" stroke="black"/>'
-                f'<text x="{x + bar / 2 - 2:.1f}" y="{y(t["max"]) - 4:.1f}" text-anchor="middle" '
-                f'font-size="10">{t["mean"]:.3f}</text>'
+                f'<rect x="{x:.1f}" y="{y(t[value]):.1f}" width="{bar - 4:.1f}" '
+                f'height="{bottom - y(t[value]):.1f}" fill="{colors[j % len(colors)]}"/>'
+                f'<line x1="{x + bar / 2 - 2:.1f}" y1="{y(t[least]):.1f}" x2="{x + bar / 2 - 2:.1f}" '
+                f'y2="{y(t[most]):.1f}" stroke="black"/>'
+                f'<text x="{x + bar / 2 - 2:.1f}" y="{y(t[most]) - 4:.1f}" text-anchor="middle" '
+                f'font-size="10">{t[value]:.3f}</text>'
             )
     x = left + 10
     for j, model in enumerate(models):
@@ -371,11 +386,11 @@ def svg_chart(best: list[dict]) -> str:
             f'fill="{colors[j % len(colors)]}"/><text x="{x + 14}" y="{height - 13}">{model}</text>'
         )
         x += legend[j]
-    # the goal line's key, after the models'
-    parts.append(
-        f'<line x1="{x}" y1="{height - 17}" x2="{x + 24}" y2="{height - 17}" stroke="#555" stroke-dasharray="6 4"/>'
-        f'<text x="{x + 30}" y="{height - 13}">{goal_label}</text>'
-    )
+    if goal:  # the goal line's key, after the models'
+        parts.append(
+            f'<line x1="{x}" y1="{height - 17}" x2="{x + 24}" y2="{height - 17}" stroke="#555" '
+            f'stroke-dasharray="6 4"/><text x="{x + 30}" y="{height - 13}">{goal[1]}</text>'
+        )
     return "\n".join([*parts, "</svg>", ""])
 
 
@@ -397,8 +412,11 @@ def report(args: argparse.Namespace) -> None:
     chosen = [dict(t, model=key[2]) for key, t in best.items()]
     order = sorted(chosen, key=lambda t: (t["corpus"], t["budget"], t["mean"]))
     print("\nbest per corpus, budget and model:\n" + markdown(order))
-    if args.svg:  # the chart is tinyshakespeare's; other corpora are in the tables
+    if args.svg:  # tinyshakespeare's loss
         args.svg.write_text(svg_chart([t for t in chosen if t["corpus"] == CORPUS]), encoding="utf-8")
+    if args.svg_ptb:  # PTB's character models in bits per byte (its word models run as recipes: in the doc)
+        ptb = [t for t in chosen if t["corpus"] == "ptb"]
+        args.svg_ptb.write_text(svg_chart(ptb, BITS, goal=None), encoding="utf-8")
 
 
 def main() -> None:
@@ -430,7 +448,8 @@ def main() -> None:
             p.add_argument("--out", type=Path, required=True, help="JSON lines file to append to")
     p = commands.add_parser("report", help="the table (markdown) and optionally the SVG chart")
     p.add_argument("results", type=Path)
-    p.add_argument("--svg", type=Path)
+    p.add_argument("--svg", type=Path, help="tinyshakespeare's chart")
+    p.add_argument("--svg-ptb", type=Path, help="Penn Treebank's chart, in bits per byte")
     args = parser.parse_args()
     if args.command == "prepare":
         print(json.dumps(prepare(args.folder, args.corpus)))

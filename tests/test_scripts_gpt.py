@@ -138,3 +138,21 @@ def test_the_report_groups_sizes_into_a_family_but_keeps_a_layout_apart() -> Non
     names = ["gru", "gru-xl", "lstm-s", "gpt-l", "mingru", "mingru-block", "minlstm-block"]
     assert [budget_quality.family(n) for n in names] == ["gru", "gru", "lstm", "gpt", "mingru", "mingru-block",
                                                         "minlstm-block"]
+
+
+def test_the_ptb_chart_draws_bits_per_byte_without_the_shakespeare_goal() -> None:
+    spec = importlib.util.spec_from_file_location("budget_quality", SCRIPT.with_name("budget_quality.py"))
+    budget_quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(budget_quality)
+    run = {"budget": 600.0, "lr": 6e-3, "parameters": 1, "steps": 1, "tokens_per_second": 1.0,
+           "tokens_per_cpu_second": 1.0, "cpu_seconds": 600.0, "train_seconds": 600.0, "corpus": "ptb"}
+    rows = [{**run, "model": "gru", "val_loss": 1.1, "bits_per_byte": bits} for bits in (1.58, 1.62)]
+    rows.append({**run, "model": "gpt", "val_loss": 1.2, "bits_per_byte": 1.78})
+    table = budget_quality.summarize(rows)
+    assert [(t["model"], t["bits_min"], t["bits_max"]) for t in table] == [("gpt", 1.78, 1.78), ("gru", 1.58, 1.62)]
+    svg = budget_quality.svg_chart(table, budget_quality.BITS, goal=None)
+    assert ">1.600</text>" in svg and ">1.780</text>" in svg  # the bars' labels: the mean bits per byte
+    assert "bits per byte" in svg and "stroke-dasharray" not in svg and "1.47" not in svg
+    assert ">1.5</text>" in svg  # the axis starts below the lowest whisker (1.58), so every bar shows
+    shakespeare = budget_quality.svg_chart(table)
+    assert ">1.100</text>" in shakespeare and "stroke-dasharray" in shakespeare  # the loss, and the 1.47 line
