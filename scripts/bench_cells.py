@@ -11,6 +11,7 @@ neighbouring turns share the slowdown).
 
     PYTHONPATH=$PWD python scripts/bench_cells.py --threads 2
     PYTHONPATH=$PWD python scripts/bench_cells.py --cells lstm mingru-block minlstm-block   # the layout
+    PYTHONPATH=$PWD python scripts/bench_cells.py --device cuda --round-tokens 1048576       # on a GPU
 
 (On a machine whose cores other jobs already fill, use --threads 1: two OpenMP threads that wait for each
 other at every parallel region then crawl.)
@@ -63,11 +64,11 @@ def matched_hidden(cell: str, target: int, args: argparse.Namespace) -> int:
 class Runner:
     """One model, its optimizer and its carried state; `steps(n)` trains n steps and returns seconds."""
 
-    def __init__(self, model: LanguageModel, batch: int, bptt: int) -> None:
-        self.model, self.batch, self.bptt = model.train(), batch, bptt
+    def __init__(self, model: LanguageModel, batch: int, bptt: int, device: torch.device) -> None:
+        self.model, self.batch, self.bptt = model.to(device).train(), batch, bptt
         self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
-        self.state = model.init_state(batch)
-        self.ids = torch.randint(0, VOCAB, (bptt + 1, batch))
+        self.state = model.init_state(batch, device)
+        self.ids = torch.randint(0, VOCAB, (bptt + 1, batch), device=device)
 
     def steps(self, count: int) -> float:
         start = time.perf_counter()
@@ -78,12 +79,12 @@ class Runner:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0, foreach=True)
             self.optimizer.step()
             self.state = detach_state(out.state)
-        out.nll.item()  # the last step's result really exists
+        out.nll.item()  # the last step's result really exists (on a GPU: every queued kernel has run)
         return time.perf_counter() - start
 
 
 def bench_bptt(models: dict[str, LanguageModel], bptt: int, args: argparse.Namespace) -> dict:
-    runners = {name: Runner(model, args.batch, bptt) for name, model in models.items()}
+    runners = {name: Runner(model, args.batch, bptt, torch.device(args.device)) for name, model in models.items()}
     for runner in runners.values():
         runner.steps(1)  # warm-up: allocator, oneDNN primitives
     steps = max(1, args.round_tokens // (bptt * args.batch))
@@ -115,6 +116,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--round-tokens", type=int, default=32768, help="tokens per model per round")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -124,7 +126,8 @@ def main() -> None:
         hidden = args.hidden if cell == "lstm" else matched_hidden(cell, target, args)
         models[cell] = build(cell, hidden, args)
         print(f"{cell}: hidden {hidden}, {models[cell].num_parameters():,} parameters")
-    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"{args.threads} threads"
+    print(f"torch {torch.__version__}, {where}, {platform.processor() or platform.machine()}")
     results = []
     for bptt in args.bptt:
         result = bench_bptt(models, bptt, args)

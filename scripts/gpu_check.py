@@ -34,6 +34,8 @@ CASES = [
     ["model.cell=lstm", "model.bidirectional=true"],
     ["model.cell=lstm", "model.num_layers=3", "model.output_size=64", "model.embed_size=64",
      "model.tie_weights=true", "model.weight_drop=0.3", "model.locked_dropout=true", "model.dropout=0.2"],
+    ["model.cell=mingru"],  # the parallel-scan cells (issue 17): the fused scan, then the paper's layout
+    ["model.cell=minlstm", "model.embed_size=128", "model.min_residual=true", "model.min_norm=true", "model.min_mlp=4"],
 ]
 COMMON = ["data.corpus=tinyshakespeare", "tokenizer.kind=char", "model.hidden_size=128", "model.embed_size=64",
           "train.batch_size=32", "train.bptt=64", "train.max_steps=60", "train.epochs=0", "train.eval_batch_size=32",
