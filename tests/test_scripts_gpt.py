@@ -26,6 +26,14 @@ def baby_gpt():
     monkeypatch.undo()
 
 
+@pytest.fixture(scope="module")
+def budget_quality():
+    spec = importlib.util.spec_from_file_location("budget_quality", SCRIPT.with_name("budget_quality.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_model(baby_gpt, vocab: int = 11, block: int = 8):
     torch.manual_seed(0)
     return baby_gpt.BabyGPT(baby_gpt.GPTConfig(vocab, block_size=block, num_layers=2, num_heads=2, width=16))
@@ -99,10 +107,7 @@ def test_learning_rate_schedule(baby_gpt) -> None:
     assert baby_gpt.learning_rate(2.0, 1e-3) == pytest.approx(1e-4)  # past the budget: stays at the floor
 
 
-def test_budget_report_keeps_dropout_settings_apart() -> None:
-    spec = importlib.util.spec_from_file_location("budget_quality", SCRIPT.with_name("budget_quality.py"))
-    budget_quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(budget_quality)
+def test_budget_report_keeps_dropout_settings_apart(budget_quality) -> None:
     run = {"budget": 3600.0, "model": "gru-xl", "lr": 4e-3, "parameters": 2_501_826, "steps": 100,
            "tokens_per_second": 1.0, "tokens_per_cpu_second": 1.0, "cpu_seconds": 3600.0, "train_seconds": 3600.0}
     rows = [{**run, "val_loss": 1.50}, *({**run, "val_loss": loss, "dropout": 0.2} for loss in (1.40, 1.46))]
@@ -114,11 +119,8 @@ def test_budget_report_keeps_dropout_settings_apart() -> None:
     assert lines[3].startswith(expected)  # 1.43 nats per ASCII character = 2.0631 bits per byte
 
 
-def test_budget_sizes_that_claim_equal_parameters_have_them(tmp_path) -> None:
+def test_budget_sizes_that_claim_equal_parameters_have_them(budget_quality, tmp_path) -> None:
     """The 0.88M sizes (lstm, gru, the scan cells plain and in their layout) within 1% of the LSTM's count."""
-    spec = importlib.util.spec_from_file_location("budget_quality", SCRIPT.with_name("budget_quality.py"))
-    budget_quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(budget_quality)
     from rnnlm.config import load_config
     from rnnlm.models import build_model
 
@@ -131,19 +133,13 @@ def test_budget_sizes_that_claim_equal_parameters_have_them(tmp_path) -> None:
     assert counts["lstm"] == 877_250
 
 
-def test_the_report_groups_sizes_into_a_family_but_keeps_a_layout_apart() -> None:
-    spec = importlib.util.spec_from_file_location("budget_quality", SCRIPT.with_name("budget_quality.py"))
-    budget_quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(budget_quality)
+def test_the_report_groups_sizes_into_a_family_but_keeps_a_layout_apart(budget_quality) -> None:
     names = ["gru", "gru-xl", "lstm-s", "gpt-l", "mingru", "mingru-block", "minlstm-block"]
     assert [budget_quality.family(n) for n in names] == ["gru", "gru", "lstm", "gpt", "mingru", "mingru-block",
                                                         "minlstm-block"]
 
 
-def test_the_ptb_chart_draws_bits_per_byte_without_the_shakespeare_goal() -> None:
-    spec = importlib.util.spec_from_file_location("budget_quality", SCRIPT.with_name("budget_quality.py"))
-    budget_quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(budget_quality)
+def test_the_ptb_chart_draws_bits_per_byte_without_the_shakespeare_goal(budget_quality) -> None:
     run = {"budget": 600.0, "lr": 6e-3, "parameters": 1, "steps": 1, "tokens_per_second": 1.0,
            "tokens_per_cpu_second": 1.0, "cpu_seconds": 600.0, "train_seconds": 600.0, "corpus": "ptb"}
     rows = [{**run, "model": "gru", "val_loss": 1.1, "bits_per_byte": bits} for bits in (1.58, 1.62)]
