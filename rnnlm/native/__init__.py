@@ -94,9 +94,7 @@ def why_not() -> str | None:
 def failed() -> str | None:
     """Why the kernel, wanted in this process (a model it serves was sampled), could not be built: what a
     user can mend by installing a compiler. None when it was built, never wanted, or is off."""
-    if not enabled() or not library.cache_info().currsize or library() is not None:
-        return None
-    return _failures[-1] if _failures else "not built"
+    return why_not() if enabled() and library.cache_info().currsize else None
 
 
 def _build() -> Path:
