@@ -185,6 +185,8 @@ def run_rnn(args: argparse.Namespace) -> dict:
         "val_loss": result.loss,
         "val_chars": result.tokens,
         "trainer_val_loss": summary.last_val.loss,
+        # the Trainer's best (an epoch end may beat the budget's end: the score above is the model at the end)
+        "trainer_best_val_loss": summary.best_val_loss,
         "stop": stop,
         "eval_seconds": time.perf_counter() - tick,
     }

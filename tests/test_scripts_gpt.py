@@ -1,9 +1,11 @@
 """scripts/baby_gpt.py, the transformer baseline of scripts/budget_quality.py: its parameter count, causality,
-scoring every validation character exactly once, and a short training run."""
+scoring every validation character exactly once, and a short training run; and budget_quality.py's record of a run."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -152,3 +154,24 @@ def test_the_ptb_chart_draws_bits_per_byte_without_the_shakespeare_goal(budget_q
     assert ">1.5</text>" in svg  # the axis starts below the lowest whisker (1.58), so every bar shows
     shakespeare = budget_quality.svg_chart(table)
     assert ">1.100</text>" in shakespeare and "stroke-dasharray" in shakespeare  # the loss, and the 1.47 line
+
+
+def test_a_budget_run_records_the_score_of_its_last_model_and_the_trainers_best(
+    budget_quality, tmp_path, capsys
+) -> None:
+    text = "All:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n\n" * 60
+    (tmp_path / "train.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "valid.txt").write_text(text[:500], encoding="utf-8")
+    args = argparse.Namespace(
+        folder=tmp_path, size="gru-s", lr=6e-3, seed=1, budget=3.0, threads=1, dropout=0.0, clock="cpu"
+    )
+    budget_quality.run_one(args)
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["model"] == "gru-s" and record["steps"] >= 1
+    assert record["stop"] == "max_time (cpu clock)"
+    assert record["val_chars"] == 500  # every validation character scored once
+    vocab = len(set(text)) + 1  # and <unk>
+    assert record["val_loss"] < math.log(vocab) - 0.2  # it learned: 12 steps in 2 s took it 0.48 below uniform
+    # the Trainer validates at each epoch end and at the end; its best is at most its last
+    assert record["trainer_best_val_loss"] <= record["trainer_val_loss"]
+    assert record["bits_per_byte"] == pytest.approx(record["val_loss"] / math.log(2))  # ASCII: a byte a character
